@@ -1,0 +1,109 @@
+"""Bookkeeping while a rules file is compiled: where it is, and what went wrong where."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import Problem, RulesError
+from .yamlpos import Y
+
+
+class CompileCtx:
+    def __init__(self, file: str, text: str = ""):
+        self.file = file
+        self.base_dir = os.path.dirname(os.path.abspath(file)) if file else os.getcwd()
+        self.lines = text.splitlines()
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+        # filled in by the compiler as it goes; read by condition compilers that need settings
+        self.settings: Any = None
+        self.upstreams: dict[str, Any] = {}
+        self.route_params: tuple[str, ...] = ()
+        self.route_has_rest = False
+        self.cel_used = False
+
+    # -- errors -------------------------------------------------------------------------------
+    def error_at(self, line: int, col: int, message: str) -> None:
+        self.problems.append(Problem(self.file, line, col, message))
+
+    def error(self, node: Y, message: str) -> None:
+        self.error_at(node.line, node.col, message)
+
+    def error_key(self, mapping: Y, key: str, message: str) -> None:
+        line, col = (mapping.key_pos or {}).get(key, (mapping.line, mapping.col))
+        self.error_at(line, col, message)
+
+    def warn(self, node: Y | None, message: str, key: str | None = None) -> None:
+        if node is None:
+            self.warnings.append(Problem(self.file, 1, 1, message))
+            return
+        line, col = node.line, node.col
+        if key is not None and node.key_pos and key in node.key_pos:
+            line, col = node.key_pos[key]
+        self.warnings.append(Problem(self.file, line, col, message))
+
+    def raise_if_errors(self) -> None:
+        if self.problems:
+            seen, uniq = set(), []
+            for p in self.problems:
+                if (p.line, p.col, p.message) not in seen:
+                    seen.add((p.line, p.col, p.message))
+                    uniq.append(p)
+            uniq.sort(key=lambda p: (p.line, p.col))
+            raise RulesError(uniq)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def quoted(self, node: Y) -> bool:
+        """Was this scalar written in quotes? (to place column numbers inside strings)"""
+        try:
+            ch = self.lines[node.line - 1][node.col - 1]
+        except IndexError:
+            return False
+        return ch in "'\""
+
+    def resolve_path(self, path: str) -> str:
+        """Paths inside the rules file are relative to the rules file."""
+        path = os.path.expanduser(path)
+        return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+
+    def check_keys(self, node: Y, allowed: tuple[str, ...] | frozenset, what: str) -> bool:
+        ok = True
+        for k in node.v:
+            if k not in allowed:
+                ok = False
+                self.error_key(node, k, f"unknown key {k!r} in {what}; expected one of: {', '.join(sorted(allowed))}")
+        return ok
+
+    def expect_map(self, node: Y, what: str) -> bool:
+        if not isinstance(node.v, dict):
+            self.error(node, f"{what} must be a mapping, not {kind(node.v)}")
+            return False
+        return True
+
+    def expect_list(self, node: Y, what: str) -> bool:
+        if not isinstance(node.v, list):
+            self.error(node, f"{what} must be a list, not {kind(node.v)}")
+            return False
+        return True
+
+    def expect_str(self, node: Y, what: str) -> str | None:
+        if not isinstance(node.v, str) or not node.v:
+            self.error(node, f"{what} must be a non-empty string, not {kind(node.v)}")
+            return None
+        return node.v
+
+
+def kind(v: Any) -> str:
+    if v is None:
+        return "empty"
+    if isinstance(v, bool):
+        return f"a boolean ({'true' if v else 'false'})"
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, (int, float)):
+        return f"a number ({v})"
+    if isinstance(v, str):
+        return f"a string ({v!r})" if len(v) < 40 else "a string"
+    return type(v).__name__

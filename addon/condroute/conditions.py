@@ -1,0 +1,217 @@
+"""Conditions (``when``): compiled once at load into small objects with one method.
+
+``cond.fail(req, env)`` returns ``None`` when the condition holds, or a short human reason when
+it does not. Reasons are built only on failure, so a holding condition costs no string work.
+``env`` is the compiled :class:`~condroute.rules.Rules` (settings: trusted proxies, JWT, GeoIP).
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Callable, Sequence
+
+from .compile_ctx import CompileCtx, kind
+from .matchers import Matcher, compile_matcher, show_values
+from .request import IPNet, RequestView
+from .yamlpos import Y
+
+CONDITION_KEYS = ("header", "cookie", "query", "jwt", "client_ip", "geo", "method", "host", "path",
+                  "cel", "any", "all", "not")
+
+# header values never shown in reasons, logs or error bodies
+SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+
+
+class Cond:
+    text: str = ""
+
+    def fail(self, req: RequestView, env: Any) -> str | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ValuesCond(Cond):
+    """A matcher applied to values pulled out of the request by ``get``."""
+
+    def __init__(self, label: str, get: Callable[[RequestView, Any], Sequence[Any]], m: Matcher,
+                 redact: bool = False):
+        self.label = label
+        self.get = get
+        self.m = m
+        self.redact = redact
+        self.text = f"{label} {m.want}"
+
+    def fail(self, req: RequestView, env: Any) -> str | None:
+        values = self.get(req, env)
+        if self.m.holds(values):
+            return None
+        shown = "<redacted>" if self.redact and values else show_values(values)
+        return f"{self.label} is {shown}, wanted {self.m.want}"
+
+
+class AllCond(Cond):
+    def __init__(self, parts: list[Cond]):
+        self.parts = parts
+        self.text = " and ".join(p.text for p in parts)
+
+    def fail(self, req: RequestView, env: Any) -> str | None:
+        for p in self.parts:
+            r = p.fail(req, env)
+            if r is not None:
+                return r
+        return None
+
+
+class AnyCond(Cond):
+    def __init__(self, parts: list[Cond]):
+        self.parts = parts
+        self.text = "any of (" + "; ".join(p.text for p in parts) + ")"
+
+    def fail(self, req: RequestView, env: Any) -> str | None:
+        reasons = []
+        for p in self.parts:
+            r = p.fail(req, env)
+            if r is None:
+                return None
+            reasons.append(r)
+        return "none of any: " + "; ".join(reasons)
+
+
+class NotCond(Cond):
+    def __init__(self, inner: Cond):
+        self.inner = inner
+        self.text = f"not ({inner.text})"
+
+    def fail(self, req: RequestView, env: Any) -> str | None:
+        if self.inner.fail(req, env) is None:
+            return f"not: {self.inner.text} holds"
+        return None
+
+
+class CidrCond(Cond):
+    def __init__(self, nets: list[IPNet]):
+        self.nets = nets
+        self.text = "client IP in " + ", ".join(str(n) for n in nets)
+
+    def fail(self, req: RequestView, env: Any) -> str | None:
+        ip = req.client_ip(env.settings.trusted_proxies)
+        if ip is None:
+            return "client IP is unknown"
+        for n in self.nets:
+            if ip.version == n.version and ip in n:
+                return None
+        return f"client IP {ip} is not in {', '.join(str(n) for n in self.nets)}"
+
+
+def compile_cidrs(node: Y, cc: CompileCtx, what: str) -> list[IPNet]:
+    items = node.v if isinstance(node.v, list) else [node]
+    if isinstance(node.v, list) and not items:
+        cc.error(node, f"{what}: an empty list")
+    nets: list[IPNet] = []
+    for n in items:
+        if not isinstance(n.v, str):
+            cc.error(n, f"{what}: expected a CIDR such as 10.0.0.0/8 or ::1/128, not {kind(n.v)}")
+            continue
+        try:
+            net = ipaddress.ip_network(n.v.strip(), strict=False)
+        except ValueError as e:
+            cc.error(n, f"{what}: bad CIDR {n.v!r}: {e}")
+            continue
+        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None and net.prefixlen >= 96:
+            net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
+        nets.append(net)
+    return nets
+
+
+def _named_values(node: Y, cc: CompileCtx, what: str, make: Callable[[str, Matcher], Cond]) -> Cond | None:
+    if not cc.expect_map(node, what):
+        return None
+    if not node.v:
+        cc.error(node, f"{what}: name at least one {what}")
+        return None
+    parts = []
+    for name, sub in node.v.items():
+        m = compile_matcher(sub, cc, f"{what} {name}")
+        if m is not None:
+            parts.append(make(name, m))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else AllCond(parts)
+
+
+def _header_cond(name: str, m: Matcher) -> Cond:
+    low = name.lower()
+    return ValuesCond(f"header {name}", lambda r, e: r.header_map.get(low, ()), m, low in SENSITIVE_HEADERS)
+
+
+def _cookie_cond(name: str, m: Matcher) -> Cond:
+    return ValuesCond(f"cookie {name}", lambda r, e: r.cookies.get(name, ()), m)
+
+
+def _query_cond(name: str, m: Matcher) -> Cond:
+    return ValuesCond(f"query {name}", lambda r, e: r.query.get(name, ()), m)
+
+
+def _single(label: str, get: Callable[[RequestView], Any], node: Y, cc: CompileCtx, upper: bool = False) -> Cond | None:
+    if upper and isinstance(node.v, str):
+        node = Y(node.v.upper(), node.line, node.col)
+    elif upper and isinstance(node.v, list):
+        node = Y([Y(n.v.upper(), n.line, n.col) if isinstance(n.v, str) else n for n in node.v], node.line, node.col)
+    m = compile_matcher(node, cc, label)
+    if m is None:
+        return None
+    return ValuesCond(label, lambda r, e: (get(r),), m)
+
+
+def compile_condition(node: Y, cc: CompileCtx, what: str = "when") -> Cond | None:
+    """Compile a condition mapping (every key must hold). Errors are recorded in ``cc``."""
+    if not isinstance(node.v, dict):
+        cc.error(node, f"{what} must be a mapping of conditions ({', '.join(CONDITION_KEYS)}), not {kind(node.v)}")
+        return None
+    if not node.v:
+        cc.error(node, f"{what} is empty; omit it for a backend that always holds")
+        return None
+    parts: list[Cond] = []
+    for key, sub in node.v.items():
+        c: Cond | None = None
+        if key == "header":
+            c = _named_values(sub, cc, "header", _header_cond)
+        elif key == "cookie":
+            c = _named_values(sub, cc, "cookie", _cookie_cond)
+        elif key == "query":
+            c = _named_values(sub, cc, "query", _query_cond)
+        elif key == "method":
+            c = _single("method", lambda r: r.method, sub, cc, upper=True)
+        elif key == "host":
+            c = _single("host", lambda r: r.host, sub, cc)
+        elif key == "path":
+            c = _single("path", lambda r: r.path, sub, cc)
+        elif key == "client_ip":
+            nets = compile_cidrs(sub, cc, "client_ip")
+            c = CidrCond(nets) if nets else None
+        elif key in ("any", "all"):
+            if cc.expect_list(sub, key):
+                if not sub.v:
+                    cc.error(sub, f"{key}: an empty list")
+                inner = [compile_condition(n, cc, f"{key} item") for n in sub.v]
+                inner_ok = [i for i in inner if i is not None]
+                if inner_ok and len(inner_ok) == len(inner):
+                    c = AnyCond(inner_ok) if key == "any" else AllCond(inner_ok)
+        elif key == "not":
+            inner1 = compile_condition(sub, cc, "not")
+            c = NotCond(inner1) if inner1 is not None else None
+        elif key == "jwt":
+            from .jwtauth import compile_jwt_condition
+            c = compile_jwt_condition(sub, cc)
+        elif key == "cel":
+            from .celpolicy import compile_cel_condition
+            c = compile_cel_condition(sub, cc)
+        elif key == "geo":
+            from .geo import compile_geo_condition
+            c = compile_geo_condition(sub, cc)
+        else:
+            cc.error_key(node, key, f"unknown condition {key!r}; expected one of: {', '.join(CONDITION_KEYS)}")
+            continue
+        if c is not None:
+            parts.append(c)
+    if len(parts) != len(node.v):
+        return None
+    return parts[0] if len(parts) == 1 else AllCond(parts)

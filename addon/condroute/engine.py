@@ -1,0 +1,259 @@
+"""The decision: which route owns a request, which backend serves it, and where it goes.
+
+``decide(rules, req)`` is pure: no network, no mitmproxy. The addon and the CLI both call it.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from .request import RequestView
+from .rules import Backend, Respond, Route, Rules, Split, Upstream
+
+
+@dataclass
+class Attempt:
+    backend: str
+    held: bool
+    reason: str
+    fallback: bool = False
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "held": self.held, "reason": self.reason, "fallback": self.fallback}
+
+
+@dataclass
+class Decision:
+    outcome: str                      # routed | respond | passthrough | no_match
+    route: str | None = None
+    backend: str | None = None
+    upstream: str | None = None       # upstream name (or URL as written); the split's arm for a split
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None           # forwarded path, query string included
+    host_header: str | None = None    # Host/:authority to send; None keeps the client's
+    set_headers: tuple = ()
+    remove_headers: tuple = ()
+    respond: Respond | None = None
+    status: int | None = None         # for respond and no-match errors
+    timeout: float | None = None
+    retries: int = 0
+    split: str | None = None          # "by=value -> arm" description when a split chose
+    attempts: list[Attempt] = field(default_factory=list)
+    routes_passed: list[tuple[str, str]] = field(default_factory=list)   # only with explain=True
+    request: str = ""
+    upstream_obj: Upstream | None = None
+    backend_obj: Backend | None = None
+
+    @property
+    def url(self) -> str | None:
+        if self.scheme is None or self.host is None:
+            return None
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        auth = h if self.port == default else f"{h}:{self.port}"
+        return f"{self.scheme}://{auth}{self.path or '/'}"
+
+    @property
+    def skipped(self) -> list[Attempt]:
+        return [a for a in self.attempts if not a.held]
+
+    def header_value(self) -> str:
+        """The X-Condroute debug header."""
+        if self.outcome == "routed":
+            return f"{self.route}/{self.backend} -> {self.upstream or 'original destination'}"
+        if self.outcome == "respond":
+            return f"{self.route}/{self.backend} -> respond {self.status}"
+        if self.outcome == "no_match" and self.status:
+            return f"{self.route} -> error {self.status}"
+        return "passthrough"
+
+    def summary(self) -> str:
+        """One log line."""
+        if self.outcome == "routed":
+            return f"{self.request} -> {self.route}/{self.backend} -> {self.upstream} ({self.url})"
+        if self.outcome == "respond":
+            return f"{self.request} -> {self.route}/{self.backend} -> respond {self.status}"
+        if self.outcome == "no_match":
+            what = f"answered {self.status}" if self.status else "passthrough"
+            return f"{self.request} -> {self.route}: no backend holds, {what}"
+        return f"{self.request} -> no route, passthrough"
+
+    def comment(self) -> str:
+        """One line for flow.comment (shown by mitmweb)."""
+        s = self.summary().split(" -> ", 1)[-1]
+        if self.skipped:
+            s += " | skipped " + "; ".join(f"{a.backend}: {a.reason}" for a in self.skipped)
+        return "condroute: " + s
+
+    def error_body(self) -> str:
+        lines = [f"condroute: no backend of route {self.route!r} holds for {self.request}"]
+        for a in self.attempts:
+            lines.append(f"  {a.backend}: {a.reason}")
+        if not self.attempts:
+            lines.append("  (the route has no backends)")
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "outcome": self.outcome, "route": self.route, "backend": self.backend,
+            "upstream": self.upstream, "url": self.url, "path": self.path, "status": self.status,
+            "skipped": [{"backend": a.backend, "reason": a.reason} for a in self.skipped],
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
+        if self.split:
+            d["split"] = self.split
+        if self.set_headers:
+            d["set_headers"] = dict(self.set_headers)
+        if self.remove_headers:
+            d["remove_headers"] = list(self.remove_headers)
+        if self.routes_passed:
+            d["routes_passed"] = [{"route": r, "reason": why} for r, why in self.routes_passed]
+        return d
+
+
+# --------------------------------------------------------------------------------------------------
+def route_fail(route: Route, req: RequestView, rules: Rules) -> str | None:
+    """Why ``route`` does not own ``req`` (None if it does). Sets req.params/req.rest on success."""
+    if route.methods is not None and req.method not in route.methods:
+        return f"method {req.method} not in {', '.join(sorted(route.methods))}"
+    if route.hosts and not route.host_ok(req.host):
+        return f"host {req.host!r} is not {', '.join(route.hosts)}"
+    if route.path is not None:
+        params = route.path.match(req.path)
+        if params is None:
+            return f"path {req.path!r} does not match {route.path.text}"
+        rest = params.pop("rest", None)
+        req.params = params
+        req.rest = rest
+    else:
+        req.params, req.rest = {}, None
+    if route.cond is not None:
+        r = route.cond.fail(req, rules)
+        if r is not None:
+            return r
+    return None
+
+
+def split_key(split: Split, req: RequestView, rules: Rules) -> str | None:
+    k = split.kind
+    if k == "cookie":
+        v = req.cookies.get(split.key)
+    elif k == "header":
+        v = req.header_map.get(split.key)
+    elif k == "query":
+        v = req.query.get(split.key)
+    elif k == "client_ip":
+        ip = req.client_ip(rules.settings.trusted_proxies)
+        return None if ip is None else str(ip)
+    else:
+        from .jwtauth import claim_values
+        v = claim_values(req, rules, split.key)
+    if not v:
+        return None
+    from .matchers import as_text
+    s = as_text(v[0])
+    return s if s != "" else None
+
+
+def choose_arm(split: Split, route: str, key: str | None) -> Upstream | None:
+    """Weighted rendezvous hashing: the same key always picks the same arm, and changing one arm's
+    weight only moves keys to or from that arm."""
+    arms = split.arms
+    if not arms:
+        return None
+    all_zero = all(w <= 0 for _, w in arms)
+    best, best_score = None, math.inf
+    for up, w in arms:
+        if w <= 0 and not all_zero:
+            continue
+        w = 1.0 if all_zero else w
+        if key is None:
+            u = random.random() or 1e-12
+        else:
+            h = hashlib.blake2b(f"{split.salt}\x00{route}\x00{up.name}\x00{key}".encode("utf-8", "surrogateescape"),
+                                digest_size=8).digest()
+            u = (int.from_bytes(h, "big") + 1) / (2 ** 64 + 1)
+        score = -math.log(u) / w
+        if score < best_score:
+            best, best_score = up, score
+    return best
+
+
+def _held_reason(b: Backend) -> str:
+    if b.fallback:
+        return "fallback: no other backend held"
+    if b.when is None:
+        return "unconditional"
+    return "when holds: " + b.when.text
+
+
+def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None) -> None:
+    path = b.path.render(req.params, req.path, req.rest) if b.path is not None else req.path
+    if up is not None:
+        path = up.base_path + path if up.base_path else path
+        d.scheme, d.host, d.port = up.scheme, up.host, up.port
+        d.upstream = up.name
+        d.upstream_obj = up
+        if not b.preserve_host:
+            d.host_header = up.authority
+    else:
+        d.scheme, d.host, d.port = req.scheme, req.host, req.port
+    if req.query_string:
+        path += "?" + req.query_string
+    d.path = path
+
+
+def select(route: Route, req: RequestView, rules: Rules, d: Decision) -> None:
+    chosen: Backend | None = None
+    for b in route.backends:
+        if b.fallback:
+            continue
+        reason = b.when.fail(req, rules) if b.when is not None else None
+        if reason is None:
+            d.attempts.append(Attempt(b.name, True, _held_reason(b)))
+            chosen = b
+            break
+        d.attempts.append(Attempt(b.name, False, reason))
+    if chosen is None and route.fallback is not None:
+        chosen = route.fallback
+        d.attempts.append(Attempt(chosen.name, True, _held_reason(chosen), True))
+    if chosen is None:
+        d.outcome = "no_match"
+        if rules.settings.on_no_match == "error":
+            d.status = 502
+        return
+    d.backend, d.backend_obj = chosen.name, chosen
+    d.timeout, d.retries = chosen.timeout, chosen.retries
+    if chosen.respond is not None:
+        d.outcome, d.respond, d.status = "respond", chosen.respond, chosen.respond.status
+        return
+    d.outcome = "routed"
+    up = chosen.upstream
+    if chosen.split is not None:
+        key = split_key(chosen.split, req, rules)
+        up = choose_arm(chosen.split, route.name, key)
+        d.split = f"{chosen.split.by}={'(missing: random)' if key is None else 'hash'} -> {up.name if up else None}"
+    build_target(d, chosen, req, up)
+    d.set_headers, d.remove_headers = chosen.set_headers, chosen.remove_headers
+
+
+def decide(rules: Rules, req: RequestView, explain: bool = False) -> Decision:
+    """Decide for one request. Never raises for any request input."""
+    d = Decision("passthrough", request=req.describe())
+    candidates = rules.index.candidates(req.path) if rules.index is not None else rules.routes
+    if explain:
+        candidates = rules.routes
+    for route in candidates:
+        why = route_fail(route, req, rules)
+        if why is None:
+            d.route = route.name
+            select(route, req, rules, d)
+            return d
+        if explain:
+            d.routes_passed.append((route.name, why))
+    return d

@@ -1,0 +1,236 @@
+"""The mitmproxy addon: a thin adapter between mitmproxy flows and the pure engine."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from mitmproxy import ctx, http
+
+from .engine import Decision, decide
+from .errors import RulesError
+from .request import RequestView
+from .rules import Rules, load_rules
+
+log = logging.getLogger("condroute")
+
+LOG_LEVELS = ("off", "decisions", "verbose")
+TRUE = ("true", "1", "yes", "on")
+FALSE = ("false", "0", "no", "off", "")
+RELOAD_INTERVAL = 1.0
+
+
+class BadOption(Exception):
+    pass
+
+
+def parse_bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in TRUE:
+        return True
+    if v in FALSE:
+        return False
+    raise BadOption(f"{name} must be true or false, not {value!r}")
+
+
+def file_signature(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def request_view(flow: http.HTTPFlow) -> RequestView:
+    r = flow.request
+    path, _, qs = r.path.partition("?")
+    peer = flow.client_conn.peername[0] if flow.client_conn and flow.client_conn.peername else None
+    return RequestView(r.method, r.scheme, r.pretty_host, r.port, path, qs, r.headers.items(multi=True), peer)
+
+
+class ConditionalRouting:
+    def __init__(self) -> None:
+        self.rules: Rules | None = None
+        self.path: str = ""
+        self.signature: tuple | None = None
+        self.generation = 0              # bumped on every successful (re)load
+        self.last_error: str | None = None
+        self.log_level = 1               # index into LOG_LEVELS
+        self.debug_header = False
+        self._watcher: asyncio.Task | None = None
+
+    # -- options --------------------------------------------------------------------------------
+    def load(self, loader: Any) -> None:
+        loader.add_option("condroute_rules", str, "",
+                          "condroute: path to the rules file (YAML, JSON or KrakenD); empty = inactive.")
+        loader.add_option("condroute_debug_header", str, "false",
+                          "condroute: 'true' adds the response header X-Condroute: ROUTE/BACKEND -> UPSTREAM.")
+        loader.add_option("condroute_log", str, "decisions",
+                          "condroute: off | decisions (a line per routed request) | verbose (also skipped backends).")
+
+    def configure(self, updated: set[str]) -> None:
+        # Errors are logged, not raised: mitmproxy shows an exception from a script with a traceback,
+        # while an error logged during start-up makes mitmdump exit with status 1 all the same.
+        try:
+            self._configure(updated)
+        except BadOption as e:
+            log.error(f"condroute: {e}")
+        except RulesError as e:
+            if self.rules is not None:
+                log.error(f"condroute: the rules file does not load; keeping the last good rules ({self.rules.summary()}):")
+            for p in e.problems:
+                log.error(str(p))
+
+    def _configure(self, updated: set[str]) -> None:
+        if "condroute_log" in updated:
+            v = ctx.options.condroute_log.strip().lower()
+            if v not in LOG_LEVELS:
+                raise BadOption(f"condroute_log must be one of off, decisions, verbose, not {ctx.options.condroute_log!r}")
+            self.log_level = LOG_LEVELS.index(v)
+        if "condroute_debug_header" in updated:
+            self.debug_header = parse_bool("condroute_debug_header", ctx.options.condroute_debug_header)
+        if "condroute_rules" in updated:
+            path = ctx.options.condroute_rules.strip()
+            if not path:
+                if self.rules is not None or not self.path:
+                    log.info("condroute: no rules file (set condroute_rules=FILE): inactive, every request passes through")
+                self.rules, self.path, self.signature = None, "", None
+            else:
+                sig = file_signature(path)
+                rules = load_rules(path)
+                self._install(rules, path, sig, "loaded")
+        if self.rules is not None and ("connection_strategy" in updated or "condroute_rules" in updated):
+            if ctx.options.connection_strategy == "eager":
+                log.info("condroute: setting connection_strategy=lazy, so that a rerouted request never first "
+                         "connects to its original destination")
+                ctx.options.update(connection_strategy="lazy")
+        if self.rules is not None and ("mode" in updated or "keep_host_header" in updated):
+            self._warn_reverse_host()
+
+    def _warn_reverse_host(self) -> None:
+        rules = self.rules
+        if rules is None:
+            return
+        modes = [m for m in getattr(ctx.options, "mode", []) if str(m).startswith("reverse")]
+        uses_host = any(r.hosts for r in rules.routes)
+        if modes and uses_host and not ctx.options.keep_host_header:
+            log.warning("condroute: in reverse mode mitmproxy rewrites the Host header before condroute sees it; "
+                        "rules that match on host need --set keep_host_header=true")
+
+    def _install(self, rules: Rules, path: str, sig: tuple | None, verb: str) -> None:
+        self.rules, self.path, self.signature = rules, path, sig   # one assignment: atomic swap
+        self.generation += 1
+        self.last_error = None
+        log.info(f"condroute: {verb} {path}: {rules.summary()}")
+        for w in rules.warnings:
+            log.warning(f"condroute: warning: {w}")
+
+    # -- hot reload -----------------------------------------------------------------------------
+    def running(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL)
+            try:
+                self.check_reload()
+            except Exception as e:  # never let the watcher die
+                log.error(f"condroute: reload check failed: {type(e).__name__}")
+
+    def check_reload(self) -> bool:
+        """Reload when the file changed. Returns True when new rules were installed."""
+        if not self.path:
+            return False
+        sig = file_signature(self.path)
+        if sig == self.signature:
+            return False
+        if sig is None:
+            self.signature = None
+            msg = f"{self.path}: the rules file is gone; keeping the last good rules"
+            if self.last_error != msg:
+                log.error(f"condroute: {msg}")
+                self.last_error = msg
+            return False
+        try:
+            rules = load_rules(self.path)
+        except RulesError as e:
+            self.signature = sig
+            self.last_error = str(e)
+            kept = self.rules.summary() if self.rules else "none"
+            log.error(f"condroute: reload failed, keeping the last good rules ({kept}):\n{e}")
+            return False
+        self._install(rules, self.path, sig, "reloaded")
+        return True
+
+    # -- traffic --------------------------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        rules = self.rules
+        if rules is None or flow.response is not None or flow.error is not None or not flow.live:
+            return
+        try:
+            d = decide(rules, request_view(flow))
+        except Exception as e:  # a bug must not become a silent passthrough
+            log.error(f"condroute: internal error while deciding for {flow.request.method} "
+                      f"{flow.request.pretty_url.split('?')[0]}: {type(e).__name__}")
+            flow.metadata["condroute"] = {"outcome": "error", "status": 502, "header": "error",
+                                          "answer": {"status": 502, "headers": {},
+                                                     "body": "condroute: internal error while routing\n"}}
+            flow.request.stream = False
+            return
+        if d.route is None:
+            if self.log_level == 2:
+                log.info(f"condroute: {d.summary()}")
+            return
+        md = d.to_dict()
+        md["header"] = d.header_value()
+        if d.outcome == "routed":
+            self.apply(flow, d)
+        elif d.status is not None:  # respond, or no match with on_no_match: error
+            if d.respond is not None:
+                md["answer"] = {"status": d.respond.status, "body": d.respond.body, "headers": dict(d.respond.headers)}
+            else:
+                md["answer"] = {"status": d.status, "body": d.error_body(), "headers": {"Content-Type": "text/plain; charset=utf-8"}}
+            flow.request.stream = False   # answered in `request`: the body must not be streamed anywhere
+        flow.metadata["condroute"] = md
+        flow.comment = d.comment()
+        if self.log_level:
+            log.info(f"condroute: {d.summary()}")
+            if self.log_level == 2:
+                for a in d.skipped:
+                    log.info(f"condroute:   skipped {a.backend}: {a.reason}")
+
+    @staticmethod
+    def apply(flow: http.HTTPFlow, d: Decision) -> None:
+        req = flow.request
+        if d.upstream_obj is not None:
+            client_host = req.host_header
+            req.scheme = d.scheme
+            req.host = d.host
+            req.port = d.port
+            # the host setter writes IPv6 literals unbracketed: set Host/:authority ourselves
+            req.host_header = d.host_header if d.host_header is not None else client_host
+        req.path = d.path
+        for name in d.remove_headers:
+            req.headers.pop(name, None)
+        for name, value in d.set_headers:
+            req.headers[name] = value
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        md = flow.metadata.get("condroute")
+        if md is None or flow.response is not None:
+            return
+        answer = md.get("answer")
+        if answer:
+            flow.response = http.Response.make(answer["status"], answer["body"], answer["headers"])
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if self.debug_header and flow.response is not None:
+            md = flow.metadata.get("condroute")
+            flow.response.headers["X-Condroute"] = md["header"] if md else "passthrough"

@@ -1,0 +1,181 @@
+"""The engine's view of a request: plain data, no mitmproxy. Costly parts are parsed lazily."""
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from typing import Any, Iterable, Sequence
+from urllib.parse import unquote_plus, urlsplit
+
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_XFF_HOPS = 32
+
+
+def parse_ip(text: str | None) -> IPAddr | None:
+    """Parse a client address: IPv4, IPv6 (bracketed or with a zone), IPv4-mapped IPv6 unwrapped."""
+    if not text:
+        return None
+    s = text.strip()
+    if s.startswith("[") and "]" in s:
+        s = s[1:s.index("]")]
+    elif s.count(":") == 1 and "." in s:  # 1.2.3.4:5678
+        s = s.split(":", 1)[0]
+    s = s.split("%", 1)[0]
+    try:
+        ip = ipaddress.ip_address(s)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def in_networks(ip: IPAddr | None, nets: Sequence[IPNet]) -> bool:
+    if ip is None:
+        return False
+    for n in nets:
+        if ip.version == n.version and ip in n:
+            return True
+    return False
+
+
+def parse_cookie_header(values: Iterable[str]) -> dict[str, list[str]]:
+    """Parse ``Cookie`` headers leniently (RFC 6265 style): pairs split on ';', first '='."""
+    out: dict[str, list[str]] = {}
+    for header in values:
+        for part in header.split(";"):
+            part = part.strip()
+            if not part or "=" not in part:
+                continue
+            name, _, value = part.partition("=")
+            name = name.strip()
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if name:
+                out.setdefault(name, []).append(value)
+    return out
+
+
+def parse_query(qs: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    if not qs:
+        return out
+    for part in qs.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        try:
+            name, value = unquote_plus(name, errors="surrogateescape"), unquote_plus(value, errors="surrogateescape")
+        except Exception:  # pragma: no cover - unquote_plus is lenient
+            pass
+        out.setdefault(name, []).append(value)
+    return out
+
+
+class RequestView:
+    """What the engine sees of a request.
+
+    ``headers`` is a sequence of ``(name, value)`` pairs in wire order; ``path`` excludes the query
+    string, which is kept raw in ``query_string``; ``peer`` is the address the connection came from.
+    """
+
+    __slots__ = ("method", "scheme", "host", "port", "path", "query_string", "headers", "peer",
+                 "jwt_token", "__dict__")
+
+    def __init__(self, method: str, scheme: str, host: str, port: int, path: str,
+                 query_string: str = "", headers: Sequence[tuple[str, str]] = (),
+                 peer: str | None = None, jwt_token: str | None = None):
+        self.method = method.upper()
+        self.scheme = scheme.lower()
+        self.host = host.lower().rstrip(".")
+        self.port = port
+        self.path = path or "/"
+        self.query_string = query_string
+        self.headers = headers
+        self.peer = peer
+        # an explicit token (CLI --jwt); otherwise it is read where settings.jwt.from says
+        self.jwt_token = jwt_token
+        # filled by the engine per request: route params and cached evaluations
+        self.params: dict[str, str] = {}
+        self.rest: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, method: str = "GET", headers: Sequence[tuple[str, str]] = (),
+                 peer: str | None = None, jwt_token: str | None = None) -> "RequestView":
+        u = urlsplit(url if "://" in url else "http://" + url)
+        scheme = u.scheme or "http"
+        host = u.hostname or ""
+        try:
+            port = u.port or (443 if scheme in ("https", "wss") else 80)
+        except ValueError:
+            port = 443 if scheme in ("https", "wss") else 80
+        hdrs = list(headers)
+        if not any(k.lower() == "host" for k, _ in hdrs) and u.netloc:
+            hdrs.insert(0, ("Host", u.netloc.rsplit("@", 1)[-1]))
+        return cls(method, scheme, host, port, u.path or "/", u.query, hdrs, peer, jwt_token)
+
+    # -- lazily parsed parts ----------------------------------------------------------------------
+    @cached_property
+    def header_map(self) -> dict[str, list[str]]:
+        m: dict[str, list[str]] = {}
+        for k, v in self.headers:
+            m.setdefault(k.lower(), []).append(v)
+        return m
+
+    def header(self, name_lower: str) -> list[str]:
+        return self.header_map.get(name_lower, [])
+
+    @cached_property
+    def cookies(self) -> dict[str, list[str]]:
+        return parse_cookie_header(self.header("cookie"))
+
+    @cached_property
+    def query(self) -> dict[str, list[str]]:
+        return parse_query(self.query_string)
+
+    @cached_property
+    def peer_ip(self) -> IPAddr | None:
+        return parse_ip(self.peer)
+
+    def client_ip(self, trusted: Sequence[IPNet]) -> IPAddr | None:
+        """The client address: the peer, or — only when the peer is a trusted proxy — the first
+        untrusted address walking ``X-Forwarded-For`` from the right (then ``X-Real-IP``)."""
+        cache = self.__dict__.get("_client_ip")
+        if cache is not None and cache[0] is trusted:
+            return cache[1]
+        ip = self.peer_ip
+        if trusted and in_networks(ip, trusted):
+            hops: list[str] = []
+            for v in self.header("x-forwarded-for"):
+                hops.extend(h.strip() for h in v.split(","))
+            hops = hops[-MAX_XFF_HOPS:]
+            if hops:
+                for hop in reversed(hops):
+                    hip = parse_ip(hop)
+                    if hip is None:
+                        break  # garbage in the chain: stop believing it
+                    ip = hip
+                    if not in_networks(hip, trusted):
+                        break
+            else:
+                real = self.header("x-real-ip")
+                if real:
+                    rip = parse_ip(real[-1])
+                    if rip is not None:
+                        ip = rip
+        self.__dict__["_client_ip"] = (trusted, ip)
+        return ip
+
+    def describe(self) -> str:
+        q = f"?{self.query_string}" if self.query_string else ""
+        return f"{self.method} {self.scheme}://{self.host}{self.path}{q}"
+
+    def memo(self, key: str, fn) -> Any:
+        """Per-request memo for expensive values (JWT claims, GeoIP record)."""
+        d = self.__dict__
+        k = "_m_" + key
+        if k not in d:
+            d[k] = fn()
+        return d[k]

@@ -1,0 +1,107 @@
+"""Load YAML or JSON into a tree of values that remember where they were written.
+
+Every node is a :class:`Y`: ``.v`` holds a ``dict[str, Y]``, a ``list[Y]`` or a plain scalar,
+and ``.line``/``.col`` (1-based) say where it starts, so every validation error can point at
+the exact spot in the user's file.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from .errors import Problem, RulesError
+
+
+class Y:
+    __slots__ = ("v", "line", "col", "key_pos")
+
+    def __init__(self, v: Any, line: int, col: int, key_pos: dict | None = None):
+        self.v = v
+        self.line = line
+        self.col = col
+        # for mappings: key -> (line, col) of the key itself
+        self.key_pos = key_pos
+
+    def plain(self) -> Any:
+        """The value with all position information stripped."""
+        if isinstance(self.v, dict):
+            return {k: n.plain() for k, n in self.v.items()}
+        if isinstance(self.v, list):
+            return [n.plain() for n in self.v]
+        return self.v
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"Y({self.v!r}@{self.line}:{self.col})"
+
+
+_scalar_loader = yaml.SafeLoader("")
+
+
+def _convert(node: yaml.Node, file: str) -> Y:
+    line, col = node.start_mark.line + 1, node.start_mark.column + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Y] = {}
+        keys: dict[str, tuple[int, int]] = {}
+        _scalar_loader.flatten_mapping(node)
+        for knode, vnode in node.value:
+            kl, kc = knode.start_mark.line + 1, knode.start_mark.column + 1
+            if not isinstance(knode, yaml.ScalarNode):
+                raise RulesError.at(file, kl, kc, "a mapping key must be a plain value")
+            key = _scalar_loader.construct_object(knode)
+            if not isinstance(key, str):
+                key = str(key).lower() if isinstance(key, bool) else str(key)
+            if key in out:
+                raise RulesError.at(file, kl, kc, f"duplicate key {key!r}")
+            out[key] = _convert(vnode, file)
+            keys[key] = (kl, kc)
+        return Y(out, line, col, keys)
+    if isinstance(node, yaml.SequenceNode):
+        return Y([_convert(n, file) for n in node.value], line, col)
+    try:
+        value = _scalar_loader.construct_object(node)
+    except yaml.YAMLError as e:
+        raise RulesError.at(file, line, col, f"bad value: {getattr(e, 'problem', e)}") from None
+    return Y(value, line, col)
+
+
+def _yaml_problem(file: str, e: yaml.YAMLError) -> RulesError:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    msg = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+    return RulesError.at(file, line, col, msg)
+
+
+def parse_text(text: str, file: str) -> Y:
+    """Parse YAML (or JSON, which is checked with the json module first) into a :class:`Y` tree."""
+    if file.lower().endswith(".json"):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RulesError.at(file, e.lineno, e.colno, f"JSON syntax error: {e.msg}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise _yaml_problem(file, e) from None
+    if node is None:
+        raise RulesError.at(file, 1, 1, "the file is empty")
+    return _convert(node, file)
+
+
+def load_file(path: str) -> tuple[Y, str]:
+    """Read and parse a rules file. Returns the tree and the text that was read."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise RulesError([Problem(path, 1, 1, f"cannot read the file: {e.strerror or e}")]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise RulesError.at(path, line, col, "the file is not valid UTF-8") from None
+    return parse_text(text, path), text
