@@ -43,8 +43,9 @@ def _convert(node: yaml.Node, file: str) -> Y:
     line, col = node.start_mark.line + 1, node.start_mark.column + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Y] = {}
-        keys: dict[str, tuple[int, int]] = {}
-        _scalar_loader.flatten_mapping(node)
+        keys: dict[str, tuple[int, int, bool]] = {}
+        explicit = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
+        _scalar_loader.flatten_mapping(node)   # merged (<<) pairs first, explicit ones after
         for knode, vnode in node.value:
             kl, kc = knode.start_mark.line + 1, knode.start_mark.column + 1
             if not isinstance(knode, yaml.ScalarNode):
@@ -52,11 +53,11 @@ def _convert(node: yaml.Node, file: str) -> Y:
             key = _scalar_loader.construct_object(knode)
             if not isinstance(key, str):
                 key = str(key).lower() if isinstance(key, bool) else str(key)
-            if key in out:
+            if key in out and id(knode) in explicit and keys.get(key, (0, 0))[2]:
                 raise RulesError.at(file, kl, kc, f"duplicate key {key!r}")
-            out[key] = _convert(vnode, file)
-            keys[key] = (kl, kc)
-        return Y(out, line, col, keys)
+            out[key] = _convert(vnode, file)   # an explicit key overrides a merged one
+            keys[key] = (kl, kc, id(knode) in explicit)
+        return Y(out, line, col, {k: (v[0], v[1]) for k, v in keys.items()})
     if isinstance(node, yaml.SequenceNode):
         return Y([_convert(n, file) for n in node.value], line, col)
     try:
