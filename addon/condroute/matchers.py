@@ -40,9 +40,11 @@ def as_text(v: Any) -> str:
 
 def show(v: Any, limit: int = 64) -> str:
     """A value as it appears in a reason: quoted, truncated."""
-    s = as_text(v)
+    s = v if isinstance(v, str) else as_text(v)
     if len(s) > limit:
         s = s[:limit] + "…"
+    if s.isprintable() and '"' not in s and "\\" not in s:
+        return '"' + s + '"'
     return json.dumps(s, ensure_ascii=False)
 
 
