@@ -89,7 +89,10 @@ class NotCond(Cond):
 class CidrCond(Cond):
     def __init__(self, nets: list[IPNet]):
         self.nets = nets
-        self.text = "client IP in " + ", ".join(str(n) for n in nets)
+
+    @property
+    def text(self) -> str:  # type: ignore[override]
+        return "client IP in " + ", ".join(str(n) for n in self.nets)
 
     def fail(self, req: RequestView, env: Any) -> str | None:
         ip = req.client_ip(env.settings.trusted_proxies)

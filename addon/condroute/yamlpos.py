@@ -37,34 +37,67 @@ class Y:
 
 
 _scalar_loader = yaml.SafeLoader("")
+# libyaml (C) composes ~15x faster than pure-Python PyYAML and keeps the same marks
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _convert(node: yaml.Node, file: str) -> Y:
-    line, col = node.start_mark.line + 1, node.start_mark.column + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Y] = {}
-        keys: dict[str, tuple[int, int, bool]] = {}
-        explicit = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
-        _scalar_loader.flatten_mapping(node)   # merged (<<) pairs first, explicit ones after
-        for knode, vnode in node.value:
-            kl, kc = knode.start_mark.line + 1, knode.start_mark.column + 1
-            if not isinstance(knode, yaml.ScalarNode):
-                raise RulesError.at(file, kl, kc, "a mapping key must be a plain value")
-            key = _scalar_loader.construct_object(knode)
-            if not isinstance(key, str):
-                key = str(key).lower() if isinstance(key, bool) else str(key)
-            if key in out and id(knode) in explicit and keys.get(key, (0, 0))[2]:
-                raise RulesError.at(file, kl, kc, f"duplicate key {key!r}")
-            out[key] = _convert(vnode, file)   # an explicit key overrides a merged one
-            keys[key] = (kl, kc, id(knode) in explicit)
-        return Y(out, line, col, {k: (v[0], v[1]) for k, v in keys.items()})
-    if isinstance(node, yaml.SequenceNode):
+    mark = node.start_mark
+    line, col = mark.line + 1, mark.column + 1
+    cls = node.__class__
+    if cls is yaml.ScalarNode:
+        return Y(node.value if node.tag == _STR else _scalar(node, file), line, col)
+    if cls is yaml.SequenceNode:
         return Y([_convert(n, file) for n in node.value], line, col)
+    out: dict[str, Y] = {}
+    keys: dict[str, tuple[int, int]] = {}
+    pairs = node.value
+    merged: set[int] = set()      # keys that came from a merge (<<) and may be overridden
+    if any(k.tag == _MERGE for k, _ in pairs):
+        explicit = {id(k) for k, _ in pairs if k.tag != _MERGE}
+        _scalar_loader.flatten_mapping(node)   # merged pairs first, explicit ones after
+        pairs = node.value
+        merged = {id(k) for k, _ in pairs if id(k) not in explicit}
+    for knode, vnode in pairs:
+        km = knode.start_mark
+        if knode.__class__ is not yaml.ScalarNode:
+            raise RulesError.at(file, km.line + 1, km.column + 1, "a mapping key must be a plain value")
+        key = knode.value if knode.tag == _STR else _scalar(knode, file)
+        if key.__class__ is not str:
+            key = str(key).lower() if isinstance(key, bool) else str(key)
+        if key in out and not (merged and merged_key(keys, key, merged, pairs)):
+            raise RulesError.at(file, km.line + 1, km.column + 1, f"duplicate key {key!r}")
+        out[key] = _convert(vnode, file)   # an explicit key overrides a merged one
+        keys[key] = (km.line + 1, km.column + 1)
+    return Y(out, line, col, keys)
+
+
+def merged_key(keys: dict, key: str, merged: set[int], pairs: list) -> bool:
+    """Was the earlier occurrence of ``key`` in ``pairs`` a merged one?"""
+    for k, _ in pairs:
+        if (k.value if k.tag == _STR else str(k.value)) == key:
+            return id(k) in merged
+    return False
+
+
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+
+def _scalar(node: yaml.Node, file: str) -> Any:
+    """Construct a scalar without PyYAML's constructed_objects cache (which would keep every
+    node of every file ever loaded alive)."""
+    if node.tag == _STR:
+        return node.value
+    fn = _scalar_loader.yaml_constructors.get(node.tag)
     try:
-        value = _scalar_loader.construct_object(node)
-    except yaml.YAMLError as e:
-        raise RulesError.at(file, line, col, f"bad value: {getattr(e, 'problem', e)}") from None
-    return Y(value, line, col)
+        if fn is None:
+            raise yaml.constructor.ConstructorError(None, None, f"unsupported tag {node.tag}", node.start_mark)
+        return fn(_scalar_loader, node)
+    except (yaml.YAMLError, ValueError, TypeError) as e:
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        raise RulesError.at(file, line, col, f"bad value: {getattr(e, 'problem', None) or e}") from None
 
 
 def _yaml_problem(file: str, e: yaml.YAMLError) -> RulesError:
@@ -84,7 +117,7 @@ def parse_text(text: str, file: str) -> Y:
         except json.JSONDecodeError as e:
             raise RulesError.at(file, e.lineno, e.colno, f"JSON syntax error: {e.msg}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise _yaml_problem(file, e) from None
     if node is None:

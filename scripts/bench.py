@@ -1,0 +1,286 @@
+"""condroute benchmark: run through ./scripts/bench. Prints figures measured in this one run.
+
+1. Engine: decide() median/p99 µs for 10, 100, 1,000 routes (header, cookie, path-param and
+   client-ip conditions; the matching route last), plus one CEL policy and one verified JWT.
+2. End to end: CPU seconds of the mitmdump process per request under the same load, for plain
+   mitmdump, mitmdump + condroute (100 routes) and mitmdump + 100 map_remote specs, as ratios.
+3. Memory: peak RSS of mitmdump with 10,000 routes vs plain, and the rules' load time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "addon"))
+
+from condroute.demo import start_echo  # noqa: E402
+from condroute.engine import decide  # noqa: E402
+from condroute.request import RequestView  # noqa: E402
+from condroute.rules import load_rules, load_rules_text  # noqa: E402
+
+MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
+ADDON = str(ROOT / "addon" / "conditional_routing.py")
+
+
+def gen_rules(n: int, upstream: str = "http://127.0.0.1:9001", other: str = "http://127.0.0.1:9002") -> str:
+    out = ["version: 1", f"upstreams: {{a: '{upstream}', b: '{other}'}}", "routes:"]
+    for i in range(n):
+        out.append(
+            f"  - name: r{i}\n"
+            f"    match: {{path: '/svc{i}/{{id}}', methods: [GET, POST]}}\n"
+            f"    backends:\n"
+            f"      - {{name: by-header, when: {{header: {{X-Ab-Test: B}}}}, upstream: b}}\n"
+            f"      - {{name: by-cookie, when: {{cookie: {{ab: B}}}}, upstream: b}}\n"
+            f"      - {{name: by-ip, when: {{client_ip: 10.0.0.0/8}}, upstream: b}}\n"
+            f"      - {{name: default, fallback: true, upstream: a, path: '/svc{i}/{{id}}'}}")
+    return "\n".join(out) + "\n"
+
+
+HEADERS = [("Host", "shop.example"), ("User-Agent", "bench"), ("Accept", "*/*"),
+           ("Cookie", "ab=A; uid=7"), ("X-Ab-Test", "A")]
+
+
+def timed(fn, n: int) -> tuple[float, float]:
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        fn()
+        ts.append(time.perf_counter_ns() - t0)
+    ts.sort()
+    return ts[len(ts) // 2] / 1000, ts[int(len(ts) * 0.99)] / 1000
+
+
+def engine_section(n_iter: int) -> None:
+    print("1. engine: decide() per request, µs (a fresh request view each time)")
+    print(f"   {'rules':<34}{'median':>8}{'p99':>8}")
+    for n in (10, 100, 1000):
+        rules = load_rules_text(gen_rules(n))
+        path = f"/svc{n - 1}/42"
+
+        def one():
+            return decide(rules, RequestView("GET", "http", "shop.example", 80, path, "", HEADERS, "127.0.0.1"))
+
+        assert one().backend == "default"
+        med, p99 = timed(one, n_iter)
+        print(f"   {f'{n} routes, matching route last':<34}{med:8.1f}{p99:8.1f}")
+    extra = [
+        ("1 CEL policy (4 clauses)", """
+version: 1
+routes:
+  - name: r
+    backends:
+      - name: policy
+        when: {cel: "hasHeader('X-Beta') && req_headers.containsCookie('ab', 'B') && request.method == 'GET' && request.path.startsWith('/svc')"}
+        upstream: http://127.0.0.1:9002
+      - {name: default, fallback: true, upstream: http://127.0.0.1:9001}
+""", HEADERS + [("X-Beta", "1")]),
+    ]
+    try:
+        import jwt as pyjwt
+        tok = pyjwt.encode({"sub": "u1", "tier": "gold", "exp": int(time.time()) + 3600}, "s" * 32, algorithm="HS256")
+        extra.append(("1 verified JWT (HS256) claim", """
+version: 1
+settings: {jwt: {verify: {secret: "%s"}}}
+routes:
+  - name: r
+    backends:
+      - {name: gold, when: {jwt: {tier: gold}}, upstream: http://127.0.0.1:9002}
+      - {name: default, fallback: true, upstream: http://127.0.0.1:9001}
+""" % ("s" * 32), HEADERS + [("Authorization", f"Bearer {tok}")]))
+    except ImportError:
+        pass
+    for label, text, headers in extra:
+        try:
+            rules = load_rules_text(text)
+        except Exception as e:  # feature not available in this build
+            print(f"   {label:<34}   (not measured: {str(e).splitlines()[0][:60]})")
+            continue
+
+        def one():
+            return decide(rules, RequestView("GET", "http", "shop.example", 80, "/svc1/2", "", headers, "127.0.0.1"))
+
+        med, p99 = timed(one, max(n_iter // 4, 500))
+        print(f"   {label:<34}{med:8.1f}{p99:8.1f}   (selected: {one().backend})")
+
+
+# -- end to end --------------------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def vm_hwm_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Mitm:
+    def __init__(self, args: list[str]):
+        self.p = subprocess.Popen([MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", "0", "-q", *args],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.t0 = time.perf_counter()
+        self.port = None
+        # -q hides the "listening at" line: find the port from /proc
+        deadline = time.monotonic() + 60
+        while self.port is None and time.monotonic() < deadline:
+            if self.p.poll() is not None:
+                raise RuntimeError("mitmdump exited: " + (self.p.stdout.read() if self.p.stdout else ""))
+            self.port = listening_port(self.p.pid)
+            if self.port is None:
+                time.sleep(0.05)
+        self.startup = time.perf_counter() - self.t0
+        if self.port is None:
+            raise RuntimeError("mitmdump did not start listening")
+        threading.Thread(target=lambda: self.p.stdout and self.p.stdout.read(), daemon=True).start()
+
+    def stop(self) -> None:
+        self.p.terminate()
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+def listening_port(pid: int) -> int | None:
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+        with open(f"/proc/{pid}/net/tcp") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if parts[3] == "0A" and parts[9] in inodes:  # LISTEN
+                    return int(parts[1].split(":")[1], 16)
+    except OSError:
+        return None
+    return None
+
+
+def load(url: str, seconds: float, headers: list[tuple[str, str]]) -> int:
+    """Send requests for `seconds`; returns how many completed."""
+    if shutil.which("wrk"):
+        cmd = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency"]
+        for k, v in headers:
+            cmd += ["-H", f"{k}: {v}"]
+        out = subprocess.run(cmd + [url], capture_output=True, text=True).stdout
+        m = re.search(r"(\d+) requests in", out)
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if errors:
+            raise RuntimeError(f"{errors.group(1)} error responses from {url}")
+        return int(m.group(1)) if m else 0
+    import http.client
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    done, stop = [0], time.monotonic() + seconds
+
+    def worker():
+        c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        while time.monotonic() < stop:
+            c.request("GET", u.path, headers=dict(headers))
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                raise RuntimeError(f"status {r.status}")
+            done[0] += 1
+
+    ts = [threading.Thread(target=worker) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return done[0]
+
+
+def e2e_section(seconds: float, rounds: int) -> None:
+    backend = start_echo("bench-backend")
+    burl = f"http://127.0.0.1:{backend.server_address[1]}"
+    tmp = Path(tempfile.mkdtemp(prefix="condroute-bench-"))
+    rules = tmp / "r100.yaml"
+    rules.write_text(gen_rules(100, upstream=burl))
+    mr = []
+    for i in range(100):
+        mr += ["--map-remote", f"|~u /svc{i}/|/svc{i}/|/svc{i}/"]
+    configs = {
+        "plain mitmdump": [],
+        "plain, connection_strategy=lazy": ["--set", "connection_strategy=lazy"],
+        "condroute, 100 routes": ["-s", ADDON, "--set", f"condroute_rules={rules}", "--set", "condroute_log=off"],
+        "map_remote, 100 specs": mr,
+    }
+    hdrs = [("X-Ab-Test", "A"), ("Cookie", "ab=A; uid=7")]
+    per_req: dict[str, list[float]] = {k: [] for k in configs}
+    tool = "wrk -t1 -c8" if shutil.which("wrk") else "built-in generator, 4 connections"
+    print(f"\n2. end to end: CPU of the mitmdump process per request (reverse mode, {tool}, "
+          f"{seconds:g} s x {rounds} rounds, interleaved)")
+    for _ in range(rounds):
+        for name, args in configs.items():
+            m = Mitm(["--mode", f"reverse:{burl}", *args])
+            try:
+                url = f"http://127.0.0.1:{m.port}/svc99/42"
+                load(url, 1, hdrs)  # warm-up
+                c0 = cpu_seconds(m.p.pid)
+                n = load(url, seconds, hdrs)
+                c1 = cpu_seconds(m.p.pid)
+                per_req[name].append((c1 - c0) / max(n, 1) * 1e6)
+            finally:
+                m.stop()
+    med = {k: statistics.median(v) for k, v in per_req.items()}
+    base = med["plain mitmdump"]
+    for k, v in med.items():
+        print(f"   {k:<33}{v:8.0f} µs CPU/request   {v / base:5.3f}x plain")
+    print(f"   condroute / map_remote: {med['condroute, 100 routes'] / med['map_remote, 100 specs']:.3f}x")
+    backend.shutdown()
+
+    print("\n3. memory and load time, 10,000 routes")
+    big = tmp / "r10000.yaml"
+    big.write_text(gen_rules(10000, upstream=burl))
+    t0 = time.perf_counter()
+    r = load_rules(str(big))
+    t_load = time.perf_counter() - t0
+    print(f"   load_rules(): {t_load:.2f} s ({r.summary()})")
+    peaks = {}
+    for name, args in {"plain mitmdump": [], "condroute, 10,000 routes": ["-s", ADDON, "--set", f"condroute_rules={big}"]}.items():
+        m = Mitm(["--mode", f"reverse:{burl}", *args])
+        peaks[name] = (vm_hwm_mib(m.p.pid), m.startup)
+        m.stop()
+    for k, (mib, st) in peaks.items():
+        print(f"   {k:<26} peak RSS {mib:7.1f} MiB   start-up to listening {st:5.2f} s")
+    a, b = peaks["plain mitmdump"], peaks["condroute, 10,000 routes"]
+    print(f"   condroute adds {b[0] - a[0]:.1f} MiB ({b[0] / a[0]:.2f}x) and {b[1] - a[1]:.2f} s of start-up")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="shorter runs (noisier)")
+    ap.add_argument("--engine-only", action="store_true", help="only the engine part")
+    a = ap.parse_args()
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"mitmproxy {__import__('mitmproxy.version').version.VERSION}")
+    engine_section(5000 if a.quick else 20000)
+    if not a.engine_only:
+        e2e_section(3 if a.quick else 6, 1 if a.quick else 3)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
