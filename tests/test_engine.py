@@ -347,3 +347,21 @@ def test_cookie_parsing_is_lenient():
 def test_parse_ip(text, expected):
     ip = parse_ip(text)
     assert (str(ip) if ip else None) == expected
+
+
+def test_catastrophic_regex_cannot_hang_the_engine():
+    """(a+)+$ backtracks exponentially in Python's re; RE2 answers in linear time."""
+    import threading
+    r = one_backend("{header: {X-T: {regex: '^(a+)+$'}}}")
+    hostile = "a" * 50_000 + "!"
+    got = []
+    t = threading.Thread(target=lambda: got.append(chosen(r, req(headers={"X-T": hostile}))), daemon=True)
+    t.start()
+    t.join(60)   # a hang detector, not a speed target: Python's re would never finish
+    assert not t.is_alive() and got == ["fb"]
+    assert chosen(r, req(headers={"X-T": "aaaa"})) == "b"
+
+
+def test_regex_on_undecodable_header_value_does_not_raise():
+    r = one_backend("{header: {X-T: {regex: 'caf'}}}")
+    assert chosen(r, req(headers={"X-T": "caf\udce9"})) == "b"

@@ -49,7 +49,7 @@ def err(text: str, name: str = "f.yaml") -> str:
     # conditions and matchers
     ("  - name: r\n    backends:\n      - {name: x, upstream: a, when: {headr: {A: b}}}\n", (6, "headr"),
      "unknown condition 'headr'"),
-    ("  - name: r\n    backends:\n      - {name: x, upstream: a, when: {header: {A: {regex: '(['}}}}\n", (6, "['"), "bad regular expression"),
+    ("  - name: r\n    backends:\n      - {name: x, upstream: a, when: {header: {A: {regex: '(['}}}}\n", (6, "'(["), "bad regular expression"),
     ("  - name: r\n    backends:\n      - {name: x, upstream: a, when: {header: {A: {sufix: b}}}}\n", (6, "sufix"),
      "unknown matcher 'sufix'"),
     ("  - name: r\n    backends:\n      - {name: x, upstream: a, when: {header: {A: {gt: many}}}}\n", (6, "many"),

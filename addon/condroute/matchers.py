@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Callable, Sequence
+
+import re2
 
 from .compile_ctx import CompileCtx
 from .yamlpos import Y
@@ -17,9 +18,6 @@ from .yamlpos import Y
 STRING_FORMS = ("equals", "in", "prefix", "suffix", "contains", "regex")
 NUMBER_FORMS = ("gt", "ge", "lt", "le")
 MATCHER_KEYS = STRING_FORMS + NUMBER_FORMS + ("present", "not", "ignore_case")
-
-# bound on how much of one value a regular expression ever sees (see README, security)
-REGEX_INPUT_LIMIT = 8192
 
 
 def as_text(v: Any) -> str:
@@ -151,13 +149,32 @@ def _in(targets: list[str], ic: bool) -> Matcher:
     return _StrMatcher(lambda s: s in ts, "one of [" + ", ".join(show(t) for t in targets) + "]", ic)
 
 
-def compile_regex(node: Y, cc: CompileCtx, flags: int = 0) -> re.Pattern | None:
+class Regex:
+    """A regular expression run by RE2, a linear-time engine: no pattern in a rules file can make
+    the proxy hang on a hostile header (Python's backtracking `re` can: ``(a+)+$``)."""
+
+    def __init__(self, pattern: str, ignore_case: bool):
+        opts = re2.Options()
+        opts.log_errors = False
+        opts.case_sensitive = not ignore_case
+        self.pattern = pattern
+        self._rx = re2.compile(pattern, options=opts)
+
+    def search(self, s: str) -> bool:
+        try:
+            return self._rx.search(s) is not None
+        except UnicodeError:  # lone surrogates from undecodable bytes
+            return self._rx.search(s.encode("utf-8", "replace").decode("utf-8")) is not None
+
+
+def compile_regex(node: Y, cc: CompileCtx, ignore_case: bool = False) -> Regex | None:
     src = _scalar_text(node, cc, "regex")
     try:
-        return re.compile(src, flags)
-    except re.error as e:
-        col = node.col + (e.pos or 0) + (1 if isinstance(node.v, str) and cc.quoted(node) else 0)
-        cc.error_at(node.line, col, f"bad regular expression {show(src)}: {e.msg}")
+        return Regex(src, ignore_case)
+    except re2.error as e:
+        why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        cc.error(node, f"bad regular expression {show(src)}: {why} (condroute uses RE2 syntax: "
+                       "no backreferences or lookaround)")
         return None
 
 
@@ -210,11 +227,9 @@ def compile_matcher(node: Y, cc: CompileCtx, what: str = "value") -> Matcher | N
             else:
                 parts.append(_StrMatcher(lambda s, tt=tt: tt in s, f"containing {show(t)}", ic))
         elif key == "regex":
-            rx = compile_regex(sub, cc, re.IGNORECASE if ic else 0)
+            rx = compile_regex(sub, cc, ic)
             if rx is not None:
-                search = rx.search
-                parts.append(_StrMatcher(lambda s, search=search: search(s[:REGEX_INPUT_LIMIT]) is not None,
-                                         f"matching /{rx.pattern}/", False))
+                parts.append(_StrMatcher(rx.search, f"matching /{rx.pattern}/", False))
         elif key == "present":
             if not isinstance(sub.v, bool):
                 cc.error(sub, "present must be true or false")
