@@ -193,9 +193,13 @@ def _held_reason(b: Backend) -> str:
 
 
 def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None) -> None:
-    path = b.path.render(req.params, req.path, req.rest) if b.path is not None else req.path
+    if not req.path.startswith("/"):   # asterisk-form (OPTIONS *): nothing to rewrite
+        path = req.path
+    else:
+        path = b.path.render(req.params, req.path, req.rest) if b.path is not None else req.path
+        if up is not None and up.base_path:
+            path = up.base_path + path
     if up is not None:
-        path = up.base_path + path if up.base_path else path
         d.scheme, d.host, d.port = up.scheme, up.host, up.port
         d.upstream = up.name
         d.upstream_obj = up
