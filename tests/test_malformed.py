@@ -1,0 +1,79 @@
+"""A corpus of malformed rules files (tests/malformed/*.yaml, one mistake each) with the exact
+located messages they must produce (*.expected, FILE standing for the file's path): when loaded,
+at mitmdump start-up (exit status 1, no traceback) and on hot reload (last good rules kept)."""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from mitmproxy.test import taddons
+
+from condroute.errors import RulesError
+from condroute.mitm import ConditionalRouting
+from condroute.rules import load_rules
+from helpers import ADDON, run_mitmdump_until_exit
+
+CORPUS = Path(__file__).parent / "malformed"
+FILES = sorted(CORPUS.glob("*.yaml"))
+GOOD = """version: 1
+routes:
+  - name: good
+    backends: [{name: only, upstream: "http://127.0.0.1:9001"}]
+"""
+
+
+def expected(f: Path, path: str) -> list[str]:
+    return [line.replace("FILE", path, 1) for line in f.with_suffix(".expected").read_text().splitlines()]
+
+
+def test_corpus_is_large_and_complete():
+    assert len(FILES) >= 40
+    for f in FILES:
+        assert f.with_suffix(".expected").exists(), f
+
+
+@pytest.mark.parametrize("f", FILES, ids=lambda f: f.stem)
+def test_load_gives_the_exact_located_message(f: Path):
+    with pytest.raises(RulesError) as ei:
+        load_rules(str(f))
+    assert [str(p) for p in ei.value.problems] == expected(f, str(f))
+
+
+def test_every_file_stops_mitmdump_at_start_up_with_its_message():
+    def start(f: Path):
+        return f, run_mitmdump_until_exit(["-s", str(ADDON), "--set", f"condroute_rules={f}"], timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(start, FILES))
+    for f, proc in results:
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1, (f, out)
+        for line in expected(f, str(f)):
+            assert line in out, (f, line, out)
+        assert "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("f", FILES, ids=lambda f: f.stem)
+def test_hot_reload_keeps_the_last_good_rules(f: Path, tmp_path: Path, caplog):
+    target = tmp_path / "rules.yaml"
+    target.write_text(GOOD)
+    addon = ConditionalRouting()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, condroute_rules=str(target))
+        good, generation = addon.rules, addon.generation
+        assert good is not None and good.routes[0].name == "good"
+        shutil.copyfile(f, target)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="condroute"):
+            assert addon.check_reload() is False
+        assert addon.rules is good and addon.generation == generation
+        logged = caplog.text
+        for line in expected(f, str(target)):
+            assert line in logged, (line, logged)
+        assert "keeping the last good rules" in logged
+        # the next good edit is picked up again
+        target.write_text(GOOD.replace("good", "better"))
+        assert addon.check_reload() is True and addon.rules.routes[0].name == "better"
