@@ -365,3 +365,23 @@ def test_catastrophic_regex_cannot_hang_the_engine():
 def test_regex_on_undecodable_header_value_does_not_raise():
     r = one_backend("{header: {X-T: {regex: 'caf'}}}")
     assert chosen(r, req(headers={"X-T": "caf\udce9"})) == "b"
+
+
+def test_strip_routing_headers_removes_what_the_route_read():
+    text = """
+        version: 1
+        settings: {strip_routing_headers: true}
+        routes:
+          - name: r
+            match: {header: {X-Beta: {present: true}}}
+            backends:
+              - {name: b, when: {header: {x-ab-test: B, Authorization: {present: true}}}, upstream: "http://127.0.0.1:2",
+                 remove_headers: [X-Debug]}
+              - {name: fb, fallback: true, upstream: "http://127.0.0.1:1"}
+        """
+    d = decide(rules(text), req(headers={"X-Beta": "1", "X-Ab-Test": "B", "Authorization": "x"}))
+    assert d.backend == "b"
+    assert d.remove_headers == ("X-Debug", "X-Beta", "x-ab-test")     # never Authorization or Cookie
+    d = decide(rules(text.replace("strip_routing_headers: true", "strip_routing_headers: false")),
+               req(headers={"X-Beta": "1"}))
+    assert d.remove_headers == ()

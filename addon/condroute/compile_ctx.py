@@ -20,6 +20,7 @@ class CompileCtx:
         self.upstreams: dict[str, Any] = {}
         self.route_params: tuple[str, ...] = ()
         self.route_has_rest = False
+        self.header_names: set[str] = set()   # header names the current route's conditions read
         self.cel_used = False
 
     # -- errors -------------------------------------------------------------------------------

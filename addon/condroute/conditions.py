@@ -132,6 +132,8 @@ def _named_values(node: Y, cc: CompileCtx, what: str, make: Callable[[str, Match
         return None
     parts = []
     for name, sub in node.v.items():
+        if what == "header":
+            cc.header_names.add(name)
         m = compile_matcher(sub, cc, f"{what} {name}")
         if m is not None:
             parts.append(make(name, m))

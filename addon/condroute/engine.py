@@ -244,6 +244,8 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision) -> None:
         d.split = f"{chosen.split.by}={'(missing: random)' if key is None else 'hash'} -> {up.name if up else None}"
     build_target(d, chosen, req, up)
     d.set_headers, d.remove_headers = chosen.set_headers, chosen.remove_headers
+    if rules.settings.strip_routing_headers and route.routing_headers:
+        d.remove_headers = tuple(dict.fromkeys(chosen.remove_headers + route.routing_headers))
 
 
 def decide(rules: Rules, req: RequestView, explain: bool = False) -> Decision:

@@ -15,7 +15,9 @@ from .request import IPNet
 from .yamlpos import Y, load_file, parse_text
 
 TOP_KEYS = ("version", "upstreams", "settings", "routes")
-SETTINGS_KEYS = ("on_no_match", "trusted_proxies", "jwt", "geoip_db")
+SETTINGS_KEYS = ("on_no_match", "trusted_proxies", "jwt", "geoip_db", "strip_routing_headers")
+# never stripped by strip_routing_headers: the upstream needs them whatever they routed on
+NEVER_STRIP = frozenset({"host", "authorization", "cookie", "content-type", "content-length", "transfer-encoding"})
 ROUTE_KEYS = ("name", "match", "backends")
 MATCH_KEYS = ("host", "methods", "method", "path")
 BACKEND_KEYS = ("name", "when", "fallback", "upstream", "split", "path", "set_headers", "remove_headers",
@@ -148,6 +150,7 @@ class Route:
     cond: Cond | None = None                   # extra conditions in match (extension)
     backends: tuple[Backend, ...] = ()         # in file order, fallback included
     fallback: Backend | None = None
+    routing_headers: tuple[str, ...] = ()      # header names its conditions read (strip_routing_headers)
 
     def host_ok(self, host: str) -> bool:
         if not self.hosts:
@@ -164,6 +167,7 @@ class Settings:
     trusted_proxies: tuple[IPNet, ...] = ()
     jwt: Any = None
     geoip: Any = None
+    strip_routing_headers: bool = False
 
 
 @dataclass(frozen=True)
@@ -467,6 +471,7 @@ def compile_route(node: Y, cc: CompileCtx, index: int) -> Route | None:
             name = as_text(n.v)
     kw: dict[str, Any] = {}
     cc.route_params, cc.route_has_rest = (), False
+    cc.header_names = set()
     if "match" in v:
         m = v["match"]
         if cc.expect_map(m, "match"):
@@ -539,7 +544,12 @@ def compile_route(node: Y, cc: CompileCtx, index: int) -> Route | None:
                 continue
             fallback = b
         backends.append(b)
-    return Route(name=name, line=node.line, fallback=fallback, backends=tuple(backends), **kw)
+    seen_h: dict[str, str] = {}
+    for h in sorted(cc.header_names):
+        if h.lower() not in NEVER_STRIP:
+            seen_h.setdefault(h.lower(), h)
+    return Route(name=name, line=node.line, fallback=fallback, backends=tuple(backends),
+                 routing_headers=tuple(seen_h.values()), **kw)
 
 
 def compile_settings(node: Y | None, cc: CompileCtx) -> Settings:
@@ -555,6 +565,12 @@ def compile_settings(node: Y | None, cc: CompileCtx) -> Settings:
             cc.error(o, f"on_no_match must be passthrough or error, not {kind(o.v)}")
         else:
             kw["on_no_match"] = o.v
+    if "strip_routing_headers" in node.v:
+        sr = node.v["strip_routing_headers"]
+        if not isinstance(sr.v, bool):
+            cc.error(sr, f"strip_routing_headers must be true or false, not {kind(sr.v)}")
+        else:
+            kw["strip_routing_headers"] = sr.v
     if "trusted_proxies" in node.v:
         kw["trusted_proxies"] = tuple(compile_cidrs(node.v["trusted_proxies"], cc, "trusted_proxies"))
     if "jwt" in node.v:
