@@ -14,6 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes: without this, Nagle + delayed ACK stall every
+    # keep-alive response by ~40 ms
+    disable_nagle_algorithm = True
     server_version = "condroute-demo"
 
     def _answer(self) -> None:

@@ -70,6 +70,8 @@ class Decision:
             return f"{self.route}/{self.backend} -> respond {self.status}"
         if self.outcome == "no_match" and self.status:
             return f"{self.route} -> error {self.status}"
+        if self.outcome == "unavailable":
+            return f"{self.route} -> error {self.status} (no upstream available)"
         return "passthrough"
 
     def summary(self) -> str:
@@ -81,6 +83,8 @@ class Decision:
         if self.outcome == "no_match":
             what = f"answered {self.status}" if self.status else "passthrough"
             return f"{self.request} -> {self.route}: no backend holds, {what}"
+        if self.outcome == "unavailable":
+            return f"{self.request} -> {self.route}: no upstream available, answered {self.status}"
         return f"{self.request} -> no route, passthrough"
 
     def comment(self) -> str:
@@ -91,7 +95,9 @@ class Decision:
         return "condroute: " + s
 
     def error_body(self) -> str:
-        lines = [f"condroute: no backend of route {self.route!r} holds for {self.request}"]
+        lines = [f"condroute: no backend of route {self.route!r} holds for {self.request}"
+                 if self.outcome != "unavailable" else
+                 f"condroute: no upstream of route {self.route!r} can serve {self.request}; tried:"]
         for a in self.attempts:
             lines.append(f"  {a.backend}: {a.reason}")
         if not self.attempts:
@@ -107,6 +113,10 @@ class Decision:
         }
         if self.split:
             d["split"] = self.split
+        if self.timeout:
+            d["timeout"] = self.timeout
+        if self.retries:
+            d["retries"] = self.retries
         if self.set_headers:
             d["set_headers"] = dict(self.set_headers)
         if self.remove_headers:
@@ -160,16 +170,17 @@ def split_key(split: Split, req: RequestView, rules: Rules) -> str | None:
     return s if s != "" else None
 
 
-def choose_arm(split: Split, route: str, key: str | None) -> Upstream | None:
+def choose_arm(split: Split, route: str, key: str | None, exclude: frozenset = frozenset()) -> Upstream | None:
     """Weighted rendezvous hashing: the same key always picks the same arm, and changing one arm's
-    weight only moves keys to or from that arm."""
+    weight only moves keys to or from that arm. Arms in ``exclude`` (unavailable upstreams) are left
+    out, which moves only their own keys."""
     arms = split.arms
     if not arms:
         return None
     all_zero = all(w <= 0 for _, w in arms)
     best, best_score = None, math.inf
     for up, w in arms:
-        if w <= 0 and not all_zero:
+        if (w <= 0 and not all_zero) or up in exclude:
             continue
         w = 1.0 if all_zero else w
         if key is None:
@@ -212,20 +223,55 @@ def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None)
     d.path = path
 
 
-def select(route: Route, req: RequestView, rules: Rules, d: Decision) -> None:
+def _down_arms(split: Split, health: Any) -> frozenset:
+    return frozenset(up for up, _ in split.arms if health.unavailable(up.host, up.port))
+
+
+def _unavailable(b: Backend, health: Any) -> str | None:
+    """Why backend ``b`` cannot serve now although it holds (its upstream is cooling down after a
+    failed connection), or None. ``health`` is any object with ``unavailable(host, port)``."""
+    if b.split is not None:
+        live = [(up, w) for up, w in b.split.arms if w > 0] or list(b.split.arms)
+        why = [(up, health.unavailable(up.host, up.port)) for up, _ in live]
+        if why and all(r for _, r in why):
+            return "every arm of its split is unavailable: " + "; ".join(
+                f"{up.name} ({up.authority}) {r}" for up, r in why)
+        return None
+    up = b.upstream
+    if up is not None and b.respond is None:
+        r = health.unavailable(up.host, up.port)
+        if r:
+            return f"upstream {up.name} ({up.authority}) is unavailable: {r}"
+    return None
+
+
+def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: Any = None) -> None:
     chosen: Backend | None = None
+    down = False
     for b in route.backends:
         if b.fallback:
             continue
         reason = b.when.fail(req, rules) if b.when is not None else None
+        if reason is None and health is not None:
+            reason = _unavailable(b, health)
+            down = down or reason is not None
         if reason is None:
             d.attempts.append(Attempt(b.name, True, _held_reason(b)))
             chosen = b
             break
         d.attempts.append(Attempt(b.name, False, reason))
     if chosen is None and route.fallback is not None:
-        chosen = route.fallback
-        d.attempts.append(Attempt(chosen.name, True, _held_reason(chosen), True))
+        fb = route.fallback
+        reason = _unavailable(fb, health) if health is not None else None
+        if reason is None:
+            chosen = fb
+            d.attempts.append(Attempt(chosen.name, True, _held_reason(chosen), True))
+        else:
+            down = True
+            d.attempts.append(Attempt(fb.name, False, reason, True))
+    if chosen is None and down:
+        d.outcome, d.status = "unavailable", 502   # whatever on_no_match says: nothing can serve
+        return
     if chosen is None:
         d.outcome = "no_match"
         if rules.settings.on_no_match == "error":
@@ -240,16 +286,20 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision) -> None:
     up = chosen.upstream
     if chosen.split is not None:
         key = split_key(chosen.split, req, rules)
-        up = choose_arm(chosen.split, route.name, key)
+        down_arms = _down_arms(chosen.split, health) if health is not None else frozenset()
+        up = choose_arm(chosen.split, route.name, key, down_arms)
         d.split = f"{chosen.split.by}={'(missing: random)' if key is None else 'hash'} -> {up.name if up else None}"
+        if down_arms:
+            d.split += " (passed over, unavailable: " + ", ".join(sorted(u.name for u in down_arms)) + ")"
     build_target(d, chosen, req, up)
     d.set_headers, d.remove_headers = chosen.set_headers, chosen.remove_headers
     if rules.settings.strip_routing_headers and route.routing_headers:
         d.remove_headers = tuple(dict.fromkeys(chosen.remove_headers + route.routing_headers))
 
 
-def decide(rules: Rules, req: RequestView, explain: bool = False) -> Decision:
-    """Decide for one request. Never raises for any request input."""
+def decide(rules: Rules, req: RequestView, explain: bool = False, health: Any = None) -> Decision:
+    """Decide for one request. Never raises for any request input. ``health`` (optional, e.g. a
+    :class:`~condroute.health.Health`) passes over backends whose upstream is cooling down."""
     d = Decision("passthrough", request=req.describe())
     candidates = rules.index.candidates(req.path) if rules.index is not None else rules.routes
     if explain:
@@ -258,7 +308,7 @@ def decide(rules: Rules, req: RequestView, explain: bool = False) -> Decision:
         why = route_fail(route, req, rules)
         if why is None:
             d.route = route.name
-            select(route, req, rules, d)
+            select(route, req, rules, d, health)
             return d
         if explain:
             d.routes_passed.append((route.name, why))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from .engine import Decision, decide
+from .upstreams import Upstreams
 from .errors import RulesError
 from .request import RequestView
 from .rules import Rules, load_rules
@@ -35,18 +37,58 @@ def parse_bool(name: str, value: str) -> bool:
 
 
 def file_signature(path: str) -> tuple | None:
+    """What identifies one version of the file. The content hash is part of it: on a filesystem with
+    a coarse clock (HFS+ 1 s, FAT 2 s, a jiffy on older ext4) a same-size edit made within the same
+    tick as the last load has the same mtime, and must not be missed."""
     try:
         st = os.stat(path)
+        with open(path, "rb") as fh:
+            digest = hashlib.blake2b(fh.read(), digest_size=16).digest()
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, digest)
 
 
 def request_view(flow: http.HTTPFlow) -> RequestView:
     r = flow.request
     path, _, qs = r.path.partition("?")
     peer = flow.client_conn.peername[0] if flow.client_conn and flow.client_conn.peername else None
-    return RequestView(r.method, r.scheme, r.pretty_host, r.port, path, qs, r.headers.items(multi=True), peer)
+    return RequestView(r.method, r.scheme, r.pretty_host, r.port, path, qs, tuple(r.headers.items(multi=True)), peer)
+
+
+def keep_answered_bodies_local() -> None:
+    """Never stream the body of a request that condroute answers itself (respond, on_no_match: error).
+
+    With ``stream_large_bodies`` set, mitmproxy (11 and 12) starts streaming a request body to the
+    request's destination as soon as more than that many bytes have arrived, even when an addon
+    cleared ``flow.request.stream`` in ``requestheaders``: a blocked request's body would reach the
+    very host it was blocked from, and that host's response would replace the answer. There is no
+    hook for this, so the proxy core's size check is wrapped: for answered flows, the body beyond
+    the limit is drained and dropped instead. Idempotent; does nothing if mitmproxy's internals differ.
+    """
+    try:
+        from mitmproxy.proxy.layers.http import HttpStream
+        from mitmproxy.utils import human
+    except ImportError:  # pragma: no cover - another mitmproxy layout
+        return
+    orig = getattr(HttpStream, "check_body_size", None)
+    if orig is None or getattr(orig, "_condroute", False):
+        return
+
+    def check_body_size(self, request: bool):
+        f = getattr(self, "flow", None)
+        md = f.metadata.get("condroute") if request and f is not None else None
+        buf = getattr(self, "request_body_buf", None)
+        if md and md.get("answer") and buf:
+            limit = human.parse_size(self.context.options.stream_large_bodies)
+            if limit is not None and len(buf) > limit:
+                buf.clear()
+                md["body_dropped"] = True
+                return False
+        return (yield from orig(self, request))
+
+    check_body_size._condroute = True  # type: ignore[attr-defined]
+    HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
 
 
 class ConditionalRouting:
@@ -58,14 +100,20 @@ class ConditionalRouting:
         self.last_error: str | None = None
         self.log_level = 1               # index into LOG_LEVELS
         self.debug_header = False
+        self.reload_interval = RELOAD_INTERVAL
         self._watcher: asyncio.Task | None = None
+        self.upstreams = Upstreams(self)  # retries, failover, passive health, timeouts (sub-addon)
+        self.addons = [self.upstreams]
 
     # -- options --------------------------------------------------------------------------------
     def load(self, loader: Any) -> None:
+        keep_answered_bodies_local()
         loader.add_option("condroute_rules", str, "",
                           "condroute: path to the rules file (YAML, JSON or KrakenD); empty = inactive.")
         loader.add_option("condroute_debug_header", str, "false",
                           "condroute: 'true' adds the response header X-Condroute: ROUTE/BACKEND -> UPSTREAM.")
+        loader.add_option("condroute_reload_interval", str, "1",
+                          "condroute: seconds between checks of the rules file for changes; 0 = do not watch.")
         loader.add_option("condroute_log", str, "decisions",
                           "condroute: off | decisions (a line per routed request) | verbose (also skipped backends).")
 
@@ -88,6 +136,15 @@ class ConditionalRouting:
             if v not in LOG_LEVELS:
                 raise BadOption(f"condroute_log must be one of off, decisions, verbose, not {ctx.options.condroute_log!r}")
             self.log_level = LOG_LEVELS.index(v)
+        if "condroute_reload_interval" in updated:
+            raw = ctx.options.condroute_reload_interval.strip()
+            try:
+                secs = float(raw)
+            except ValueError:
+                secs = -1.0
+            if not 0 <= secs <= 3600 or secs != secs:
+                raise BadOption(f"condroute_reload_interval must be a number of seconds from 0 to 3600, not {raw!r}")
+            self.reload_interval = secs
         if "condroute_debug_header" in updated:
             self.debug_header = parse_bool("condroute_debug_header", ctx.options.condroute_debug_header)
         if "condroute_rules" in updated:
@@ -101,7 +158,8 @@ class ConditionalRouting:
                 rules = load_rules(path)
                 self._install(rules, path, sig, "loaded")
         if self.rules is not None and ("connection_strategy" in updated or "condroute_rules" in updated):
-            if ctx.options.connection_strategy == "eager":
+            # getattr: the option belongs to mitmproxy's Proxyserver addon, absent from bare test harnesses
+            if getattr(ctx.options, "connection_strategy", None) == "eager":
                 log.info("condroute: setting connection_strategy=lazy, so that a rerouted request never first "
                          "connects to its original destination")
                 ctx.options.update(connection_strategy="lazy")
@@ -114,7 +172,7 @@ class ConditionalRouting:
             return
         modes = [m for m in getattr(ctx.options, "mode", []) if str(m).startswith("reverse")]
         uses_host = any(r.hosts for r in rules.routes)
-        if modes and uses_host and not ctx.options.keep_host_header:
+        if modes and uses_host and not getattr(ctx.options, "keep_host_header", False):
             log.warning("condroute: in reverse mode mitmproxy rewrites the Host header before condroute sees it; "
                         "rules that match on host need --set keep_host_header=true")
 
@@ -138,7 +196,9 @@ class ConditionalRouting:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(RELOAD_INTERVAL)
+            await asyncio.sleep(self.reload_interval or RELOAD_INTERVAL)
+            if not self.reload_interval:
+                continue
             try:
                 self.check_reload()
             except Exception as e:  # never let the watcher die
@@ -175,7 +235,7 @@ class ConditionalRouting:
         if rules is None or flow.response is not None or flow.error is not None or not flow.live:
             return
         try:
-            d = decide(rules, request_view(flow))
+            d = decide(rules, request_view(flow), health=self.upstreams.health)
         except Exception as e:  # a bug must not become a silent passthrough
             log.error(f"condroute: internal error while deciding for {flow.request.method} "
                       f"{flow.request.pretty_url.split('?')[0]}: {type(e).__name__}")
@@ -191,6 +251,11 @@ class ConditionalRouting:
         md = d.to_dict()
         md["header"] = d.header_value()
         if d.outcome == "routed":
+            r = flow.request   # what apply() rewrites, so that `condroute explain --flows` can decide again
+            md["original"] = {"scheme": r.scheme, "host": r.pretty_host, "port": r.port, "path": r.path,
+                              "host_header": r.host_header,
+                              "headers": {n: r.headers.get_all(n) for n in {*d.remove_headers, *dict(d.set_headers)}}}
+            self.upstreams.remember(flow, d)   # before apply: a failover starts from the original
             self.apply(flow, d)
         elif d.status is not None:  # respond, or no match with on_no_match: error
             if d.respond is not None:
@@ -228,7 +293,17 @@ class ConditionalRouting:
             return
         answer = md.get("answer")
         if answer:
+            if md.get("body_dropped"):
+                flow.request.data.content = None   # as for a streamed body: not kept
             flow.response = http.Response.make(answer["status"], answer["body"], answer["headers"])
+        elif md.get("outcome") == "routed":
+            # mitmproxy (11, 12) forwards an HTTP/2 request without content-length to an HTTP/1.1
+            # server with no framing at all, so the server reads an empty body. A rerouted HTTP/2
+            # request often goes to a plain-http backend: give a buffered body its length.
+            r = flow.request
+            if ((r.is_http2 or r.is_http3) and not r.stream and r.raw_content
+                    and "content-length" not in r.headers and "transfer-encoding" not in r.headers):
+                r.headers["content-length"] = str(len(r.raw_content))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if self.debug_header and flow.response is not None:
