@@ -54,3 +54,18 @@ def proxy():
     yield make
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def plain_mitmdump():
+    """Factory: plain_mitmdump(*args) -> a started mitmdump WITHOUT the addon (e.g. an upstream proxy)."""
+    started: list[Proxy] = []
+
+    def make(*args: str) -> Proxy:
+        p = Proxy(list(args))
+        started.append(p)
+        return p.start()
+
+    yield make
+    for p in started:
+        p.stop()

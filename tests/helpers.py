@@ -91,3 +91,75 @@ def run_mitmdump_until_exit(args: list[str], timeout: float = 30.0) -> subproces
     """Run mitmdump expecting it to exit by itself (e.g. a bad rules file at start-up)."""
     cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
+
+
+def has_ipv6_loopback() -> bool:
+    """True when this machine can listen on ::1."""
+    import socket
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def h2_request_via_proxy(proxy_port: int, url: str, cafile: str, method: str = "GET",
+                         headers: list[tuple[str, str]] = (), body: bytes = b"",
+                         timeout: float = 10.0) -> tuple[int, dict[str, str], bytes, str]:
+    """One HTTP/2 request through an HTTP proxy (CONNECT, then TLS with ALPN h2 only), using the h2
+    library. httpx cannot be used for this: through a proxy it offers ALPN "http/1.1" before "h2",
+    and mitmproxy honours the client's order. Returns (status, headers, body, negotiated ALPN)."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    import h2.connection
+    import h2.events
+
+    u = urlsplit(url)
+    host, port = u.hostname, u.port or 443
+    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+    try:
+        sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise AssertionError(f"proxy closed the CONNECT: {head!r}")
+            head += chunk
+        assert head.split(b" ", 2)[1] == b"200", head
+        ctx = ssl.create_default_context(cafile=cafile)
+        ctx.set_alpn_protocols(["h2"])
+        tls = ctx.wrap_socket(sock, server_hostname=host)
+        alpn = tls.selected_alpn_protocol() or ""
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", method), (":scheme", "https"), (":authority", u.netloc),
+                                (":path", path), *headers], end_stream=not body)
+        if body:
+            conn.send_data(sid, body, end_stream=True)
+        tls.sendall(conn.data_to_send())
+        status, resp_headers, data, done = 0, {}, b"", False
+        while not done:
+            chunk = tls.recv(65536)
+            if not chunk:
+                raise AssertionError("connection closed before the response ended")
+            for ev in conn.receive_data(chunk):
+                if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                    resp_headers = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                                    for k, v in ev.headers}
+                    status = int(resp_headers[":status"])
+                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                    data += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)) and ev.stream_id == sid:
+                    done = True
+            tls.sendall(conn.data_to_send())
+        return status, resp_headers, data, alpn
+    finally:
+        sock.close()
