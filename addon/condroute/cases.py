@@ -1,0 +1,249 @@
+"""Golden cases for ``condroute check``: a YAML (or JSON) list of requests and expected decisions.
+
+    - name: variant B by header            # optional
+      request: {method: GET, url: "http://shop.example/cart", headers: {X-Ab-Test: B},
+                cookies: {uid: "42"}, client_ip: 10.1.2.3, jwt: "eyJ..."}   # all but url optional
+      expect: {route: checkout, backend: force-b, upstream: canary, path: /v2/checkout/42}
+
+Every key under ``expect`` is optional; each one given must equal the decision. ``null`` expects
+nothing there (``backend: null``: no backend selected). ``status`` expects a direct answer (a
+``respond`` backend, or 502 for no backend with ``on_no_match: error``). ``path`` and ``url``
+without a ``?`` are compared without the query string. A cases file that is wrong is reported
+with ``FILE:LINE:COLUMN`` like a rules file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine import Decision, decide
+from .explain import build_request, final_path, final_url
+from .errors import Problem, RulesError
+from .matchers import as_text
+from .request import RequestView, parse_ip
+from .rules import Rules
+from .yamlpos import Y, load_file
+
+CASE_KEYS = ("name", "request", "expect")
+REQUEST_KEYS = ("method", "url", "headers", "cookies", "client_ip", "jwt")
+EXPECT_KEYS = ("route", "backend", "upstream", "path", "url", "status", "outcome")
+OUTCOMES = ("routed", "respond", "passthrough", "no_match")
+
+
+class CasesError(RulesError):
+    """A cases file that cannot be used; carries located problems."""
+
+
+@dataclass
+class Case:
+    name: str
+    line: int
+    request: RequestView
+    expect: dict[str, Any] = field(default_factory=dict)
+
+
+class _Problems:
+    def __init__(self, file: str):
+        self.file = file
+        self.items: list[Problem] = []
+
+    def at(self, node: Y, msg: str) -> None:
+        self.items.append(Problem(self.file, node.line, node.col, msg))
+
+    def key(self, mapping: Y, key: str, msg: str) -> None:
+        line, col = (mapping.key_pos or {}).get(key, (mapping.line, mapping.col))
+        self.items.append(Problem(self.file, line, col, msg))
+
+    def keys(self, node: Y, allowed: tuple[str, ...], what: str) -> None:
+        for k in node.v:
+            if k not in allowed:
+                self.key(node, k, f"unknown key {k!r} in {what}; expected one of: {', '.join(allowed)}")
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is not None and not isinstance(v, (dict, list))
+
+
+def _request(node: Y, pr: _Problems) -> RequestView | None:
+    if not isinstance(node.v, dict):
+        pr.at(node, "request must be a mapping such as {url: \"http://shop.example/cart\"}")
+        return None
+    pr.keys(node, REQUEST_KEYS, "request")
+    v = node.v
+    before = len(pr.items)
+    if "url" not in v:
+        pr.at(node, "request needs a url")
+    elif not isinstance(v["url"].v, str) or not v["url"].v:
+        pr.at(v["url"], "request.url must be a URL such as http://shop.example/cart")
+    method = "GET"
+    if "method" in v:
+        if not isinstance(v["method"].v, str) or not v["method"].v:
+            pr.at(v["method"], "request.method must be an HTTP method such as GET")
+        else:
+            method = v["method"].v.upper()
+    headers: list[tuple[str, str]] = []
+    if "headers" in v:
+        hn = v["headers"]
+        if not isinstance(hn.v, dict):
+            pr.at(hn, "request.headers must be a mapping of header names to values")
+        else:
+            for name, val in hn.v.items():
+                items = val.v if isinstance(val.v, list) else [val]
+                for item in items:
+                    if not _is_scalar(item.v):
+                        pr.at(item, f"request.headers: the value of {name} must be text (or a list of texts)")
+                    else:
+                        headers.append((name, as_text(item.v)))
+    cookies: list[str] = []
+    if "cookies" in v:
+        cn = v["cookies"]
+        if not isinstance(cn.v, dict):
+            pr.at(cn, "request.cookies must be a mapping of cookie names to values")
+        else:
+            for name, val in cn.v.items():
+                if not _is_scalar(val.v):
+                    pr.at(val, f"request.cookies: the value of {name} must be text")
+                else:
+                    cookies.append(f"{name}={as_text(val.v)}")
+    client_ip = None
+    if "client_ip" in v:
+        ipn = v["client_ip"]
+        if not isinstance(ipn.v, str) or parse_ip(ipn.v) is None:
+            pr.at(ipn, f"request.client_ip must be an IP address, not {as_text(ipn.v)!r}")
+        else:
+            client_ip = ipn.v
+    jwt = None
+    if "jwt" in v:
+        jn = v["jwt"]
+        if not isinstance(jn.v, str) or not jn.v:
+            pr.at(jn, "request.jwt must be a token (text)")
+        else:
+            jwt = jn.v
+    if len(pr.items) > before:
+        return None
+    try:
+        return build_request(v["url"].v, method, headers, cookies, client_ip, jwt)
+    except ValueError as e:
+        pr.at(v.get("method", v["url"]) if "method" in str(e) and "method" in v else v["url"], str(e))
+        return None
+
+
+def _expect(node: Y, pr: _Problems) -> dict[str, Any]:
+    if not isinstance(node.v, dict):
+        pr.at(node, "expect must be a mapping such as {route: checkout, backend: default}")
+        return {}
+    if not node.v:
+        pr.at(node, f"expect is empty: name at least one of {', '.join(EXPECT_KEYS)}")
+    pr.keys(node, EXPECT_KEYS, "expect")
+    out: dict[str, Any] = {}
+    for k, sub in node.v.items():
+        if k not in EXPECT_KEYS:
+            continue
+        val = sub.v
+        if k == "status":
+            if val is not None and (isinstance(val, bool) or not isinstance(val, int) or not 100 <= val <= 599):
+                pr.at(sub, f"expect.status must be an HTTP status code (100-599) or null, not {as_text(val)!r}")
+                continue
+        elif k == "outcome":
+            if val not in OUTCOMES:
+                pr.at(sub, f"expect.outcome must be one of {', '.join(OUTCOMES)}")
+                continue
+        elif isinstance(val, (dict, list)):
+            pr.at(sub, f"expect.{k} must be a single value or null")
+            continue
+        out[k] = val if val is None or k == "status" else as_text(val)
+    return out
+
+
+def load_cases(path: str) -> list[Case]:
+    """Read a cases file. Raises :class:`CasesError` with located problems."""
+    try:
+        root, _ = load_file(path)
+    except RulesError as e:
+        raise CasesError(e.problems) from None
+    pr = _Problems(path)
+    if not isinstance(root.v, list):
+        pr.at(root, "a cases file must be a list of cases, each {name, request, expect}")
+        raise CasesError(pr.items)
+    if not root.v:
+        pr.at(root, "the cases file has no cases")
+    cases: list[Case] = []
+    for i, node in enumerate(root.v):
+        if not isinstance(node.v, dict):
+            pr.at(node, "a case must be a mapping with request and expect")
+            continue
+        pr.keys(node, CASE_KEYS, "a case")
+        v = node.v
+        req = None
+        if "request" not in v:
+            pr.at(node, "a case needs a request (at least {url: ...})")
+        else:
+            req = _request(v["request"], pr)
+        expect: dict[str, Any] = {}
+        if "expect" not in v:
+            pr.at(node, "a case needs expect (route, backend, upstream, path, url, status or outcome)")
+        else:
+            expect = _expect(v["expect"], pr)
+        name = f"case {i + 1}"
+        if "name" in v:
+            if not _is_scalar(v["name"].v):
+                pr.at(v["name"], "a case name must be text")
+            else:
+                name = as_text(v["name"].v)
+        elif req is not None:
+            name = f"case {i + 1}: {req.describe()}"
+        if req is not None:
+            cases.append(Case(name, node.line, req, expect))
+    if pr.items:
+        raise CasesError(sorted(pr.items, key=lambda p: (p.line, p.col)))
+    return cases
+
+
+# --------------------------------------------------------------------------------------------------
+def actual(d: Decision, req: RequestView) -> dict[str, Any]:
+    return {"route": d.route, "backend": d.backend, "upstream": d.upstream, "path": final_path(d, req),
+            "url": final_url(d, req), "status": d.status, "outcome": d.outcome}
+
+
+def _same(key: str, want: Any, got: Any) -> bool:
+    if want is None or got is None:
+        return want is None and got is None
+    if key in ("path", "url") and "?" not in want and "?" in got:
+        got = got.split("?", 1)[0]
+    return as_text(want) == as_text(got)
+
+
+def _show(v: Any) -> str:
+    return "null" if v is None else (str(v) if isinstance(v, int) else f'"{v}"')
+
+
+def run_case(rules: Rules, case: Case) -> list[str]:
+    """What differs between the case's expectations and the decision ([] = the case passes)."""
+    req = case.request
+    d = decide(rules, req, explain=True)
+    got = actual(d, req)
+    diffs: list[str] = []
+    for key, want in case.expect.items():
+        if _same(key, want, got[key]):
+            continue
+        msg = f"{key}: wanted {_show(want)}, got {_show(got[key])}"
+        if key == "route" and want is not None:
+            why = next((w for r, w in d.routes_passed if r == want), None)
+            if why is not None:
+                msg += f" ({want}: {why})"
+            elif not any(r.name == want for r in rules.routes):
+                msg += f" (the rules have no route {want!r})"
+            elif d.route is not None:
+                msg += f" ({d.route} comes first and owns the request)"
+        if key == "backend" and want is not None:
+            why = next((a.reason for a in d.attempts if a.backend == want and not a.held), None)
+            if why is not None:
+                msg += f" ({want}: {why})"
+            elif not any(b.name == want for r in rules.routes for b in r.backends):
+                msg += f" (the rules have no backend {want!r})"
+            elif d.backend is not None and want not in [a.backend for a in d.attempts]:
+                msg += f" ({want} was not tried: {d.backend} came first)"
+        if key == "upstream" and want is not None and want not in rules.upstreams and "://" not in str(want):
+            msg += f" (the rules have no upstream {want!r})"
+        diffs.append(msg)
+    return diffs

@@ -1,0 +1,148 @@
+"""``condroute explain FILE --flows DUMP``: decisions for every request of a ``mitmdump -w`` file.
+
+mitmproxy is imported here only (lazily), so the rest of the CLI runs without it.
+
+A flow saved by a proxy that ran condroute holds the request *as it was forwarded*: for a routed
+request scheme, host, port, path and some headers have been rewritten. The addon keeps what it
+changed in ``flow.metadata["condroute"]["original"]`` (scheme, host, port, path, Host header, the
+original values of the headers it set or removed), and this module puts the request back together
+from it. Requests that condroute did not reroute (no route, direct answers, passthrough) were not
+changed and are used as saved. A routed flow saved without ``original`` (by an older addon) is
+decided as it was forwarded, and marked so.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from typing import Any
+
+from .engine import Decision, decide
+from .explain import decision_data
+from .request import RequestView
+from .rules import Rules
+
+
+def flow_request(flow: Any) -> tuple[RequestView, bool]:
+    """The request the client sent, as the addon saw it, and whether it was recovered exactly."""
+    r = flow.request
+    md = flow.metadata.get("condroute") or {}
+    peer = None
+    conn = getattr(flow, "client_conn", None)
+    if conn is not None and conn.peername:
+        peer = conn.peername[0]
+    scheme, host, port, path_q = r.scheme, r.pretty_host, r.port, r.path
+    headers = list(r.headers.items(multi=True))
+    exact = True
+    if md.get("outcome") == "routed":
+        orig = md.get("original")
+        if isinstance(orig, dict):
+            scheme, host, port, path_q = orig["scheme"], orig["host"], orig["port"], orig["path"]
+            restore = {k.lower(): (k, v) for k, v in (orig.get("headers") or {}).items()}
+            if orig.get("host_header") is not None:
+                restore["host"] = ("Host", [orig["host_header"]])
+            elif "host" not in restore:
+                restore["host"] = ("Host", [])
+            headers = [(k, v) for k, v in headers if k.lower() not in restore]
+            for name, values in restore.values():
+                headers.extend((name, v) for v in values)
+        else:
+            exact = False
+    path, _, qs = path_q.partition("?")
+    return RequestView(r.method, scheme, host, port, path, qs, headers, peer), exact
+
+
+def live_header(flow: Any) -> str | None:
+    """What the live proxy decided, in X-Condroute form; None when the flow carries nothing."""
+    md = flow.metadata.get("condroute")
+    if isinstance(md, dict) and md.get("header"):
+        return md["header"]
+    return None
+
+
+def _agrees(d: Decision, live: str | None) -> bool:
+    # the addon stores nothing when no route owns a request: a missing record means passthrough
+    return d.header_value() == (live or "passthrough")
+
+
+def _coverage_keys(rules: Rules) -> list[str]:
+    return [f"{r.name}/{b.name}" for r in rules.routes for b in r.backends]
+
+
+def _outcome_key(d: Decision) -> str:
+    if d.backend is not None:
+        return f"{d.route}/{d.backend}"
+    if d.route is None:
+        return "(no route: passthrough)"
+    return f"{d.route} (no backend: {'answered ' + str(d.status) if d.status else 'passthrough'})"
+
+
+def explain_flows(rules: Rules, dump: str, as_json: bool) -> int:
+    from mitmproxy import exceptions, http, io
+
+    results: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter()
+    skipped_other = 0
+    try:
+        with open(dump, "rb") as f:
+            for flow in io.FlowReader(f).stream():
+                if not isinstance(flow, http.HTTPFlow):
+                    skipped_other += 1
+                    continue
+                req, exact = flow_request(flow)
+                d = decide(rules, req, explain=True)
+                live = live_header(flow)
+                counts[_outcome_key(d)] += 1
+                results.append({"index": len(results) + 1, "decision": decision_data(rules, d, req), "d": d,
+                                "live": live, "agrees": _agrees(d, live), "exact": exact})
+    except exceptions.FlowReadException as e:
+        print(f"{dump}: not a mitmproxy flow file ({e})", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{dump}: cannot read the flows file: {e.strerror or e}", file=sys.stderr)
+        return 1
+    recorded = any(x["live"] is not None for x in results)   # saved by a proxy running condroute
+    keys = _coverage_keys(rules)
+    never = [k for k in keys if counts[k] == 0]
+    extra = [k for k in counts if k not in keys]
+    if as_json:
+        out = {
+            "rules": rules.file, "flows": dump, "requests": len(results),
+            "decisions": [{"index": x["index"], "live": x["live"],
+                           "agrees_with_live": x["agrees"] if recorded else None,
+                           "original_recovered": x["exact"], "x_condroute": x["d"].header_value(),
+                           **x["decision"]} for x in results],
+            "coverage": {k: counts[k] for k in keys + extra},
+            "never_reached": never,
+        }
+        if skipped_other:
+            out["other_flows_skipped"] = skipped_other
+        print(json.dumps(out, indent=2))
+        return 0
+    width = len(str(len(results)))
+    for x in results:
+        d: Decision = x["d"]
+        line = f"{x['index']:>{width}}  {d.summary()}"
+        if recorded:
+            line += "  [live: same]" if x["agrees"] else f"  [live: {x['live'] or 'passthrough'}]"
+        if not x["exact"]:
+            line += "  (decided on the forwarded request: the original was not saved)"
+        print(line)
+    if skipped_other:
+        print(f"({skipped_other} non-HTTP flow{'s' * (skipped_other != 1)} skipped)")
+    rows = keys + extra
+    w = max([len(k) for k in rows] + [len("backend")])
+    print()
+    print(f"coverage of {len(results)} request{'s' * (len(results) != 1)}:")
+    print(f"  {'backend':<{w}}  requests")
+    for k in rows:
+        print(f"  {k:<{w}}  {counts[k]:>8}")
+    if never:
+        print("never reached: " + ", ".join(never))
+    else:
+        print("every backend was reached")
+    disagree = sum(1 for x in results if not x["agrees"]) if recorded else 0
+    if disagree:
+        print(f"{disagree} request{'s' * (disagree != 1)} decided differently from the live proxy "
+              "(the rules changed since, or the original request was not saved)")
+    return 0

@@ -1,0 +1,271 @@
+"""Static checks behind ``condroute validate``: rules that load but probably do not do what was meant.
+
+Every check is conservative: it warns only when the problem is certain from the file alone
+(a backend after an unconditional one can never be selected; a route whose match is provably
+inside an earlier route's match can never own a request). Each warning is a located
+:class:`~condroute.errors.Problem`, ``FILE:LINE:COLUMN``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+from .errors import Problem
+from .rules import PathPattern, Route, Rules
+from .yamlpos import Y, load_file
+
+
+class _Where:
+    """Positions of routes, backends and keys, from the YAML tree of a condroute-format file."""
+
+    def __init__(self, rules: Rules, root: Y | None):
+        self.rules = rules
+        ours = rules.source_format == "condroute" and root is not None and isinstance(root.v, dict)
+        self.root = root if ours else None
+        self.route_nodes: list[Y | None] = [None] * len(rules.routes)
+        self.backend_nodes: list[list[Y | None]] = [[None] * len(r.backends) for r in rules.routes]
+        rn = self.root.v.get("routes") if self.root is not None else None
+        if rn is not None and isinstance(rn.v, list) and len(rn.v) == len(rules.routes):
+            for i, (node, route) in enumerate(zip(rn.v, rules.routes)):
+                if not isinstance(node.v, dict) or node.line != route.line:
+                    continue
+                self.route_nodes[i] = node
+                bn = node.v.get("backends")
+                if bn is not None and isinstance(bn.v, list) and len(bn.v) == len(route.backends):
+                    self.backend_nodes[i] = [b if isinstance(b.v, dict) and b.line == be.line else None
+                                             for b, be in zip(bn.v, route.backends)]
+
+    def route(self, i: int) -> tuple[int, int]:
+        n = self.route_nodes[i]
+        return (n.line, n.col) if n is not None else (self.rules.routes[i].line, 1)
+
+    def backend(self, i: int, j: int) -> tuple[int, int]:
+        n = self.backend_nodes[i][j]
+        return (n.line, n.col) if n is not None else (self.rules.routes[i].backends[j].line, 1)
+
+    def backend_key(self, i: int, j: int, *keys: str) -> tuple[int, int]:
+        """Position of a nested value under a backend (e.g. split, weights), or of the backend itself."""
+        n = self.backend_nodes[i][j]
+        if n is None:
+            return self.backend(i, j)
+        for k in keys:
+            if not isinstance(n.v, dict) or k not in n.v:
+                break
+            n = n.v[k]
+        return n.line, n.col
+
+
+# --------------------------------------------------------------------------------------------------
+def _unconditional_shadows(rules: Rules, w: _Where) -> Iterator[Problem]:
+    f = rules.file
+    for i, route in enumerate(rules.routes):
+        first = next((b for b in route.backends if b.unconditional), None)
+        if first is None:
+            continue
+        after = False
+        for j, b in enumerate(route.backends):
+            if b is first:
+                after = True
+                continue
+            if b.fallback:
+                yield Problem(f, *w.backend(i, j),
+                              f"fallback backend {b.name!r} of route {route.name!r} can never be selected: "
+                              f"backend {first.name!r} (line {first.line}) has no `when` and always holds")
+            elif after:
+                yield Problem(f, *w.backend(i, j),
+                              f"backend {b.name!r} of route {route.name!r} can never be selected: "
+                              f"the earlier backend {first.name!r} (line {first.line}) has no `when` and always holds")
+
+
+def _host_covered(outer: tuple[str, ...], h: str) -> bool:
+    for o in outer:
+        if o == "*" or o == h:
+            return True
+        if o.startswith("*.") and h != "*":
+            suffix = o[1:]                         # ".example.com"
+            if h.startswith("*."):
+                if h[1:].endswith(suffix):         # *.a.example.com is inside *.example.com
+                    return True
+            elif h.endswith(suffix):
+                return True
+    return False
+
+
+_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def _path_covered(outer: PathPattern, inner: PathPattern | None) -> bool:
+    """Does every path ``inner`` matches also match ``outer``? (False when unsure.)
+
+    Reasoned on the path texts only, so it holds whatever the compiled form of a pattern is."""
+    if inner is None:
+        return False                               # any path, including "*": only a path-less route covers it
+    if outer.matcher is not None or inner.matcher is not None:
+        return outer.matcher is not None and inner.matcher is not None and outer.text == inner.text
+    if outer.has_rest and not outer.params:
+        base = outer.text[:-2]                     # "/api/*" -> "/api"; "/*" -> ""
+        return inner.text == base or inner.text.startswith(base + "/")
+    if not inner.params and not inner.has_rest:
+        return outer.match(inner.text) is not None  # inner matches exactly one path: its text
+    return _PARAM.sub("{}", outer.text) == _PARAM.sub("{}", inner.text)   # same template, other names
+
+
+def route_covers(outer: Route, inner: Route) -> str | None:
+    """Why ``outer`` owns every request ``inner`` could match, or None when that is not certain."""
+    if outer.cond is not None:
+        return None
+    if outer.methods is not None and (inner.methods is None or not inner.methods <= outer.methods):
+        return None
+    if outer.hosts and not (inner.hosts and all(_host_covered(outer.hosts, h) for h in inner.hosts)):
+        return None
+    if outer.path is not None and not _path_covered(outer.path, inner.path):
+        return None
+    if outer.methods is None and not outer.hosts and outer.path is None:
+        return "it has no match and owns every request"
+    parts = []
+    if outer.hosts:
+        parts.append("host")
+    if outer.methods is not None:
+        parts.append("methods")
+    if outer.path is not None:
+        parts.append("path")
+    return f"its match ({' and '.join(parts)}) covers everything this route matches"
+
+
+def _shadowed_routes(rules: Rules, w: _Where) -> Iterator[Problem]:
+    for i, route in enumerate(rules.routes):
+        for earlier in rules.routes[:i]:
+            why = route_covers(earlier, route)
+            if why is not None:
+                yield Problem(rules.file, *w.route(i),
+                              f"route {route.name!r} can never own a request: the earlier route {earlier.name!r} "
+                              f"(line {earlier.line}) comes first and {why}")
+                break
+
+
+def _zero_splits(rules: Rules, w: _Where) -> Iterator[Problem]:
+    already = {(p.line, p.col) for p in rules.warnings}
+    for i, route in enumerate(rules.routes):
+        for j, b in enumerate(route.backends):
+            if b.split is not None and b.split.arms and all(wt <= 0 for _, wt in b.split.arms):
+                pos = w.backend_key(i, j, "split", "weights")
+                if pos not in already:
+                    yield Problem(rules.file, *pos, f"every weight of the split of backend {b.name!r} is 0: "
+                                  "it picks among its upstreams evenly")
+
+
+def _unused_upstreams(rules: Rules, w: _Where) -> Iterator[Problem]:
+    used: set[str] = set()
+    for route in rules.routes:
+        for b in route.backends:
+            if b.upstream is not None:
+                used.add(b.upstream.name)
+            if b.split is not None:
+                used.update(up.name for up, _ in b.split.arms)
+    un = w.root.v.get("upstreams") if w.root is not None else None
+    for name in rules.upstreams:
+        if name in used:
+            continue
+        line, col = (1, 1)
+        if un is not None and isinstance(un.v, dict) and un.key_pos and name in un.key_pos:
+            line, col = un.key_pos[name]
+        yield Problem(rules.file, line, col, f"upstream {name!r} is defined but no backend uses it")
+
+
+# -- names spelled with different case ------------------------------------------------------------
+def _cond_names(node: Y, out: list[tuple[str, str, int, int]]) -> None:
+    if not isinstance(node.v, dict):
+        return
+    for k, sub in node.v.items():
+        if k in ("header", "cookie") and isinstance(sub.v, dict):
+            for name in sub.v:
+                line, col = (sub.key_pos or {}).get(name, (sub.line, sub.col))
+                out.append((k, name, line, col))
+        elif k in ("any", "all") and isinstance(sub.v, list):
+            for item in sub.v:
+                _cond_names(item, out)
+        elif k == "not":
+            _cond_names(sub, out)
+
+
+def _keyed(kind_name: Y, out: list[tuple[str, str, int, int]]) -> None:
+    """A `KIND:NAME` string (split.by, settings.jwt.from)."""
+    if isinstance(kind_name.v, str) and ":" in kind_name.v:
+        k, _, name = kind_name.v.partition(":")
+        if k in ("header", "cookie") and name:
+            out.append((k, name, kind_name.line, kind_name.col))
+
+
+def _name_uses(root: Y) -> list[tuple[str, str, int, int]]:
+    out: list[tuple[str, str, int, int]] = []
+    settings = root.v.get("settings")
+    if settings is not None and isinstance(settings.v, dict):
+        jwt = settings.v.get("jwt")
+        if jwt is not None and isinstance(jwt.v, dict) and "from" in jwt.v:
+            _keyed(jwt.v["from"], out)
+    routes = root.v.get("routes")
+    for rn in routes.v if routes is not None and isinstance(routes.v, list) else ():
+        if not isinstance(rn.v, dict):
+            continue
+        if "match" in rn.v:
+            _cond_names(rn.v["match"], out)
+        bl = rn.v.get("backends")
+        for bn in bl.v if bl is not None and isinstance(bl.v, list) else ():
+            if not isinstance(bn.v, dict):
+                continue
+            if "when" in bn.v:
+                _cond_names(bn.v["when"], out)
+            sh = bn.v.get("set_headers")
+            if sh is not None and isinstance(sh.v, dict):
+                for name in sh.v:
+                    out.append(("header", name, *(sh.key_pos or {}).get(name, (sh.line, sh.col))))
+            rh = bn.v.get("remove_headers")
+            if rh is not None:
+                for n in rh.v if isinstance(rh.v, list) else [rh]:
+                    if isinstance(n.v, str):
+                        out.append(("header", n.v, n.line, n.col))
+            sp = bn.v.get("split")
+            if sp is not None and isinstance(sp.v, dict) and "by" in sp.v:
+                _keyed(sp.v["by"], out)
+    return out
+
+
+def _case_mismatches(rules: Rules, w: _Where) -> Iterator[Problem]:
+    if w.root is None:
+        return
+    first: dict[tuple[str, str], tuple[str, int]] = {}
+    reported: set[tuple[str, str]] = set()
+    for kind, name, line, col in sorted(_name_uses(w.root), key=lambda t: (t[2], t[3])):
+        key = (kind, name.lower())
+        if key not in first:
+            first[key] = (name, line)
+            continue
+        spelled, at = first[key]
+        if name == spelled or (kind, name) in reported:
+            continue
+        reported.add((kind, name))
+        if kind == "header":
+            msg = (f"header name {name!r} is spelled {spelled!r} at line {at}: header names ignore case, so both "
+                   "mean the same header, but one spelling is easier to read and search for")
+        else:
+            msg = (f"cookie name {name!r} differs only in case from {spelled!r} at line {at}: cookie names are "
+                   "case-sensitive, so these are two different cookies")
+        yield Problem(rules.file, line, col, msg)
+
+
+CHECKS = (_unconditional_shadows, _shadowed_routes, _zero_splits, _case_mismatches, _unused_upstreams)
+
+
+def lint(rules: Rules, root: Y | None = None) -> list[Problem]:
+    """Warnings for loaded ``rules``. ``root`` is the file's YAML tree (read again when not given)."""
+    if root is None and rules.source_format == "condroute":
+        try:
+            root, _ = load_file(rules.file)
+        except Exception:   # the file changed or vanished since it loaded: warn without columns
+            root = None
+    w = _Where(rules, root)
+    out: list[Problem] = []
+    for check in CHECKS:
+        out.extend(check(rules, w))
+    out.sort(key=lambda p: (p.line, p.col))
+    return out

@@ -1,0 +1,200 @@
+"""The JSON Schema (draft 2020-12) of a condroute rules file, for editors' YAML language servers.
+
+The loader (rules.py) is the authority: the schema only helps an editor complete keys and flag
+typos early. Its key sets are kept equal to the loader's key lists (BACKEND_KEYS etc.); a test
+checks that. KrakenD configuration files (top-level ``endpoints``) are not described here.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+SCHEMA_ID = "urn:condroute:rules:v1"
+
+_scalar = {"type": ["string", "number", "boolean"]}
+_name = {"type": ["string", "number"], "description": "a non-empty name"}
+_header_name = {"type": "string", "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"}
+_cidrs = {
+    "description": "a CIDR (10.0.0.0/8, ::1/128) or a list of them",
+    "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+}
+
+
+def _codes(length: int, what: str) -> dict:
+    code = {"type": "string", "pattern": f"^\\s*[A-Za-z]{{{length}}}\\s*$"}
+    return {"description": f"a {what} or a list of them",
+            "oneOf": [code, {"type": "array", "items": code, "minItems": 1}]}
+
+
+def _named(what: str) -> dict:
+    return {"type": "object", "description": f"{{NAME: MATCHER}}: each named {what} must match",
+            "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/matcher"}}
+
+
+def build_schema() -> dict[str, Any]:
+    matcher_object = {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "equals": _scalar,
+            "in": {"type": "array", "items": _scalar, "minItems": 1},
+            "prefix": _scalar,
+            "suffix": _scalar,
+            "contains": _scalar,
+            "regex": {"type": "string", "description": "unanchored search; use ^...$ to anchor"},
+            "present": {"type": "boolean"},
+            "not": {"$ref": "#/$defs/matcher"},
+            "ignore_case": {"type": "boolean", "description": "beside a string form: compare case-insensitively"},
+            "gt": {"type": "number"}, "ge": {"type": "number"}, "lt": {"type": "number"}, "le": {"type": "number"},
+        },
+    }
+    condition_props = {
+        "header": _named("request header (names are case-insensitive)"),
+        "cookie": _named("cookie (parsed from Cookie)"),
+        "query": _named("query parameter"),
+        "jwt": {"type": "object", "description": "{CLAIM: MATCHER}; a.b reaches into nested claims",
+                "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/matcher"}},
+        "client_ip": _cidrs,
+        "geo": {"type": "object", "description": "{country: [US, GB], continent: [EU], eu: true}",
+                "minProperties": 1, "additionalProperties": False,
+                "properties": {"country": _codes(2, "ISO country code"),
+                               "continent": _codes(2, "continent code"),
+                               "eu": {"type": "boolean"}}},
+        "method": {"$ref": "#/$defs/matcher"},
+        "host": {"$ref": "#/$defs/matcher"},
+        "path": {"$ref": "#/$defs/matcher"},
+        "cel": {"type": "string", "description": "a CEL expression that must evaluate to true"},
+        "any": {"type": "array", "items": {"$ref": "#/$defs/condition"}, "minItems": 1,
+                "description": "at least one holds"},
+        "all": {"type": "array", "items": {"$ref": "#/$defs/condition"}, "minItems": 1,
+                "description": "every one holds"},
+        "not": {"$ref": "#/$defs/condition"},
+    }
+    host_list = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                 "description": 'exact host, "*.example.com", or a list of those'}
+    method_list = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    match_props: dict[str, Any] = {
+        "host": host_list,
+        "methods": method_list,
+        "method": method_list,
+        "path": {"description": "/checkout/{id}, /api/* (prefix), or a matcher mapping such as {regex: ...}",
+                 "oneOf": [{"type": "string", "pattern": "^/"}, {"$ref": "#/$defs/matcher_object"}]},
+    }
+    # route-level conditions (extension): every condition key except the ones match already has
+    match_props.update({k: {"$ref": f"#/$defs/condition/properties/{k}"}
+                        for k in condition_props if k not in match_props})
+    backend = {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": _name,
+            "when": {"$ref": "#/$defs/condition"},
+            "fallback": {"type": "boolean", "description": "selected only when no other backend of the route holds"},
+            "upstream": {"type": "string", "description": "a name from upstreams, or scheme://host[:port][/base]"},
+            "split": {
+                "type": "object", "required": ["by", "weights"], "additionalProperties": False,
+                "description": "a sticky weighted choice among upstreams",
+                "properties": {
+                    "by": {"type": "string",
+                           "pattern": "^((cookie|header|query|jwt):.+|client_ip)$",
+                           "description": "cookie:NAME, header:NAME, query:NAME, jwt:CLAIM or client_ip"},
+                    "weights": {"type": "object", "minProperties": 1,
+                                "additionalProperties": {"type": "number", "minimum": 0}},
+                    "salt": _scalar,
+                },
+            },
+            "path": {"type": "string", "description": "forwarded path: {param}, {path}, {rest}"},
+            "set_headers": {"type": "object", "propertyNames": _header_name, "additionalProperties": _scalar},
+            "remove_headers": {"oneOf": [_header_name, {"type": "array", "items": _header_name}]},
+            "preserve_host": {"type": "boolean"},
+            "respond": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "status": {"type": "integer", "minimum": 100, "maximum": 599},
+                    "body": {"type": ["string", "number", "boolean", "null"]},
+                    "headers": {"type": "object", "propertyNames": _header_name, "additionalProperties": _scalar},
+                },
+            },
+            "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+            "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+        },
+        "allOf": [
+            {"not": {"required": ["upstream", "split"]}},
+            {"not": {"required": ["upstream", "respond"]}},
+            {"not": {"required": ["split", "respond"]}},
+            {"if": {"properties": {"fallback": {"const": True}}, "required": ["fallback"]},
+             "then": {"not": {"required": ["when"]}}},
+        ],
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "condroute rules file, version 1",
+        "description": "Conditional routing rules for the condroute mitmproxy addon. "
+                       "`condroute validate FILE` is the authority; this schema helps editors.",
+        "type": "object",
+        "required": ["routes"],
+        "additionalProperties": False,
+        "properties": {
+            "version": {"const": 1},
+            "upstreams": {"type": "object", "description": "named destinations: NAME: scheme://host[:port][/base]",
+                          "propertyNames": {"pattern": "^[^/]+$"},
+                          "additionalProperties": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9+.-]*://"}},
+            "settings": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "on_no_match": {"enum": ["passthrough", "error"]},
+                    "trusted_proxies": _cidrs,
+                    "jwt": {"type": "object", "required": ["verify"], "additionalProperties": False,
+                            "description": "from: header:NAME, cookie:NAME or query:NAME; verify: false or a mapping",
+                            "properties": {
+                                "from": {"type": "string", "pattern": "^\\s*(header|cookie|query)\\s*:.+$"},
+                                "verify": {"oneOf": [{"const": False}, {
+                                    "type": "object", "additionalProperties": False,
+                                    "description": "one of secret, secret_env, public_key_file, jwks_file",
+                                    "properties": {
+                                        "secret": {"type": "string"}, "secret_env": {"type": "string"},
+                                        "public_key_file": {"type": "string"}, "jwks_file": {"type": "string"},
+                                        "issuer": {"type": "string"},
+                                        "audience": {"oneOf": [{"type": "string"},
+                                                               {"type": "array", "items": {"type": "string"}}]},
+                                        "leeway": {"type": "number", "minimum": 0},
+                                        "algorithms": {"oneOf": [{"type": "string"},
+                                                                 {"type": "array", "items": {"type": "string"}}]}}}]},
+                            }},
+                    "geoip_db": {"type": "string", "description": "a MaxMind DB file, relative to the rules file"},
+                    "strip_routing_headers": {"type": "boolean",
+                                              "description": "remove the headers a route's conditions read "
+                                                             "before forwarding"},
+                },
+            },
+            "routes": {"type": "array", "items": {"$ref": "#/$defs/route"}},
+        },
+        "$defs": {
+            "route": {
+                "type": "object", "required": ["backends"], "additionalProperties": False,
+                "properties": {
+                    "name": _name,
+                    "match": {"type": "object", "additionalProperties": False, "properties": match_props,
+                              "description": "omitted = every request"},
+                    "backends": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/backend"}},
+                },
+            },
+            "backend": backend,
+            "condition": {"type": "object", "minProperties": 1, "additionalProperties": False,
+                          "properties": condition_props,
+                          "description": "every key must hold"},
+            "matcher": {
+                "description": "a scalar (equals), a list (one of), or a mapping of matcher forms",
+                "oneOf": [_scalar, {"type": "array", "items": _scalar, "minItems": 1},
+                          {"$ref": "#/$defs/matcher_object"}],
+            },
+            "matcher_object": matcher_object,
+        },
+    }
+
+
+def schema_json() -> str:
+    return json.dumps(build_schema(), indent=2) + "\n"
