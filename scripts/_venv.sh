@@ -10,7 +10,7 @@ ensure_venv() {
   stamp="$venv/.condroute-installed"
   want="$spec $(cksum < pyproject.toml)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "installing condroute$spec into $venv (first run takes a minute)"
+    echo "installing the project ($spec) into $venv (the first run takes a minute)"
     log="$(mktemp)"
     if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q -e "$spec" >"$log" 2>&1; then
       grep -v '^WARNING: Location' "$log" >&2 || true
