@@ -67,7 +67,7 @@ def engine_section(n_iter: int) -> None:
         rules = load_rules_text(gen_rules(n))
         path = f"/svc{n - 1}/42"
 
-        def one():
+        def one(rules=rules, path=path):
             return decide(rules, RequestView("GET", "http", "shop.example", 80, path, "", HEADERS, "127.0.0.1"))
 
         assert one().backend == "default"
@@ -106,7 +106,7 @@ routes:
             print(f"   {label:<34}   (not measured: {str(e).splitlines()[0][:60]})")
             continue
 
-        def one():
+        def one(rules=rules, headers=headers):
             return decide(rules, RequestView("GET", "http", "shop.example", 80, "/svc1/2", "", headers, "127.0.0.1"))
 
         med, p99 = timed(one, max(n_iter // 4, 500))

@@ -278,7 +278,7 @@ def test_streamed_request_body_is_rerouted(echo, rules_file, proxy, tmp_path):
         assert j["host"] == uploads.split("//")[1]
         # the streamed body went to the rerouted destination, never towards files.example
         p.wait_for(r"Streaming request to 127\.0\.0\.1", start=mark)
-        assert "files.example" not in " ".join(l for l in p.lines[mark:] if "Streaming" in l)
+        assert "files.example" not in " ".join(ln for ln in p.lines[mark:] if "Streaming" in ln)
 
         r = c.put("http://files.example/up/2", content=b"c" * 200_000)               # Content-Length
         j = r.json()

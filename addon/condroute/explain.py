@@ -38,7 +38,7 @@ def build_request(url: str, method: str = "GET", headers: Sequence[tuple[str, st
     full = url if "://" in url else "http://" + url.lstrip("/")
     try:
         u = urlsplit(full)
-        u.port
+        _ = u.port   # raises ValueError for a bad port
     except ValueError as e:
         raise ValueError(f"bad URL {url!r}: {e}") from None
     if not u.hostname:
