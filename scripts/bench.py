@@ -46,6 +46,18 @@ def gen_rules(n: int, upstream: str = "http://127.0.0.1:9001", other: str = "htt
     return "\n".join(out) + "\n"
 
 
+def gen_host_rules(n: int) -> str:
+    out = ["version: 1", "upstreams: {a: 'http://127.0.0.1:9001', b: 'http://127.0.0.1:9002'}", "routes:"]
+    for i in range(n):
+        out.append(
+            f"  - name: r{i}\n"
+            f"    match: {{host: h{i}.example}}\n"
+            f"    backends:\n"
+            f"      - {{name: by-header, when: {{header: {{X-Ab-Test: B}}}}, upstream: b}}\n"
+            f"      - {{name: default, fallback: true, upstream: a}}")
+    return "\n".join(out) + "\n"
+
+
 HEADERS = [("Host", "shop.example"), ("User-Agent", "bench"), ("Accept", "*/*"),
            ("Cookie", "ab=A; uid=7"), ("X-Ab-Test", "A")]
 
@@ -73,6 +85,16 @@ def engine_section(n_iter: int) -> None:
         assert one().backend == "default"
         med, p99 = timed(one, n_iter)
         print(f"   {f'{n} routes, matching route last':<34}{med:8.1f}{p99:8.1f}")
+    for n in (100, 1000):
+        rules = load_rules_text(gen_host_rules(n))
+        host = f"h{n - 1}.example"
+
+        def one(rules=rules, host=host):
+            return decide(rules, RequestView("GET", "http", host, 80, "/any/path", "", HEADERS, "127.0.0.1"))
+
+        assert one().backend == "default"
+        med, p99 = timed(one, n_iter)
+        print(f"   {f'{n} host routes, matching last':<34}{med:8.1f}{p99:8.1f}")
     extra = [
         ("1 CEL policy (4 clauses)", """
 version: 1

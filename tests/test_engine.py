@@ -385,3 +385,33 @@ def test_strip_routing_headers_removes_what_the_route_read():
     d = decide(rules(text.replace("strip_routing_headers: true", "strip_routing_headers: false")),
                req(headers={"X-Beta": "1"}))
     assert d.remove_headers == ()
+
+
+def test_host_index_keeps_file_order_with_general_and_wildcard_routes():
+    r = rules("""
+        version: 1
+        routes:
+          - {name: api-any-host, match: {path: /api/*}, backends: [{name: a, upstream: "http://127.0.0.1:1"}]}
+          - {name: shop, match: {host: [shop.example, "SHOP2.example"]}, backends: [{name: s, upstream: "http://127.0.0.1:2"}]}
+          - {name: wild, match: {host: "*.example"}, backends: [{name: w, upstream: "http://127.0.0.1:3"}]}
+          - {name: shop-late, match: {host: shop.example}, backends: [{name: l, upstream: "http://127.0.0.1:4"}]}
+          - {name: catch-all, backends: [{name: c, upstream: "http://127.0.0.1:5"}]}
+        """)
+    assert decide(r, req("http://shop.example/api/x")).route == "api-any-host"
+    assert decide(r, req("http://shop.example/web")).route == "shop"
+    assert decide(r, req("http://shop2.example/web")).route == "shop"
+    assert decide(r, req("http://other.example/web")).route == "wild"
+    assert decide(r, req("http://elsewhere.org/web")).route == "catch-all"
+    # the index only narrows: it agrees with a full scan
+    for url in ("http://shop.example/api/x", "http://shop.example/", "http://a.example/api", "http://x.org/"):
+        assert decide(r, req(url)).route == decide(r, req(url), explain=True).route
+
+
+def test_host_index_candidates_are_few_for_many_host_routes():
+    text = "version: 1\nroutes:\n" + "".join(
+        f"  - {{name: r{i}, match: {{host: h{i}.example}}, backends: [{{name: b, upstream: 'http://127.0.0.1:1'}}]}}\n"
+        for i in range(500))
+    r = rules(text)
+    assert len(r.index.candidates("/", "h499.example")) == 1
+    assert decide(r, req("http://h499.example/")).route == "r499"
+    assert decide(r, req("http://nope.example/")).route is None

@@ -301,7 +301,7 @@ def decide(rules: Rules, req: RequestView, explain: bool = False, health: Any = 
     """Decide for one request. Never raises for any request input. ``health`` (optional, e.g. a
     :class:`~condroute.health.Health`) passes over backends whose upstream is cooling down."""
     d = Decision("passthrough", request=req.describe())
-    candidates = rules.index.candidates(req.path) if rules.index is not None else rules.routes
+    candidates = rules.index.candidates(req.path, req.host) if rules.index is not None else rules.routes
     if explain:
         candidates = rules.routes
     for route in candidates:
