@@ -60,6 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128   # the default backlog of 5 refuses connections under a burst
 
     def handle_error(self, request, client_address) -> None:
         import sys as _sys
