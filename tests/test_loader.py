@@ -131,7 +131,8 @@ def test_json_rules_and_json_syntax_errors(tmp_path):
     bad.write_text('{\n  "version": 1,\n  "routes": [\n    {"name": "r",}\n  ]\n}\n')
     with pytest.raises(RulesError) as ei:
         load_rules(str(bad))
-    assert str(ei.value).startswith(f"{bad}:4:18: JSON syntax error")
+    # the column of a trailing comma differs by Python version (3.13 points at the comma itself)
+    assert str(ei.value).startswith((f"{bad}:4:17: JSON syntax error", f"{bad}:4:18: JSON syntax error"))
     located = tmp_path / "c.json"
     line4 = '    {"name": "r", "backends": [{"name": "x", "upstream": "nope"}]}'
     located.write_text('{\n  "version": 1,\n  "routes": [\n' + line4 + '\n  ]\n}\n')

@@ -4,6 +4,7 @@ at mitmdump start-up (exit status 1, no traceback) and on hot reload (last good 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from condroute.rules import load_rules
 from helpers import ADDON, run_mitmdump_until_exit
 
 CORPUS = Path(__file__).parent / "malformed"
-FILES = sorted(CORPUS.glob("*.yaml"))
+FILES = sorted(p for p in CORPUS.iterdir() if p.suffix in (".yaml", ".json"))
 GOOD = """version: 1
 routes:
   - name: good
@@ -25,12 +26,24 @@ routes:
 """
 
 
+def good_text(f: Path, name: str = "good") -> str:
+    if f.suffix == ".json":
+        return json.dumps({"version": 1, "routes": [{"name": name, "backends": [
+            {"name": "only", "upstream": "http://127.0.0.1:9001"}]}]})
+    return GOOD.replace("good", name)
+
+
 def expected(f: Path, path: str) -> list[str]:
-    return [line.replace("FILE", path, 1) for line in f.with_suffix(".expected").read_text().splitlines()]
+    """The expected lines, FILE standing for the rules file and DIR for its folder (key files,
+    GeoIP databases are named relative to the rules file)."""
+    folder = str(Path(path).parent)
+    return [line.replace("FILE", path, 1).replace("DIR", folder)
+            for line in f.with_suffix(".expected").read_text().splitlines()]
 
 
 def test_corpus_is_large_and_complete():
     assert len(FILES) >= 40
+    assert {p.suffix for p in FILES} == {".yaml", ".json"}
     for f in FILES:
         assert f.with_suffix(".expected").exists(), f
 
@@ -58,8 +71,8 @@ def test_every_file_stops_mitmdump_at_start_up_with_its_message():
 
 @pytest.mark.parametrize("f", FILES, ids=lambda f: f.stem)
 def test_hot_reload_keeps_the_last_good_rules(f: Path, tmp_path: Path, caplog):
-    target = tmp_path / "rules.yaml"
-    target.write_text(GOOD)
+    target = tmp_path / f.name            # same name: files it names resolve beside it
+    target.write_text(good_text(f))
     addon = ConditionalRouting()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, condroute_rules=str(target))
@@ -75,5 +88,5 @@ def test_hot_reload_keeps_the_last_good_rules(f: Path, tmp_path: Path, caplog):
             assert line in logged, (line, logged)
         assert "keeping the last good rules" in logged
         # the next good edit is picked up again
-        target.write_text(GOOD.replace("good", "better"))
+        target.write_text(good_text(f, "better"))
         assert addon.check_reload() is True and addon.rules.routes[0].name == "better"
