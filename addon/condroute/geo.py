@@ -145,26 +145,20 @@ def client_record(req: RequestView, env: Any) -> tuple[dict | None, str | None]:
     return req.memo("geo", lambda: _client_record(req, env))
 
 
-def _client_record(req: RequestView, env: Any) -> tuple[dict | None, str | None]:
+def _client_record(req: RequestView, env: Any, kind: str = "lookup") -> tuple[dict | None, str | None]:
+    """The client's record from the database: ``kind`` is ``lookup`` (MaxMind names) or
+    ``cel_record`` (both naming styles, for geoIP() in CEL)."""
     db = getattr(env.settings, "geoip", None) if env is not None else None
     if db is None:
         return None, "no GeoIP database is configured (settings.geoip_db)"
     ip = req.client_ip(env.settings.trusted_proxies)
     if ip is None:
         return None, "the client IP is unknown"
-    return db.lookup(ip)
+    return getattr(db, kind)(ip)
 
 
 def client_cel_record(req: RequestView, env: Any) -> tuple[dict | None, str | None]:
-    def make() -> tuple[dict | None, str | None]:
-        db = getattr(env.settings, "geoip", None) if env is not None else None
-        if db is None:
-            return None, "no GeoIP database is configured (settings.geoip_db)"
-        ip = req.client_ip(env.settings.trusted_proxies)
-        if ip is None:
-            return None, "the client IP is unknown"
-        return db.cel_record(ip)
-    return req.memo("geo_cel", make)
+    return req.memo("geo_cel", lambda: _client_record(req, env, "cel_record"))
 
 
 # -- loading ------------------------------------------------------------------------------------------
