@@ -136,6 +136,17 @@ routes:
 
 
 # -- end to end --------------------------------------------------------------------------------------
+# With two or more cores, mitmdump gets a core of its own and the load generator and the echo
+# backend share another: otherwise they compete for the same cores and the per-request CPU of
+# mitmdump varies by +-20% between identical runs (measured here).
+PINNED = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
+MITM_CPU, LOAD_CPU = 0, 1
+
+
+def pin(cpu: int):
+    return (lambda: os.sched_setaffinity(0, {cpu})) if PINNED else None
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -153,7 +164,8 @@ def vm_hwm_mib(pid: int) -> float:
 class Mitm:
     def __init__(self, args: list[str]):
         self.p = subprocess.Popen([MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", "0", "-q", *args],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  preexec_fn=pin(MITM_CPU))
         self.t0 = time.perf_counter()
         self.port = None
         # -q hides the "listening at" line: find the port from /proc
@@ -233,7 +245,47 @@ def load(url: str, seconds: float, headers: list[tuple[str, str]]) -> int:
     return done[0]
 
 
+def hooks_us_per_flow(rules_path: Path, n: int = 5000) -> float:
+    """Every hook condroute runs for one routed request (requestheaders, request, responseheaders
+    of the addon and its upstream sub-addon), timed in process on mitmproxy's own test flows."""
+    import asyncio
+
+    from mitmproxy.addons import proxyserver
+    from mitmproxy.test import taddons, tflow
+
+    from condroute.mitm import ConditionalRouting
+
+    async def run() -> float:
+        a = ConditionalRouting()
+        with taddons.context(a, proxyserver.Proxyserver()) as tctx:
+            tctx.configure(a, condroute_rules=str(rules_path), condroute_log="off")
+            flows = []
+            for _ in range(n):
+                f = tflow.tflow(resp=True)
+                f.request.path, f.request.host, f.request.port = "/svc99/42", "127.0.0.1", 9001
+                f.request.headers["X-Ab-Test"] = "A"
+                f.request.headers["Cookie"] = "ab=A; uid=7"
+                f.response, f.spare = None, f.response
+                flows.append(f)
+            up = a.upstreams
+            t0 = time.perf_counter()
+            for f in flows:
+                a.requestheaders(f)
+                up.requestheaders(f)
+                a.request(f)
+                up.request(f)
+                f.response = f.spare
+                a.responseheaders(f)
+                up.responseheaders(f)
+            assert flows[0].metadata["condroute"]["backend"] == "default"
+            return (time.perf_counter() - t0) / n * 1e6
+
+    return asyncio.run(run())
+
+
 def e2e_section(seconds: float, rounds: int) -> None:
+    if PINNED:
+        os.sched_setaffinity(0, {LOAD_CPU})   # this process (echo backend) and wrk, its child
     backend = start_echo("bench-backend")
     burl = f"http://127.0.0.1:{backend.server_address[1]}"
     tmp = Path(tempfile.mkdtemp(prefix="condroute-bench-"))
@@ -252,7 +304,7 @@ def e2e_section(seconds: float, rounds: int) -> None:
     per_req: dict[str, list[float]] = {k: [] for k in configs}
     tool = "wrk -t1 -c8" if shutil.which("wrk") else "built-in generator, 4 connections"
     print(f"\n2. end to end: CPU of the mitmdump process per request (reverse mode, {tool}, "
-          f"{seconds:g} s x {rounds} rounds, interleaved)")
+          f"{seconds:g} s x {rounds} rounds, interleaved{', mitmdump pinned to its own core' if PINNED else ''})")
     for _ in range(rounds):
         for name, args in configs.items():
             m = Mitm(["--mode", f"reverse:{burl}", *args])
@@ -268,9 +320,15 @@ def e2e_section(seconds: float, rounds: int) -> None:
     med = {k: statistics.median(v) for k, v in per_req.items()}
     base = med["plain mitmdump"]
     for k, v in med.items():
-        print(f"   {k:<33}{v:8.0f} µs CPU/request   {v / base:5.3f}x plain")
+        spread = f"rounds {min(per_req[k]):.0f}-{max(per_req[k]):.0f}"
+        print(f"   {k:<33}{v:8.0f} µs CPU/request   {v / base:5.3f}x plain   ({spread})")
     print(f"   condroute / map_remote: {med['condroute, 100 routes'] / med['map_remote, 100 specs']:.3f}x")
+    print("   (on a shared machine identical rounds differ by up to ±20%: read 2b for condroute's own share)")
     backend.shutdown()
+    hooks = hooks_us_per_flow(rules)
+    print(f"\n2b. condroute's hooks in process (mitmproxy's taddons, 100 routes, log off): {hooks:.1f} µs per flow"
+          f"\n    = {hooks / base * 100:.1f}% of plain mitmdump's {base:.0f} µs CPU per request "
+          f"-> {1 + hooks / base:.3f}x plain")
 
     print("\n3. memory and load time, 10,000 routes")
     big = tmp / "r10000.yaml"
@@ -300,7 +358,7 @@ def main() -> int:
           f"mitmproxy {__import__('mitmproxy.version').version.VERSION}")
     engine_section(5000 if a.quick else 20000)
     if not a.engine_only:
-        e2e_section(3 if a.quick else 6, 1 if a.quick else 3)
+        e2e_section(3 if a.quick else 5, 1 if a.quick else 5)
     return 0
 
 
