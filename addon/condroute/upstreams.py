@@ -1,7 +1,7 @@
 """Upstream connections: retries, failover, passive health and response timeouts (mitmproxy side).
 
 The engine stays pure: it only asks a :class:`~condroute.health.Health` which upstream addresses
-are cooling down. This sub-addon of :class:`~condroute.mitm.ConditionalRouting` feeds that object
+are cooling down. This part of :class:`~condroute.mitm.ConditionalRouting` (called from its hooks) feeds that object
 and enforces ``retries`` and ``timeout`` with what mitmproxy (11 and 12) offers an addon:
 
 * **Connection failures, retries and failover** happen before mitmproxy connects. mitmproxy opens
@@ -144,7 +144,8 @@ class _Pending:
 
 
 class Upstreams:
-    """Sub-addon of ConditionalRouting (``parent``): see the module docstring."""
+    """Part of ConditionalRouting (``parent``), which calls these methods from its own hooks (they
+    keep mitmproxy's hook names and signatures): see the module docstring."""
 
     def __init__(self, parent: Any):
         self.parent = parent
@@ -229,7 +230,7 @@ class Upstreams:
             earlier = (flow.metadata.get("condroute") or {}).get("failed_over", [])
             flow.request.data = p.snapshot                   # as the client sent it
             flow.metadata.pop("condroute", None)
-            self.parent.requestheaders(flow)                 # decides again, now without that upstream
+            self.parent.route(flow)                          # decides again, now without that upstream
             md = flow.metadata.get("condroute")
             if md is not None:
                 md["failed_over"] = [*earlier, failed]

@@ -1,0 +1,95 @@
+"""Instructions per request of mitmdump, counted by valgrind: deterministic where CPU seconds on a
+shared machine vary by +-20% (see scripts/bench). Run: .venv/bin/python scripts/bench_instructions.py
+
+Each configuration runs twice under callgrind, answering N1 and N2 requests on one keep-alive
+connection; (total(N2) - total(N1)) / (N2 - N1) cancels start-up and shut-down. Takes minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "addon"), str(ROOT / "scripts")]
+
+from bench import ADDON, MITMDUMP, gen_rules  # noqa: E402
+from condroute.demo import start_echo  # noqa: E402
+
+EMPTY = "class Empty:\n    def requestheaders(self, flow):\n        pass\n\naddons = [Empty()]\n"
+
+
+def total_instructions(args: list[str], n: int, port: int, tmp: Path) -> int:
+    python = str(Path(MITMDUMP).with_name("python"))
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.{port}.out", python,
+                          MITMDUMP, "-q", "--listen-host", "127.0.0.1", "-p", str(port), *args],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while True:   # start-up under valgrind takes a while: wait until it answers
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            c.request("GET", "/warm-up")
+            c.getresponse().read()
+            break
+        except OSError:
+            if time.monotonic() > deadline or p.poll() is not None:
+                raise RuntimeError("mitmdump under valgrind did not start") from None
+            time.sleep(1)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(n):
+        c.request("GET", "/svc99/42", headers={"X-Ab-Test": "A", "Cookie": "ab=A; uid=7"})
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise RuntimeError(f"status {r.status}")
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=600)[1]
+    m = re.search(r"Collected : (\d+)", err)
+    if not m:
+        raise RuntimeError("no instruction count from callgrind:\n" + err[-2000:])
+    return int(m.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n1", type=int, default=100)
+    ap.add_argument("--n2", type=int, default=300)
+    a = ap.parse_args()
+    if not shutil.which("valgrind"):
+        print("valgrind is needed (apt-get install valgrind)")
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="condroute-cg-"))
+    backend = start_echo("bench-backend")
+    burl = f"http://127.0.0.1:{backend.server_address[1]}"
+    (tmp / "r100.yaml").write_text(gen_rules(100, upstream=burl))
+    (tmp / "empty.py").write_text(EMPTY)
+    configs = {
+        "plain mitmdump": [],
+        "an empty one-hook script": ["-s", str(tmp / "empty.py")],
+        "condroute, no rules": ["-s", ADDON],
+        "condroute, 100 routes": ["-s", ADDON, "--set", f"condroute_rules={tmp / 'r100.yaml'}",
+                                  "--set", "condroute_log=off"],
+    }
+    print(f"instructions per request (callgrind; ({a.n2} - {a.n1} requests) / {a.n2 - a.n1}), reverse mode, "
+          "one keep-alive connection")
+    port, base = 18700, None
+    for name, args in configs.items():
+        x1 = total_instructions(["--mode", f"reverse:{burl}", *args], a.n1, port, tmp)
+        x2 = total_instructions(["--mode", f"reverse:{burl}", *args], a.n2, port + 1, tmp)
+        port += 2
+        per = (x2 - x1) / (a.n2 - a.n1)
+        base = base or per
+        print(f"   {name:<26}{per / 1e6:7.2f} M   {per / base:.3f}x plain", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
