@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from .compile_ctx import CompileCtx, kind
 from .matchers import Matcher, compile_matcher, show_values
-from .request import IPNet, RequestView
+from .request import IPNet, RequestView, ip_text
 from .yamlpos import Y
 
 CONDITION_KEYS = ("header", "cookie", "query", "jwt", "client_ip", "geo", "method", "host", "path",
@@ -38,13 +38,31 @@ class ValuesCond(Cond):
         self.m = m
         self.redact = redact
         self.text = f"{label} {m.want}"
+        # the reason is "<label> is <values>, wanted <want>": its fixed parts are built once, and the
+        # whole text is remembered for a single text value (most failures repeat: "A" is not "B")
+        self._head = f"{label} is "
+        self._tail = f", wanted {m.want}"
+        self._missing = f"{label} is missing, wanted {m.want}"
+        self._seen: dict[str, str] = {}
 
     def fail(self, req: RequestView, env: Any) -> str | None:
         values = self.get(req, env)
         if self.m.holds(values):
             return None
-        shown = "<redacted>" if self.redact and values else show_values(values)
-        return f"{self.label} is {shown}, wanted {self.m.want}"
+        if not values:
+            return self._missing
+        if len(values) == 1 and values[0].__class__ is str:
+            seen = self._seen
+            r = seen.get(values[0])
+            if r is None:
+                if len(seen) >= 256:
+                    seen.clear()
+                r = seen[values[0]] = self._reason(values)
+            return r
+        return self._reason(values)
+
+    def _reason(self, values: Sequence[Any]) -> str:
+        return self._head + ("<redacted>" if self.redact else show_values(values)) + self._tail
 
 
 class AllCond(Cond):
@@ -89,19 +107,20 @@ class NotCond(Cond):
 class CidrCond(Cond):
     def __init__(self, nets: list[IPNet]):
         self.nets = nets
-
-    @property
-    def text(self) -> str:  # type: ignore[override]
-        return "client IP in " + ", ".join(str(n) for n in self.nets)
+        self.text = "client IP in " + ", ".join(str(n) for n in nets)
+        self._not_in = " is not in " + ", ".join(str(n) for n in nets)
+        # (version, network, mask) as integers: ipaddress's own `in` costs more than all the rest
+        self._ints = tuple((n.version, int(n.network_address), int(n.netmask)) for n in nets)
 
     def fail(self, req: RequestView, env: Any) -> str | None:
         ip = req.client_ip(env.settings.trusted_proxies)
         if ip is None:
             return "client IP is unknown"
-        for n in self.nets:
-            if ip.version == n.version and ip in n:
+        version, value = ip._version, ip._ip    # what ipaddress's own properties return, without the calls
+        for v, net, mask in self._ints:
+            if v == version and value & mask == net:
                 return None
-        return f"client IP {ip} is not in {', '.join(str(n) for n in self.nets)}"
+        return "client IP " + ip_text(ip) + self._not_in
 
 
 def compile_cidrs(node: Y, cc: CompileCtx, what: str) -> list[IPNet]:
@@ -144,7 +163,7 @@ def _named_values(node: Y, cc: CompileCtx, what: str, make: Callable[[str, Match
 
 def _header_cond(name: str, m: Matcher) -> Cond:
     low = name.lower()
-    return ValuesCond(f"header {name}", lambda r, e: r.header_map.get(low, ()), m, low in SENSITIVE_HEADERS)
+    return ValuesCond(f"header {name}", lambda r, e: r.header(low), m, low in SENSITIVE_HEADERS)
 
 
 def _cookie_cond(name: str, m: Matcher) -> Cond:

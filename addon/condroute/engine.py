@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .request import RequestView
@@ -25,9 +25,10 @@ class Attempt:
         return {"backend": self.backend, "held": self.held, "reason": self.reason, "fallback": self.fallback}
 
 
-@dataclass
 class Decision:
-    outcome: str                      # routed | respond | passthrough | no_match
+    """What ``decide`` found. Unset fields keep their class defaults, so that a decision costs only
+    what it holds; ``trail`` keeps the backends tried as ``(backend, held, reason, fallback)``."""
+
     route: str | None = None
     backend: str | None = None
     upstream: str | None = None       # upstream name (or URL as written); the split's arm for a split
@@ -43,16 +44,38 @@ class Decision:
     timeout: float | None = None
     retries: int = 0
     split: str | None = None          # "by=value -> arm" description when a split chose
-    attempts: list[Attempt] = field(default_factory=list)
-    routes_passed: list[tuple[str, str]] = field(default_factory=list)   # only with explain=True
-    request: str = ""
+    routes_passed: list[tuple[str, str]] = []   # only with explain=True (then a list of its own)
     upstream_obj: Upstream | None = None
     backend_obj: Backend | None = None
+
+    def __init__(self, outcome: str, request: str = "", req: RequestView | None = None):
+        self.outcome = outcome            # routed | respond | passthrough | no_match | unavailable
+        self.trail: list[tuple[str, bool, str, bool]] = []
+        self._request = request
+        self._req = req
+
+    def __repr__(self) -> str:
+        return (f"Decision({self.outcome!r}, route={self.route!r}, backend={self.backend!r}, "
+                f"upstream={self.upstream!r}, url={self.url!r})")
+
+    @property
+    def request(self) -> str:
+        """"METHOD URL" of the request, for log lines (built only when one is written)."""
+        if not self._request and self._req is not None:
+            self._request = self._req.describe()
+        return self._request
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        return [Attempt(*t) for t in self.trail]
 
     @property
     def url(self) -> str | None:
         if self.scheme is None or self.host is None:
             return None
+        up = self.upstream_obj
+        if up is not None and up.host == self.host and up.port == self.port:
+            return up.origin + (self.path or "/")
         h = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
         auth = h if self.port == default else f"{h}:{self.port}"
@@ -60,7 +83,7 @@ class Decision:
 
     @property
     def skipped(self) -> list[Attempt]:
-        return [a for a in self.attempts if not a.held]
+        return [Attempt(*t) for t in self.trail if not t[1]]
 
     def header_value(self) -> str:
         """The X-Condroute debug header."""
@@ -74,42 +97,51 @@ class Decision:
             return f"{self.route} -> error {self.status} (no upstream available)"
         return "passthrough"
 
-    def summary(self) -> str:
-        """One log line."""
+    def outcome_text(self) -> str:
+        """What became of the request: the part of the log line after the request."""
         if self.outcome == "routed":
-            return f"{self.request} -> {self.route}/{self.backend} -> {self.upstream} ({self.url})"
+            return f"{self.route}/{self.backend} -> {self.upstream} ({self.url})"
         if self.outcome == "respond":
-            return f"{self.request} -> {self.route}/{self.backend} -> respond {self.status}"
+            return f"{self.route}/{self.backend} -> respond {self.status}"
         if self.outcome == "no_match":
             what = f"answered {self.status}" if self.status else "passthrough"
-            return f"{self.request} -> {self.route}: no backend holds, {what}"
+            return f"{self.route}: no backend holds, {what}"
         if self.outcome == "unavailable":
-            return f"{self.request} -> {self.route}: no upstream available, answered {self.status}"
-        return f"{self.request} -> no route, passthrough"
+            return f"{self.route}: no upstream available, answered {self.status}"
+        return "no route, passthrough"
+
+    def summary(self) -> str:
+        """One log line."""
+        return f"{self.request} -> {self.outcome_text()}"
 
     def comment(self) -> str:
         """One line for flow.comment (shown by mitmweb)."""
-        s = self.summary().split(" -> ", 1)[-1]
-        if self.skipped:
-            s += " | skipped " + "; ".join(f"{a.backend}: {a.reason}" for a in self.skipped)
-        return "condroute: " + s
+        s = "condroute: " + self.outcome_text()
+        skipped = [f"{b}: {why}" for b, held, why, _ in self.trail if not held]
+        if skipped:
+            s += " | skipped " + "; ".join(skipped)
+        return s
 
     def error_body(self) -> str:
         lines = [f"condroute: no backend of route {self.route!r} holds for {self.request}"
                  if self.outcome != "unavailable" else
                  f"condroute: no upstream of route {self.route!r} can serve {self.request}; tried:"]
-        for a in self.attempts:
-            lines.append(f"  {a.backend}: {a.reason}")
-        if not self.attempts:
+        for b, _, why, _ in self.trail:
+            lines.append(f"  {b}: {why}")
+        if not self.trail:
             lines.append("  (the route has no backends)")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
+        skipped, attempts = [], []
+        for b, held, why, fb in self.trail:
+            attempts.append({"backend": b, "held": held, "reason": why, "fallback": fb})
+            if not held:
+                skipped.append({"backend": b, "reason": why})
         d: dict[str, Any] = {
             "outcome": self.outcome, "route": self.route, "backend": self.backend,
             "upstream": self.upstream, "url": self.url, "path": self.path, "status": self.status,
-            "skipped": [{"backend": a.backend, "reason": a.reason} for a in self.skipped],
-            "attempts": [a.to_dict() for a in self.attempts],
+            "skipped": skipped, "attempts": attempts,
         }
         if self.split:
             d["split"] = self.split
@@ -154,7 +186,7 @@ def split_key(split: Split, req: RequestView, rules: Rules) -> str | None:
     if k == "cookie":
         v = req.cookies.get(split.key)
     elif k == "header":
-        v = req.header_map.get(split.key)
+        v = req.header(split.key)
     elif k == "query":
         v = req.query.get(split.key)
     elif k == "client_ip":
@@ -194,13 +226,6 @@ def choose_arm(split: Split, route: str, key: str | None, exclude: frozenset = f
             best, best_score = up, score
     return best
 
-
-def _held_reason(b: Backend) -> str:
-    if b.fallback:
-        return "fallback: no other backend held"
-    if b.when is None:
-        return "unconditional"
-    return "when holds: " + b.when.text
 
 
 def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None) -> None:
@@ -248,6 +273,7 @@ def _unavailable(b: Backend, health: Any) -> str | None:
 def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: Any = None) -> None:
     chosen: Backend | None = None
     down = False
+    trail = d.trail
     for b in route.backends:
         if b.fallback:
             continue
@@ -256,19 +282,19 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
             reason = _unavailable(b, health)
             down = down or reason is not None
         if reason is None:
-            d.attempts.append(Attempt(b.name, True, _held_reason(b)))
+            trail.append((b.name, True, b.held_reason, False))
             chosen = b
             break
-        d.attempts.append(Attempt(b.name, False, reason))
+        trail.append((b.name, False, reason, False))
     if chosen is None and route.fallback is not None:
         fb = route.fallback
         reason = _unavailable(fb, health) if health is not None else None
         if reason is None:
             chosen = fb
-            d.attempts.append(Attempt(chosen.name, True, _held_reason(chosen), True))
+            trail.append((fb.name, True, fb.held_reason, True))
         else:
             down = True
-            d.attempts.append(Attempt(fb.name, False, reason, True))
+            trail.append((fb.name, False, reason, True))
     if chosen is None and down:
         d.outcome, d.status = "unavailable", 502   # whatever on_no_match says: nothing can serve
         return
@@ -300,9 +326,13 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
 def decide(rules: Rules, req: RequestView, explain: bool = False, health: Any = None) -> Decision:
     """Decide for one request. Never raises for any request input. ``health`` (optional, e.g. a
     :class:`~condroute.health.Health`) passes over backends whose upstream is cooling down."""
-    d = Decision("passthrough", request=req.describe())
-    candidates = rules.index.candidates(req.path, req.host) if rules.index is not None else rules.routes
+    d = Decision("passthrough", req=req)
     if explain:
+        candidates = rules.routes
+        d.routes_passed = []
+    elif rules.index is not None:
+        candidates = rules.index.candidates(req.path, req.host)
+    else:
         candidates = rules.routes
     for route in candidates:
         why = route_fail(route, req, rules)

@@ -98,7 +98,7 @@ class JwtSettings:
     # -- finding the token --------------------------------------------------------------------------
     def token_of(self, req: RequestView) -> str | None:
         if self.source_kind == "header":
-            vals = req.header_map.get(self.source_name)
+            vals = req.header(self.source_name)
             if not vals:
                 return None
             v = vals[0].strip()

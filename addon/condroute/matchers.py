@@ -82,10 +82,28 @@ class _StrMatcher(Matcher):
         self.want = want + (" (ignoring case)" if ignore_case else "")
 
     def holds(self, values: Sequence[Any]) -> bool:
-        test = self._test
-        if self._ic:
-            return any(test(as_text(v).lower()) for v in values)
-        return any(test(as_text(v)) for v in values)
+        test, ic = self._test, self._ic
+        for v in values:
+            s = v if v.__class__ is str else as_text(v)
+            if test(s.lower() if ic else s):
+                return True
+        return False
+
+
+class _InSet(_StrMatcher):
+    """equals and in: a set lookup per value, no call."""
+
+    def __init__(self, targets: frozenset[str], want: str, ignore_case: bool):
+        super().__init__(targets.__contains__, want, ignore_case)
+        self._set = targets
+
+    def holds(self, values: Sequence[Any]) -> bool:
+        ts, ic = self._set, self._ic
+        for v in values:
+            s = v if v.__class__ is str else as_text(v)
+            if (s.lower() if ic else s) in ts:
+                return True
+        return False
 
 
 class Present(Matcher):
@@ -140,13 +158,12 @@ def _scalar_text(node: Y, cc: CompileCtx, what: str) -> str:
 
 
 def _eq(target: str, ic: bool) -> Matcher:
-    t = target.lower() if ic else target
-    return _StrMatcher(lambda s: s == t, show(target), ic)
+    return _InSet(frozenset((target.lower() if ic else target,)), show(target), ic)
 
 
 def _in(targets: list[str], ic: bool) -> Matcher:
     ts = frozenset(t.lower() for t in targets) if ic else frozenset(targets)
-    return _StrMatcher(lambda s: s in ts, "one of [" + ", ".join(show(t) for t in targets) + "]", ic)
+    return _InSet(ts, "one of [" + ", ".join(show(t) for t in targets) + "]", ic)
 
 
 class Regex:

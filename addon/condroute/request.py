@@ -44,6 +44,20 @@ def parse_ip(text: str | None) -> IPAddr | None:
     return ip
 
 
+_ip_texts: dict[tuple[int, int], str] = {}
+
+
+def ip_text(ip: IPAddr) -> str:
+    """``str(ip)``, memoised (ipaddress formats an address in Python, on every call)."""
+    key = (ip._version, ip._ip)
+    s = _ip_texts.get(key)
+    if s is None:
+        if len(_ip_texts) >= 4096:
+            _ip_texts.clear()
+        s = _ip_texts[key] = str(ip)
+    return s
+
+
 def _parse_ip(text: str) -> IPAddr | None:
     s = text.strip()
     if s.startswith("[") and "]" in s:
@@ -74,16 +88,20 @@ def parse_cookie_header(values: Iterable[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for header in values:
         for part in header.split(";"):
-            part = part.strip()
-            if not part or "=" not in part:
+            name, eq, value = part.partition("=")
+            if not eq:
                 continue
-            name, _, value = part.partition("=")
             name = name.strip()
+            if not name:
+                continue
             value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
                 value = value[1:-1]
-            if name:
-                out.setdefault(name, []).append(value)
+            seen = out.get(name)
+            if seen is None:
+                out[name] = [value]
+            else:
+                seen.append(value)
     return out
 
 

@@ -11,7 +11,7 @@ from .compile_ctx import CompileCtx, kind
 from .conditions import Cond, compile_cidrs, compile_condition
 from .errors import RulesError
 from .matchers import Matcher, as_text, compile_matcher
-from .request import IPNet
+from .request import IPNet, lazy
 from .yamlpos import Y, load_file, parse_text
 
 TOP_KEYS = ("version", "upstreams", "settings", "routes")
@@ -40,11 +40,29 @@ class Upstream:
     port: int
     base_path: str     # "" or "/base" (no trailing slash)
 
-    @property
+    @lazy
     def authority(self) -> str:
         h = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
         return h if self.port == default else f"{h}:{self.port}"
+
+    @lazy
+    def origin(self) -> str:
+        """scheme://authority"""
+        return f"{self.scheme}://{self.authority}"
+
+    @lazy
+    def authority_b(self) -> bytes:
+        return self.authority.encode("utf-8", "surrogateescape")
+
+    @lazy
+    def scheme_b(self) -> bytes:
+        return self.scheme.encode()
+
+    @lazy
+    def key(self) -> tuple[str, int]:
+        """The address as Health keys it."""
+        return (self.host.lower(), self.port)
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,15 @@ class Backend:
     @property
     def unconditional(self) -> bool:
         return self.when is None and not self.fallback
+
+    @lazy
+    def held_reason(self) -> str:
+        """Why this backend is the one, when it is."""
+        if self.fallback:
+            return "fallback: no other backend held"
+        if self.when is None:
+            return "unconditional"
+        return "when holds: " + self.when.text
 
 
 @dataclass(frozen=True)
