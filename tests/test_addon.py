@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
 
+from condroute import mitm
 from condroute.mitm import ConditionalRouting
 
 RULES = """
@@ -513,6 +515,30 @@ async def test_reload_picks_up_same_size_edit_within_one_clock_tick(harness, wri
     assert f.request.port == 9002
 
 
+async def test_reload_check_of_a_settled_file_is_a_stat_not_a_read(harness, write, monkeypatch):
+    """The watcher runs every second: a file last modified well before it was read (not "racy")
+    is only stat-ed, not read and hashed (a 10,000-route file is megabytes). An edit still gets a
+    newer mtime and is loaded."""
+    path = write(ROUTE_TO.format(port=9001))
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    harness.configure(condroute_rules=path)
+    assert harness.addon.signature.racy is False
+    reads = []
+    real_open = open
+    monkeypatch.setattr(mitm, "open", lambda *a, **k: reads.append(a[0]) or real_open(*a, **k), raising=False)
+    assert harness.addon.check_reload() is False
+    assert reads == []
+    write(ROUTE_TO.format(port=9002))
+    assert harness.addon.check_reload() is True
+    assert reads == [path]
+    f = await harness.cycle(make_flow())
+    assert f.request.port == 9002
+    assert harness.addon.signature.racy is True              # just written: hashed again next time
+    assert harness.addon.check_reload() is False
+    assert reads == [path, path]
+
+
 async def test_bad_reload_keeps_last_good_rules_and_logs_located_error(harness, write, logs):
     path = write(ROUTE_TO.format(port=9001))
     harness.configure(condroute_rules=path)
@@ -586,6 +612,22 @@ async def test_watcher_runs_and_stops(harness, write):
     assert harness.addon._watcher is None
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_watcher_runs_only_while_there_is_a_file_to_watch(harness, write):
+    harness.addon.running()
+    assert harness.addon._watcher is None                    # no rules file: nothing to watch
+    harness.configure(condroute_rules=write(ROUTE_TO.format(port=9001)))
+    task = harness.addon._watcher
+    assert task is not None and not task.done()
+    harness.configure(condroute_reload_interval="0")         # 0: do not watch
+    assert harness.addon._watcher is None
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    harness.configure(condroute_reload_interval="1")
+    assert harness.addon._watcher is not None
+    harness.configure(condroute_rules="")
+    assert harness.addon._watcher is None
 
 
 # -- logging ---------------------------------------------------------------------------------------

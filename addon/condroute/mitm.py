@@ -5,6 +5,8 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -12,7 +14,7 @@ from mitmproxy import ctx, http
 from .engine import Decision, decide
 from .upstreams import Upstreams
 from .errors import RulesError
-from .request import RequestView
+from .request import RequestView, lazy
 from .rules import Rules, load_rules
 
 log = logging.getLogger("condroute")
@@ -21,6 +23,7 @@ LOG_LEVELS = ("off", "decisions", "verbose")
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off", "")
 RELOAD_INTERVAL = 1.0
+H2_H3 = (b"HTTP/2.0", b"HTTP/3")
 
 
 class BadOption(Exception):
@@ -36,17 +39,38 @@ def parse_bool(name: str, value: str) -> bool:
     raise BadOption(f"{name} must be true or false, not {value!r}")
 
 
-def file_signature(path: str) -> tuple | None:
-    """What identifies one version of the file. The content hash is part of it: on a filesystem with
-    a coarse clock (HFS+ 1 s, FAT 2 s, a jiffy on older ext4) a same-size edit made within the same
-    tick as the last load has the same mtime, and must not be missed."""
+# mtime granularity to allow for (FAT: 2 s; HFS+: 1 s; ext4 with a jiffy clock: 4-10 ms)
+RACY_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class FileSignature:
+    """What identifies one version of the rules file: mtime, size and inode, plus a hash of the
+    content, which catches a same-size edit made within the same mtime tick as the last read (a
+    coarse filesystem clock). Comparison ignores ``racy``."""
+    mtime_ns: int
+    size: int
+    ino: int
+    digest: bytes
+    racy: bool = field(default=False, compare=False)   # modified so recently that mtime can't be trusted yet
+
+
+def file_signature(path: str, known: FileSignature | None = None) -> FileSignature | None:
+    """The file's signature. The watcher calls this every second: the content is read and hashed
+    only when mtime, size or inode changed, or while the file is *racy*, modified less than
+    RACY_SECONDS before it was last read (git's "racily clean" rule). Once a signature is taken
+    later than that, any edit gets a newer mtime, so a stat is enough."""
     try:
         st = os.stat(path)
+        if (known is not None and not known.racy and known.mtime_ns == st.st_mtime_ns
+                and known.size == st.st_size and known.ino == st.st_ino):
+            return known
         with open(path, "rb") as fh:
             digest = hashlib.blake2b(fh.read(), digest_size=16).digest()
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, digest)
+    racy = abs(time.time() - st.st_mtime_ns / 1e9) < RACY_SECONDS
+    return FileSignature(st.st_mtime_ns, st.st_size, st.st_ino, digest, racy)
 
 
 def authority_host(authority: str) -> str:
@@ -59,20 +83,108 @@ def authority_host(authority: str) -> str:
     return authority
 
 
-def request_view(flow: http.HTTPFlow) -> RequestView:
-    """What the engine sees. Reads mitmproxy's request data directly: the public properties
-    re-parse the Host header and re-decode every header on each access (measured: a third of the
-    addon's per-request cost)."""
-    r = flow.request
-    data = r.data
-    path, _, qs = data.path.decode("utf-8", "surrogateescape").partition("?")
-    headers = tuple((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-                    for k, v in data.headers.fields)
-    authority = r.host_header     # Host, or :authority for HTTP/2 and 3
-    host = authority_host(authority) if authority else data.host
-    peer = flow.client_conn.peername[0] if flow.client_conn and flow.client_conn.peername else None
-    return RequestView(data.method.decode("ascii", "replace"), data.scheme.decode("ascii", "replace"), host,
-                       data.port, path, qs, headers, peer)
+def authority_text(raw: bytes) -> str:
+    """:authority as mitmproxy's Request.authority decodes it (IDNA only where there is any)."""
+    if b"xn--" in raw.lower() or not raw.isascii():
+        try:
+            return raw.decode("idna")
+        except UnicodeError:
+            pass
+    return raw.decode("utf-8", "surrogateescape")
+
+
+class FlowView(RequestView):
+    """The engine's view of a mitmproxy request, read from mitmproxy's request data directly (its
+    public properties re-parse the Host header and re-decode headers on every access), with the
+    header text decoded only when a rule reads a header."""
+
+    @lazy
+    def headers(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        return tuple((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                     for k, v in self.__dict__["fields"])
+
+    @lazy
+    def header_map(self) -> dict[str, list[str]]:
+        m: dict[str, list[str]] = {}
+        for k, v in self.__dict__["fields"]:
+            name = k.decode("utf-8", "surrogateescape").lower()
+            value = v.decode("utf-8", "surrogateescape")
+            if name in m:
+                m[name].append(value)
+            else:
+                m[name] = [value]
+        return m
+
+    def header(self, name_lower: str) -> list[str]:
+        """The values of one header: found in the raw fields without decoding the others, while no
+        rule has asked for all of them."""
+        d = self.__dict__
+        m = d.get("header_map")
+        if m is not None or not name_lower.isascii():
+            return self.header_map.get(name_lower, [])
+        found = d.get("_found")
+        if found is None:
+            found = d["_found"] = {}
+        else:
+            vals = found.get(name_lower)
+            if vals is not None:
+                return vals
+        nb = name_lower.encode()
+        n = len(nb)
+        vals = found[name_lower] = [v.decode("utf-8", "surrogateescape") for k, v in d["fields"]
+                                    if len(k) == n and k.lower() == nb]
+        return vals
+
+
+def request_view(flow: http.HTTPFlow) -> FlowView:
+    """What the engine sees of ``flow``'s request (see FlowView)."""
+    data = flow.request.data
+    fields = data.headers.fields
+    v = FlowView.__new__(FlowView)
+    v.method = data.method.decode("ascii", "replace").upper()
+    v.scheme = data.scheme.decode("ascii", "replace").lower()
+    full = data.path.decode("utf-8", "surrogateescape")
+    path, _, v.query_string = full.partition("?")
+    v.path = path or "/"
+    v.port = data.port
+    # Host, or :authority for HTTP/2 and 3 (what mitmproxy's host_header reads)
+    authority = authority_text(data.authority) if data.authority and data.http_version in H2_H3 else None
+    if authority is None:
+        hosts = [val for k, val in fields if len(k) == 4 and k.lower() == b"host"]
+        if hosts:   # repeated Host headers are joined, as mitmproxy's host_header joins them
+            authority = (hosts[0] if len(hosts) == 1 else b", ".join(hosts)).decode("utf-8", "surrogateescape")
+    v.host = (authority_host(authority) if authority else data.host).lower().rstrip(".")
+    conn = flow.client_conn
+    v.peer = conn.peername[0] if conn and conn.peername else None
+    v.jwt_token = None
+    d = v.__dict__
+    d["fields"], d["full_path"], d["authority"] = fields, full, authority
+    d["params"], d["rest"] = {}, None
+    return v
+
+
+def set_host_header(data: Any, h2: bool, value: bytes) -> None:
+    """What ``Request.host_header = value`` does, on the request data: for HTTP/2 and 3 :authority
+    is set and a Host header only replaced; for HTTP/1 the first Host header is replaced (its name
+    kept as written), others removed, and one added when there was none."""
+    if h2:
+        data.authority = value
+    fields = data.headers.fields
+    out = []
+    found = False
+    for f in fields:
+        k = f[0]
+        if len(k) == 4 and k.lower() == b"host":
+            if not found:
+                out.append((k, value))
+                found = True
+        else:
+            out.append(f)
+    if not found:
+        if h2:
+            return
+        out.append((b"Host", value))
+    data.headers.fields = tuple(out)
 
 
 def keep_answered_bodies_local() -> None:
@@ -114,13 +226,14 @@ class ConditionalRouting:
     def __init__(self) -> None:
         self.rules: Rules | None = None
         self.path: str = ""
-        self.signature: tuple | None = None
+        self.signature: FileSignature | None = None
         self.generation = 0              # bumped on every successful (re)load
         self.last_error: str | None = None
         self.log_level = 1               # index into LOG_LEVELS
         self.debug_header = False
         self.reload_interval = RELOAD_INTERVAL
         self._watcher: asyncio.Task | None = None
+        self._running = False
         # retries, failover, passive health, timeouts. Called from this addon's own hooks rather than
         # registered as a sub-addon: mitmproxy walks an addon's children and dispatches each hook for
         # every event, which cost more per request than condroute's whole decision (callgrind).
@@ -152,6 +265,7 @@ class ConditionalRouting:
                 log.error(f"condroute: the rules file does not load; keeping the last good rules ({self.rules.summary()}):")
             for p in e.problems:
                 log.error(str(p))
+        self._sync_watcher()
 
     def _configure(self, updated: set[str]) -> None:
         if "condroute_log" in updated:
@@ -199,7 +313,7 @@ class ConditionalRouting:
             log.warning("condroute: in reverse mode mitmproxy rewrites the Host header before condroute sees it; "
                         "rules that match on host need --set keep_host_header=true")
 
-    def _install(self, rules: Rules, path: str, sig: tuple | None, verb: str) -> None:
+    def _install(self, rules: Rules, path: str, sig: FileSignature | None, verb: str) -> None:
         self.rules, self.path, self.signature = rules, path, sig   # one assignment: atomic swap
         self.generation += 1
         self.last_error = None
@@ -209,19 +323,25 @@ class ConditionalRouting:
 
     # -- hot reload -----------------------------------------------------------------------------
     def running(self) -> None:
-        if self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._running = True
+        self._sync_watcher()
 
     def done(self) -> None:
-        if self._watcher is not None:
+        self._running = False
+        self._sync_watcher()
+
+    def _sync_watcher(self) -> None:
+        """The watcher runs only while there is a file to watch and an interval to watch it at."""
+        want = self._running and bool(self.path) and self.reload_interval > 0
+        if want and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        elif not want and self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.reload_interval or RELOAD_INTERVAL)
-            if not self.reload_interval:
-                continue
             try:
                 self.check_reload()
             except Exception as e:  # never let the watcher die
@@ -231,8 +351,9 @@ class ConditionalRouting:
         """Reload when the file changed. Returns True when new rules were installed."""
         if not self.path:
             return False
-        sig = file_signature(self.path)
+        sig = file_signature(self.path, self.signature)
         if sig == self.signature:
+            self.signature = sig          # the same content; perhaps no longer racy
             return False
         if sig is None:
             self.signature = None
@@ -281,10 +402,10 @@ class ConditionalRouting:
         md = d.to_dict()
         md["header"] = d.header_value()
         if d.outcome == "routed":
-            r = flow.request   # what apply() rewrites, so that `condroute explain --flows` can decide again
-            md["original"] = {"scheme": r.scheme, "host": view.host, "port": r.port, "path": r.path,
-                              "host_header": r.host_header,
-                              "headers": {n: r.headers.get_all(n) for n in {*d.remove_headers, *dict(d.set_headers)}}}
+            # what apply() rewrites, so that `condroute explain --flows` can decide again
+            vd = view.__dict__
+            md["original"] = {"scheme": view.scheme, "host": view.host, "port": view.port, "path": vd["full_path"],
+                              "host_header": vd["authority"], "headers": self._original_headers(flow, d)}
             self.upstreams.remember(flow, d)   # before apply: a failover starts from the original
             self.apply(flow, d)
         elif d.status is not None:  # respond, or no match with on_no_match: error
@@ -302,28 +423,41 @@ class ConditionalRouting:
                     log.info(f"condroute:   skipped {a.backend}: {a.reason}")
 
     @staticmethod
+    def _original_headers(flow: http.HTTPFlow, d: Decision) -> dict[str, list[str]]:
+        if not (d.remove_headers or d.set_headers):
+            return {}
+        h = flow.request.headers
+        return {n: h.get_all(n) for n in {*d.remove_headers, *dict(d.set_headers)}}
+
+    @staticmethod
     def apply(flow: http.HTTPFlow, d: Decision) -> None:
         req = flow.request
-        if d.upstream_obj is not None:
+        data = req.data
+        up = d.upstream_obj
+        if up is not None:
             # Written at the data level: the public setters validate and rewrite Host/:authority on
             # every call (and write IPv6 literals unbracketed); Host is set once, below. The values
             # come from an upstream URL checked when the rules were loaded.
-            data = req.data
-            data.scheme = d.scheme.encode()
+            data.scheme = up.scheme_b
             data.host = d.host
             data.port = d.port
             keep_host = d.host_header is None      # preserve_host: the client's Host stays
+            h2 = data.http_version in H2_H3
             # the request target of an absolute-form HTTP/1 request (what an upstream proxy is
             # asked for) follows the new destination; for HTTP/2 and 3, :authority is the Host
-            if data.authority and not (keep_host and (req.is_http2 or req.is_http3)):
-                data.authority = d.upstream_obj.authority.encode()
+            if data.authority and not (keep_host and h2):
+                data.authority = up.authority_b
             if not keep_host:
-                req.host_header = d.host_header
-        req.path = d.path
-        for name in d.remove_headers:
-            req.headers.pop(name, None)
-        for name, value in d.set_headers:
-            req.headers[name] = value
+                if d.host_header == up.authority and up.authority.isascii():
+                    set_host_header(data, h2, up.authority_b)
+                else:
+                    req.host_header = d.host_header
+        data.path = d.path.encode("utf-8", "surrogateescape")
+        if d.remove_headers or d.set_headers:
+            for name in d.remove_headers:
+                req.headers.pop(name, None)
+            for name, value in d.set_headers:
+                req.headers[name] = value
 
     def request(self, flow: http.HTTPFlow) -> None:
         self._answer_or_fix(flow)

@@ -193,20 +193,21 @@ class Upstreams:
     def remember(self, flow: http.HTTPFlow, d: Any) -> None:
         """Called by ConditionalRouting.requestheaders for a routed flow, before it rewrites the
         request. Keeps what a failover needs when the upstream is to be tried first."""
-        if d.upstream_obj is None or d.host is None or d.port is None:
-            return
-        if flow.server_conn.via is not None:     # upstream-proxy mode: mitmproxy connects to the proxy
+        up = d.upstream_obj
+        if up is None or flow.server_conn.via is not None:   # upstream-proxy mode: mitmproxy connects to the proxy
             return
         # A backend with retries is tried first unless a connection to it is open right now: a
         # restarting upstream closes its connections, and the retries are meant for exactly that.
         retrying = bool(d.retries) and flow.request.method.upper() in IDEMPOTENT
-        if self.health.known_up(d.host, d.port, fresh=not retrying) or not self._live(flow):
+        if self.health.known_up_key(up.key, fresh=not retrying) or not self._live(flow):
             return
         self.pending[flow.id] = _Pending(flow.request.data.copy(), d)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Any:
         """Sync for the common case (nothing to try); returns a coroutine, which mitmproxy awaits
         while the flow waits, only when an upstream is to be tried first."""
+        if not self.pending:
+            return None
         p = self.pending.pop(flow.id, None)
         return None if p is None else self._ensure(flow, p)
 

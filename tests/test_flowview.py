@@ -1,0 +1,59 @@
+"""The addon's fast request view (condroute.mitm.request_view, which reads mitmproxy's request data
+directly and decodes headers only when asked) against the plain RequestView built from mitmproxy's
+public request properties: for any request they must be the same to the engine."""
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mitmproxy import http
+from mitmproxy.test import tflow
+
+from condroute.engine import decide
+from condroute.mitm import authority_host, request_view
+from condroute.request import RequestView
+from test_fuzz_engine import RULES
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+names = st.one_of(st.sampled_from([b"Host", b"host", b"HOST", b"Cookie", b"X-A", b"x-a", b"X-Forwarded-For",
+                                   b"Authorization", b"Hos", b"Hostx"]),
+                  st.binary(min_size=1, max_size=12))
+values = st.one_of(st.sampled_from([b"shop.example", b"[::1]:8080", b"a.EXAMPLE.", b"uid=12; ab=B", b"aaaa",
+                                    b"Bearer x", b"10.1.2.3, 127.0.0.1", b"xn--bcher-kva.example"]),
+                   st.binary(max_size=40))
+authorities = st.one_of(st.just(b""), st.sampled_from([b"api.example:443", b"[::1]:9", b"xn--bcher-kva.example",
+                                                       b"UPPER.example"]), st.binary(max_size=20))
+
+
+def public_view(flow: http.HTTPFlow) -> RequestView:
+    """What the addon built before it read mitmproxy's data directly."""
+    r = flow.request
+    path, _, qs = r.path.partition("?")
+    authority = r.host_header
+    host = authority_host(authority) if authority else r.host
+    peer = flow.client_conn.peername[0] if flow.client_conn.peername else None
+    return RequestView(r.data.method.decode("ascii", "replace"), r.data.scheme.decode("ascii", "replace"), host,
+                       r.port, path, qs, tuple(r.headers.items(multi=True)), peer)
+
+
+@SETTINGS
+@given(fields=st.lists(st.tuples(names, values), max_size=8), version=st.sampled_from([b"HTTP/1.1", b"HTTP/2.0", b"HTTP/3"]),
+       authority=authorities, path=st.binary(max_size=40), method=st.sampled_from([b"GET", b"post", b"OPTIONS"]),
+       peer=st.sampled_from([("127.0.0.1", 5), ("::1", 6), ("10.9.8.7", 7)]),
+       lookups=st.lists(st.sampled_from(["host", "cookie", "x-a", "x-forwarded-for", "authorization", "hos"]), max_size=4))
+def test_fast_view_equals_the_public_one(fields, version, authority, path, method, peer, lookups):
+    f = tflow.tflow()
+    f.request = http.Request("origin.example", 8080, method, b"http", authority, b"/" + path, version,
+                             http.Headers(fields), b"", None, 0, 0)
+    f.client_conn.peername = peer
+    fast, slow = request_view(f), public_view(f)
+    for attr in ("method", "scheme", "host", "port", "path", "query_string", "peer"):
+        assert getattr(fast, attr) == getattr(slow, attr), attr
+    for name in lookups:                  # one header at a time, before anything decodes them all
+        assert fast.header(name) == slow.header(name), name
+    assert fast.cookies == slow.cookies
+    assert fast.describe() == slow.describe()
+    assert fast.header_map == slow.header_map
+    assert tuple(fast.headers) == tuple(slow.headers)
+    a, b = decide(RULES, fast), decide(RULES, public_view(f))
+    assert (a.outcome, a.route, a.backend, a.url, a.trail) == (b.outcome, b.route, b.backend, b.url, b.trail)
