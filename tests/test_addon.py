@@ -664,3 +664,23 @@ async def test_log_verbose_logs_skipped_backends(harness, write, logs):
     logs.clear()
     await harness.cycle(make_flow("http://elsewhere.example/"))
     assert messages(logs) == ["condroute: GET http://elsewhere.example/ -> no route, passthrough"]
+
+
+def test_the_script_module_names_every_hook_so_mitmproxy_finds_no_missing_attribute():
+    """mitmproxy looks up a handler for every event on the script module too; on Python 3.11 a
+    missing module attribute costs an AttributeError each time. Every hook name is there (None),
+    and the addon object keeps the real handlers."""
+    from mitmproxy import hooks
+    from mitmproxy.addons import script
+
+    from helpers import ADDON
+
+    with taddons.context():
+        mod = script.load_script(str(ADDON))
+    assert mod is not None
+    missing = [name for name in hooks.all_hooks if name not in vars(mod)]
+    assert missing == []
+    assert all(vars(mod)[name] is None for name in ("requestheaders", "request", "response", "update"))
+    (addon,) = mod.addons
+    assert type(addon).__name__ == "ConditionalRouting" and callable(addon.requestheaders)
+
