@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy.layers.http import HttpResponseHeadersHook
 from mitmproxy.test import taddons, tflow
 
 from condroute import mitm
@@ -436,7 +437,8 @@ async def _with_response(harness, f: http.HTTPFlow) -> http.HTTPFlow:
     harness.addon.request(f)
     if f.response is None:
         f.response = http.Response.make(200, b"from upstream")
-    harness.addon.responseheaders(f)
+    # as mitmproxy dispatches it (the addon registers responseheaders only while it has work)
+    harness.tctx.master.addons.invoke_addon_sync(harness.addon, HttpResponseHeadersHook(f))
     return f
 
 
@@ -684,3 +686,17 @@ def test_the_script_module_names_every_hook_so_mitmproxy_finds_no_missing_attrib
     (addon,) = mod.addons
     assert type(addon).__name__ == "ConditionalRouting" and callable(addon.requestheaders)
 
+
+async def test_responseheaders_is_registered_only_while_it_has_work(harness, write):
+    """mitmproxy dispatches every hook an addon has on every request: responseheaders is there only
+    for the debug header or response timeouts."""
+    harness.configure(condroute_rules=write(RULES))
+    assert harness.addon.responseheaders is None
+    harness.configure(condroute_debug_header="true")
+    assert callable(harness.addon.responseheaders)
+    harness.configure(condroute_debug_header="false")
+    assert harness.addon.responseheaders is None
+    harness.configure(condroute_rules=write(ROUTE_TO.format(port=9001).replace(
+        'upstream: "http://127.0.0.1:9001"', 'upstream: "http://127.0.0.1:9001", timeout: 2'), "timeouts.yaml"))
+    assert harness.addon.rules.has_timeouts
+    assert callable(harness.addon.responseheaders)

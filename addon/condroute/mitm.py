@@ -266,6 +266,17 @@ class ConditionalRouting:
             for p in e.problems:
                 log.error(str(p))
         self._sync_watcher()
+        self._sync_hooks()
+
+    def _sync_hooks(self) -> None:
+        """Register ``responseheaders`` only while it has work: mitmproxy dispatches every hook an
+        addon has on every request, and this one is needed only for the debug header and for
+        response timeouts. (mitmproxy looks hooks up on the object each time; None means none.)"""
+        rules = self.rules
+        if self.debug_header or self.upstreams.timers or (rules is not None and rules.has_timeouts):
+            self.__dict__.pop("responseheaders", None)
+        else:
+            self.responseheaders = None  # type: ignore[assignment]
 
     def _configure(self, updated: set[str]) -> None:
         if "condroute_log" in updated:
@@ -315,6 +326,7 @@ class ConditionalRouting:
 
     def _install(self, rules: Rules, path: str, sig: FileSignature | None, verb: str) -> None:
         self.rules, self.path, self.signature = rules, path, sig   # one assignment: atomic swap
+        self._sync_hooks()
         self.generation += 1
         self.last_error = None
         log.info(f"condroute: {verb} {path}: {rules.summary()}")

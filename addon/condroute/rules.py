@@ -207,6 +207,10 @@ class Rules:
     source_format: str = "condroute"
     index: Any = field(default=None, compare=False)
 
+    @lazy
+    def has_timeouts(self) -> bool:
+        return any(b.timeout for r in self.routes for b in r.backends)
+
     def summary(self) -> str:
         nb = sum(len(r.backends) for r in self.routes)
         return (f"{len(self.routes)} route{'s' * (len(self.routes) != 1)}, {nb} backend{'s' * (nb != 1)}, "
