@@ -5,6 +5,9 @@
 2. End to end: CPU seconds of the mitmdump process per request under the same load, for plain
    mitmdump, mitmdump + condroute (100 routes) and mitmdump + 100 map_remote specs, as ratios.
 3. Memory: peak RSS of mitmdump with 10,000 routes vs plain, and the rules' load time.
+4. End to end, counted: instructions per request under valgrind for the same configurations (and
+   an empty script, the cost of hosting any script), which CPU seconds on a shared machine cannot
+   resolve (identical rounds of part 2 differ by up to +-20%).
 """
 from __future__ import annotations
 
@@ -246,11 +249,12 @@ def load(url: str, seconds: float, headers: list[tuple[str, str]]) -> int:
 
 
 def hooks_us_per_flow(rules_path: Path, n: int = 5000) -> float:
-    """Every hook condroute runs for one routed request (requestheaders, request, responseheaders
-    of the addon and its upstream sub-addon), timed in process on mitmproxy's own test flows."""
+    """Every hook condroute has for one routed request (requestheaders, request, responseheaders when
+    registered), dispatched by mitmproxy's own addon manager, timed in process on its test flows."""
     import asyncio
 
     from mitmproxy.addons import proxyserver
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHeadersHook
     from mitmproxy.test import taddons, tflow
 
     from condroute.mitm import ConditionalRouting
@@ -259,6 +263,7 @@ def hooks_us_per_flow(rules_path: Path, n: int = 5000) -> float:
         a = ConditionalRouting()
         with taddons.context(a, proxyserver.Proxyserver()) as tctx:
             tctx.configure(a, condroute_rules=str(rules_path), condroute_log="off")
+            invoke = tctx.master.addons.invoke_addon_sync
             flows = []
             for _ in range(n):
                 f = tflow.tflow(resp=True)
@@ -267,16 +272,12 @@ def hooks_us_per_flow(rules_path: Path, n: int = 5000) -> float:
                 f.request.headers["Cookie"] = "ab=A; uid=7"
                 f.response, f.spare = None, f.response
                 flows.append(f)
-            up = a.upstreams
             t0 = time.perf_counter()
             for f in flows:
-                a.requestheaders(f)
-                up.requestheaders(f)
-                a.request(f)
-                up.request(f)
+                invoke(a, HttpRequestHeadersHook(f))
+                invoke(a, HttpRequestHook(f))
                 f.response = f.spare
-                a.responseheaders(f)
-                up.responseheaders(f)
+                invoke(a, HttpResponseHeadersHook(f))
             assert flows[0].metadata["condroute"]["backend"] == "default"
             return (time.perf_counter() - t0) / n * 1e6
 
@@ -353,12 +354,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter runs (noisier)")
     ap.add_argument("--engine-only", action="store_true", help="only the engine part")
+    ap.add_argument("--no-valgrind", action="store_true", help="skip the instruction counts (part 4)")
     a = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"mitmproxy {__import__('mitmproxy.version').version.VERSION}")
     engine_section(5000 if a.quick else 20000)
     if not a.engine_only:
         e2e_section(3 if a.quick else 5, 1 if a.quick else 5)
+        if not (a.quick or a.no_valgrind):
+            print("\n4. end to end, counted: instructions per request under valgrind (callgrind), which do not "
+                  "depend on what else the machine runs\n   (reverse mode; (300 - 100 requests) / 200 on one "
+                  "keep-alive connection, so start-up cancels out; takes ~15 minutes)")
+            from bench_instructions import section
+            section()
     return 0
 
 

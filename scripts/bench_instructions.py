@@ -57,38 +57,56 @@ def total_instructions(args: list[str], n: int, port: int, tmp: Path) -> int:
     return int(m.group(1))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n1", type=int, default=100)
-    ap.add_argument("--n2", type=int, default=300)
-    a = ap.parse_args()
-    if not shutil.which("valgrind"):
-        print("valgrind is needed (apt-get install valgrind)")
-        return 2
-    tmp = Path(tempfile.mkdtemp(prefix="condroute-cg-"))
-    backend = start_echo("bench-backend")
-    burl = f"http://127.0.0.1:{backend.server_address[1]}"
+def configs(tmp: Path, burl: str) -> dict[str, list[str]]:
     (tmp / "r100.yaml").write_text(gen_rules(100, upstream=burl))
     (tmp / "empty.py").write_text(EMPTY)
-    configs = {
+    mr = []
+    for i in range(100):
+        mr += ["--map-remote", f"|~u /svc{i}/|/svc{i}/|/svc{i}/"]
+    return {
         "plain mitmdump": [],
         "an empty one-hook script": ["-s", str(tmp / "empty.py")],
         "condroute, no rules": ["-s", ADDON],
         "condroute, 100 routes": ["-s", ADDON, "--set", f"condroute_rules={tmp / 'r100.yaml'}",
                                   "--set", "condroute_log=off"],
+        "map_remote, 100 specs": mr,
     }
+
+
+def section(n1: int = 100, n2: int = 300, indent: str = "   ") -> dict[str, float] | None:
+    """Measure every configuration; print and return instructions per request."""
+    if not shutil.which("valgrind"):
+        print(f"{indent}(not measured: valgrind is needed, e.g. apt-get install valgrind)")
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="condroute-cg-"))
+    backend = start_echo("bench-backend")
+    burl = f"http://127.0.0.1:{backend.server_address[1]}"
+    port, base, out = 18700, None, {}
+    try:
+        for name, args in configs(tmp, burl).items():
+            x1 = total_instructions(["--mode", f"reverse:{burl}", *args], n1, port, tmp)
+            x2 = total_instructions(["--mode", f"reverse:{burl}", *args], n2, port + 1, tmp)
+            port += 2
+            per = out[name] = (x2 - x1) / (n2 - n1)
+            base = base or per
+            print(f"{indent}{name:<26}{per / 1e6:7.2f} M   {per / base:.3f}x plain", flush=True)
+        c, m = out["condroute, 100 routes"], out["map_remote, 100 specs"]
+        print(f"{indent}condroute / map_remote: {c / m:.3f}x;  condroute's own share (over the empty "
+              f"script): {(c - out['an empty one-hook script']) / base * 100:.1f}% of plain")
+    finally:
+        backend.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n1", type=int, default=100)
+    ap.add_argument("--n2", type=int, default=300)
+    a = ap.parse_args()
     print(f"instructions per request (callgrind; ({a.n2} - {a.n1} requests) / {a.n2 - a.n1}), reverse mode, "
           "one keep-alive connection")
-    port, base = 18700, None
-    for name, args in configs.items():
-        x1 = total_instructions(["--mode", f"reverse:{burl}", *args], a.n1, port, tmp)
-        x2 = total_instructions(["--mode", f"reverse:{burl}", *args], a.n2, port + 1, tmp)
-        port += 2
-        per = (x2 - x1) / (a.n2 - a.n1)
-        base = base or per
-        print(f"   {name:<26}{per / 1e6:7.2f} M   {per / base:.3f}x plain", flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return 0 if section(a.n1, a.n2) is not None else 2
 
 
 if __name__ == "__main__":
