@@ -9,14 +9,15 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from condroute.engine import decide
-from condroute.mitm import authority_host, request_view
+from condroute.mitm import authority_host, request_view, set_host_header
 from condroute.request import RequestView
 from test_fuzz_engine import RULES
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 names = st.one_of(st.sampled_from([b"Host", b"host", b"HOST", b"Cookie", b"X-A", b"x-a", b"X-Forwarded-For",
-                                   b"Authorization", b"Hos", b"Hostx"]),
+                                   b"Authorization", b"Hos", b"Hostx",
+                                   "\u212aey".encode(), "HOS\u212a".encode(), b"x\0host", b"host\0"]),   # KELVIN SIGN: "key", "hosk" by str.lower()
                   st.binary(min_size=1, max_size=12))
 values = st.one_of(st.sampled_from([b"shop.example", b"[::1]:8080", b"a.EXAMPLE.", b"uid=12; ab=B", b"aaaa",
                                     b"Bearer x", b"10.1.2.3, 127.0.0.1", b"xn--bcher-kva.example"]),
@@ -40,7 +41,8 @@ def public_view(flow: http.HTTPFlow) -> RequestView:
 @given(fields=st.lists(st.tuples(names, values), max_size=8), version=st.sampled_from([b"HTTP/1.1", b"HTTP/2.0", b"HTTP/3"]),
        authority=authorities, path=st.binary(max_size=40), method=st.sampled_from([b"GET", b"post", b"OPTIONS"]),
        peer=st.sampled_from([("127.0.0.1", 5), ("::1", 6), ("10.9.8.7", 7)]),
-       lookups=st.lists(st.sampled_from(["host", "cookie", "x-a", "x-forwarded-for", "authorization", "hos"]), max_size=4))
+       lookups=st.lists(st.sampled_from(["host", "cookie", "x-a", "x-forwarded-for", "authorization", "hos", "key"]),
+                        max_size=4))
 def test_fast_view_equals_the_public_one(fields, version, authority, path, method, peer, lookups):
     f = tflow.tflow()
     f.request = http.Request("origin.example", 8080, method, b"http", authority, b"/" + path, version,
@@ -57,3 +59,23 @@ def test_fast_view_equals_the_public_one(fields, version, authority, path, metho
     assert tuple(fast.headers) == tuple(slow.headers)
     a, b = decide(RULES, fast), decide(RULES, public_view(f))
     assert (a.outcome, a.route, a.backend, a.url, a.trail) == (b.outcome, b.route, b.backend, b.url, b.trail)
+
+
+@SETTINGS
+@given(fields=st.lists(st.tuples(names, values), max_size=8), version=st.sampled_from([b"HTTP/1.1", b"HTTP/2.0"]),
+       authority=authorities, value=st.sampled_from([b"127.0.0.1:9001", b"[::1]:8080", b"backend.internal"]))
+def test_host_header_rewrite_equals_mitmproxys_setter(fields, version, authority, value):
+    """apply() writes the Host header at the data level; it must do what Request.host_header's
+    setter does (replace the first, drop the rest, add one for HTTP/1, keep names as written)."""
+    def make() -> http.HTTPFlow:
+        f = tflow.tflow()
+        f.request = http.Request("origin.example", 8080, b"GET", b"http", authority, b"/", version,
+                                 http.Headers(fields), b"", None, 0, 0)
+        return f
+
+    ours, theirs = make(), make()
+    view = request_view(ours)
+    set_host_header(ours.request.data, version == b"HTTP/2.0", value, view.__dict__["host_at"])
+    theirs.request.host_header = value.decode()
+    assert ours.request.data.headers.fields == theirs.request.data.headers.fields
+    assert ours.request.data.authority == theirs.request.data.authority

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import operator
 import os
 import time
 from dataclasses import dataclass, field
@@ -119,12 +120,16 @@ class FlowView(RequestView):
         """The values of one header: found in the raw fields without decoding the others, while no
         rule has asked for all of them."""
         d = self.__dict__
-        m = d.get("header_map")
-        if m is not None or not name_lower.isascii():
+        if "header_map" in d or not name_lower.isascii():
             return self.header_map.get(name_lower, [])
-        found = d.get("_found")
+        found = d["found"]
         if found is None:
-            found = d["_found"] = {}
+            # bytes.lower() folds ASCII only, str.lower() more (KELVIN SIGN -> k): with a non-ASCII
+            # header name, only the decoded map answers as mitmproxy's own headers would
+            if not b"".join(map(_name, d["fields"])).isascii():
+                d["found"] = {}
+                return self.header_map.get(name_lower, [])
+            found = d["found"] = {}
         else:
             vals = found.get(name_lower)
             if vals is not None:
@@ -134,6 +139,9 @@ class FlowView(RequestView):
         vals = found[name_lower] = [v.decode("utf-8", "surrogateescape") for k, v in d["fields"]
                                     if len(k) == n and k.lower() == nb]
         return vals
+
+
+_name = operator.itemgetter(0)
 
 
 def request_view(flow: http.HTTPFlow) -> FlowView:
@@ -147,29 +155,35 @@ def request_view(flow: http.HTTPFlow) -> FlowView:
     path, _, v.query_string = full.partition("?")
     v.path = path or "/"
     v.port = data.port
-    # Host, or :authority for HTTP/2 and 3 (what mitmproxy's host_header reads)
+    # Host, or :authority for HTTP/2 and 3 (what mitmproxy's host_header reads). No non-ASCII name
+    # lower-cases to "host", so comparing bytes is exact here.
+    host_at = [i for i, f in enumerate(fields) if len(f[0]) == 4 and f[0].lower() == b"host"]
     authority = authority_text(data.authority) if data.authority and data.http_version in H2_H3 else None
-    if authority is None:
-        hosts = [val for k, val in fields if len(k) == 4 and k.lower() == b"host"]
-        if hosts:   # repeated Host headers are joined, as mitmproxy's host_header joins them
-            authority = (hosts[0] if len(hosts) == 1 else b", ".join(hosts)).decode("utf-8", "surrogateescape")
+    if authority is None and host_at:   # repeated Host headers are joined, as mitmproxy's host_header joins them
+        raw = fields[host_at[0]][1] if len(host_at) == 1 else b", ".join(fields[i][1] for i in host_at)
+        authority = raw.decode("utf-8", "surrogateescape")
     v.host = (authority_host(authority) if authority else data.host).lower().rstrip(".")
     conn = flow.client_conn
     v.peer = conn.peername[0] if conn and conn.peername else None
     v.jwt_token = None
     d = v.__dict__
-    d["fields"], d["full_path"], d["authority"] = fields, full, authority
+    d["fields"], d["found"], d["full_path"], d["authority"] = fields, None, full, authority
+    d["host_at"] = host_at[0] if len(host_at) == 1 else None
     d["params"], d["rest"] = {}, None
     return v
 
 
-def set_host_header(data: Any, h2: bool, value: bytes) -> None:
+def set_host_header(data: Any, h2: bool, value: bytes, host_at: int | None = None) -> None:
     """What ``Request.host_header = value`` does, on the request data: for HTTP/2 and 3 :authority
     is set and a Host header only replaced; for HTTP/1 the first Host header is replaced (its name
-    kept as written), others removed, and one added when there was none."""
+    kept as written), others removed, and one added when there was none. ``host_at``: the index of
+    the only Host field, when that is known."""
     if h2:
         data.authority = value
     fields = data.headers.fields
+    if host_at is not None:
+        data.headers.fields = (*fields[:host_at], (fields[host_at][0], value), *fields[host_at + 1:])
+        return
     out = []
     found = False
     for f in fields:
@@ -419,7 +433,7 @@ class ConditionalRouting:
             md["original"] = {"scheme": view.scheme, "host": view.host, "port": view.port, "path": vd["full_path"],
                               "host_header": vd["authority"], "headers": self._original_headers(flow, d)}
             self.upstreams.remember(flow, d)   # before apply: a failover starts from the original
-            self.apply(flow, d)
+            self.apply(flow, d, vd["host_at"] if vd["fields"] is flow.request.data.headers.fields else None)
         elif d.status is not None:  # respond, or no match with on_no_match: error
             if d.respond is not None:
                 md["answer"] = {"status": d.respond.status, "body": d.respond.body, "headers": dict(d.respond.headers)}
@@ -442,7 +456,7 @@ class ConditionalRouting:
         return {n: h.get_all(n) for n in {*d.remove_headers, *dict(d.set_headers)}}
 
     @staticmethod
-    def apply(flow: http.HTTPFlow, d: Decision) -> None:
+    def apply(flow: http.HTTPFlow, d: Decision, host_at: int | None = None) -> None:
         req = flow.request
         data = req.data
         up = d.upstream_obj
@@ -461,7 +475,7 @@ class ConditionalRouting:
                 data.authority = up.authority_b
             if not keep_host:
                 if d.host_header == up.authority and up.authority.isascii():
-                    set_host_header(data, h2, up.authority_b)
+                    set_host_header(data, h2, up.authority_b, host_at)
                 else:
                     req.host_header = d.host_header
         data.path = d.path.encode("utf-8", "surrogateescape")
