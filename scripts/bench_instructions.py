@@ -11,6 +11,7 @@ import http.client
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,12 @@ from bench import ADDON, MITMDUMP, gen_rules  # noqa: E402
 from condroute.demo import start_echo  # noqa: E402
 
 EMPTY = "class Empty:\n    def requestheaders(self, flow):\n        pass\n\naddons = [Empty()]\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def total_instructions(args: list[str], n: int, port: int, tmp: Path) -> int:
@@ -81,12 +88,11 @@ def section(n1: int = 100, n2: int = 300, indent: str = "   ") -> dict[str, floa
     tmp = Path(tempfile.mkdtemp(prefix="condroute-cg-"))
     backend = start_echo("bench-backend")
     burl = f"http://127.0.0.1:{backend.server_address[1]}"
-    port, base, out = 18700, None, {}
+    base, out = None, {}
     try:
         for name, args in configs(tmp, burl).items():
-            x1 = total_instructions(["--mode", f"reverse:{burl}", *args], n1, port, tmp)
-            x2 = total_instructions(["--mode", f"reverse:{burl}", *args], n2, port + 1, tmp)
-            port += 2
+            x1 = total_instructions(["--mode", f"reverse:{burl}", *args], n1, free_port(), tmp)
+            x2 = total_instructions(["--mode", f"reverse:{burl}", *args], n2, free_port(), tmp)
             per = out[name] = (x2 - x1) / (n2 - n1)
             base = base or per
             print(f"{indent}{name:<26}{per / 1e6:7.2f} M   {per / base:.3f}x plain", flush=True)
