@@ -97,8 +97,8 @@ def section(n1: int = 100, n2: int = 300, indent: str = "   ") -> dict[str, floa
             base = base or per
             print(f"{indent}{name:<26}{per / 1e6:7.2f} M   {per / base:.3f}x plain", flush=True)
         c, m = out["condroute, 100 routes"], out["map_remote, 100 specs"]
-        print(f"{indent}condroute / map_remote: {c / m:.3f}x;  condroute's own share (over the empty "
-              f"script): {(c - out['an empty one-hook script']) / base * 100:.1f}% of plain")
+        print(f"{indent}condroute / map_remote: {c / m:.3f}x;  what 100 routes add to condroute without "
+              f"rules: {(c - out['condroute, no rules']) / base * 100:.1f}% of plain")
     finally:
         backend.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
