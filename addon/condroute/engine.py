@@ -21,9 +21,6 @@ class Attempt:
     reason: str
     fallback: bool = False
 
-    def to_dict(self) -> dict:
-        return {"backend": self.backend, "held": self.held, "reason": self.reason, "fallback": self.fallback}
-
 
 class Decision:
     """What ``decide`` found. Unset fields keep their class defaults, so that a decision costs only
@@ -48,10 +45,10 @@ class Decision:
     upstream_obj: Upstream | None = None
     backend_obj: Backend | None = None
 
-    def __init__(self, outcome: str, request: str = "", req: RequestView | None = None):
+    def __init__(self, outcome: str, req: RequestView | None = None):
         self.outcome = outcome            # routed | respond | passthrough | no_match | unavailable
         self.trail: list[tuple[str, bool, str, bool]] = []
-        self._request = request
+        self._request = ""
         self._req = req
 
     def __repr__(self) -> str:
@@ -225,7 +222,6 @@ def choose_arm(split: Split, route: str, key: str | None, exclude: frozenset = f
         if score < best_score:
             best, best_score = up, score
     return best
-
 
 
 def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None) -> None:

@@ -58,10 +58,7 @@ class Health:
     def known_up(self, host: str, port: int, fresh: bool = True) -> bool:
         """True when a connection to ``host:port`` is open or (``fresh``) succeeded within the last
         few seconds: then there is no point in probing it first."""
-        return self.known_up_key(self._key(host, port), fresh)
-
-    def known_up_key(self, k: tuple[str, int], fresh: bool = True) -> bool:
-        """known_up for an address already in key form (lower-case host without brackets, port)."""
+        k = self._key(host, port)
         if self.open.get(k, 0) > 0:
             return True
         t = self.last_ok.get(k) if fresh else None

@@ -104,21 +104,9 @@ class FlowView(RequestView):
         return tuple((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
                      for k, v in self.__dict__["fields"])
 
-    @lazy
-    def header_map(self) -> dict[str, list[str]]:
-        m: dict[str, list[str]] = {}
-        for k, v in self.__dict__["fields"]:
-            name = k.decode("utf-8", "surrogateescape").lower()
-            value = v.decode("utf-8", "surrogateescape")
-            if name in m:
-                m[name].append(value)
-            else:
-                m[name] = [value]
-        return m
-
     def header(self, name_lower: str) -> list[str]:
         """The values of one header: found in the raw fields without decoding the others, while no
-        rule has asked for all of them."""
+        rule has asked for all of them (then RequestView's header_map answers)."""
         d = self.__dict__
         if "header_map" in d or not name_lower.isascii():
             return self.header_map.get(name_lower, [])
@@ -127,17 +115,14 @@ class FlowView(RequestView):
             # bytes.lower() folds ASCII only, str.lower() more (KELVIN SIGN -> k): with a non-ASCII
             # header name, only the decoded map answers as mitmproxy's own headers would
             if not b"".join(map(_name, d["fields"])).isascii():
-                d["found"] = {}
                 return self.header_map.get(name_lower, [])
             found = d["found"] = {}
-        else:
-            vals = found.get(name_lower)
-            if vals is not None:
-                return vals
-        nb = name_lower.encode()
-        n = len(nb)
-        vals = found[name_lower] = [v.decode("utf-8", "surrogateescape") for k, v in d["fields"]
-                                    if len(k) == n and k.lower() == nb]
+        vals = found.get(name_lower)
+        if vals is None:
+            nb = name_lower.encode()
+            n = len(nb)
+            vals = found[name_lower] = [v.decode("utf-8", "surrogateescape") for k, v in d["fields"]
+                                        if len(k) == n and k.lower() == nb]
         return vals
 
 

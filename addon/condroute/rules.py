@@ -59,11 +59,6 @@ class Upstream:
     def scheme_b(self) -> bytes:
         return self.scheme.encode()
 
-    @lazy
-    def key(self) -> tuple[str, int]:
-        """The address as Health keys it."""
-        return (self.host.lower(), self.port)
-
 
 @dataclass(frozen=True)
 class Respond:

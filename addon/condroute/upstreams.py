@@ -199,7 +199,7 @@ class Upstreams:
         # A backend with retries is tried first unless a connection to it is open right now: a
         # restarting upstream closes its connections, and the retries are meant for exactly that.
         retrying = bool(d.retries) and flow.request.method.upper() in IDEMPOTENT
-        if self.health.known_up_key(up.key, fresh=not retrying) or not self._live(flow):
+        if self.health.known_up(up.host, up.port, fresh=not retrying) or not self._live(flow):
             return
         self.pending[flow.id] = _Pending(flow.request.data.copy(), d)
 
