@@ -19,26 +19,32 @@ and enforces ``retries`` and ``timeout`` with what mitmproxy (11 and 12) offers 
 * **Passive health** also comes from mitmproxy's own connections: ``server_connect_error`` marks an
   address down, ``server_connected`` / ``server_disconnected`` keep count of open connections.
 * **Timeouts**: when a request with a ``timeout`` has been sent (the ``request`` hook; for streamed
-  bodies, after the last byte) a timer starts; the ``responseheaders`` hook stops it (so streamed
-  responses and WebSocket connections, whose 101 arrives in time, run as long as they like). No hook
-  can make mitmproxy answer a request it is waiting on, so when the timer fires first the answer is
-  fed to the connection the way mitmproxy feeds its own events, through the client connection's
-  handler (``Proxyserver.connections[id].server_event``):
-  - plain-HTTP/1 upstream: the bytes of a ``504`` response with ``Connection: close`` are handed in
-    as if the upstream had sent them. mitmproxy parses them as the upstream's answer, runs
-    ``responseheaders``/``response`` (the debug header is added), sends it, and closes that upstream
-    connection in the same step, so a late answer is never read and the connection never reused;
-  - TLS upstream: its bytes cannot be forged, so the flow's HTTP stream gets a ``MessageInjected``
-    protocol error with status 504 (the mechanism behind ``inject.websocket``: mitmproxy routes such
-    events to the flow's stream, through CONNECT tunnels too); mitmproxy's error page carries the
-    text, and the upstream connection is closed after it;
-  - HTTP/2 or HTTP/3 upstream connections: not enforced (said once in the log).
+  bodies, after the last byte) a timer starts. Until the response headers are complete the whole
+  ``timeout`` applies; after them it is the longest the upstream may pause while sending the body
+  (so streamed bodies that keep coming, and WebSockets, run as long as they like). No hook can make
+  mitmproxy answer a request it is waiting on, so when the timer fires the answer is fed to the
+  flow's HTTP stream the way mitmproxy feeds ``inject.websocket``: as ``MessageInjected`` events
+  through the client connection's handler (``Proxyserver.connections[id].server_event``), which
+  mitmproxy routes straight to the stream, past the HTTP/1 client layer whose buffer may hold part
+  of the upstream's head (feeding bytes there would splice them into it), and past CONNECT tunnels:
+  - no response headers yet: a complete ``504`` response (headers, body, end of message) enters
+    the stream as if the upstream had sent it; ``responseheaders``/``response`` run (the debug
+    header is added) and it goes out like any response (HTTP/1 clients: with ``Connection: close``);
+  - headers in, body stalled: the stream gets a protocol error. mitmproxy then answers ``504`` when
+    nothing has been sent to the client yet (a buffered body), or else cuts the response: it
+    closes an HTTP/1 client connection, resets an HTTP/2 stream; never a 504 inside a response.
+  In both cases the upstream connection is closed at once: a late answer is never read, the
+  connection never reused. An event is only injected into a stream that is in the state it
+  expects and not paused in a hook (else it is tried again 50 ms later), after checking that
+  mitmproxy will route it to that stream. HTTP/2 and HTTP/3 upstream connections: not enforced
+  (said once in the log). tests/test_upstream_timeouts.py pins each mitmproxy internal used here.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +54,9 @@ from mitmproxy.proxy import events
 from .health import DEFAULT_COOLDOWN, Health
 from .rules import IDEMPOTENT
 
-try:  # mitmproxy 11 and 12
-    from mitmproxy.proxy.layers.http import ResponseProtocolError
-except ImportError:  # pragma: no cover - another mitmproxy layout
-    ResponseProtocolError = None  # type: ignore[assignment,misc]
+# mitmproxy internals (11 and 12), each pinned by tests/test_upstream_timeouts.py
+from mitmproxy.proxy.layers.http import (Http1Connection, HttpStream, ResponseData, ResponseEndOfMessage,
+                                         ResponseHeaders, ResponseProtocolError)
 try:  # mitmproxy 12 types the error code of a ResponseProtocolError; 11 takes the status code itself
     from mitmproxy.proxy.layers.http._events import ErrorCode as _ErrorCode
 except ImportError:
@@ -64,45 +69,90 @@ RETRY_BACKOFF = 0.05          # seconds before the 2nd try, doubling, at most 1 
 
 
 class _GatewayTimeoutCode:
-    """For mitmproxy 12, whose ErrorCode has no 504: answers its one question, the status code."""
+    """For mitmproxy 12, whose ErrorCode has no 504: answers its one question, the status code.
+    Only used while nothing has been sent to the client (mitmproxy 12 resets an HTTP/2 stream whose
+    headers went out by matching the code against its ErrorCode members)."""
 
     def http_status_code(self) -> int:
         return 504
 
 
-if ResponseProtocolError is not None:
-    class _InjectedTimeout(ResponseProtocolError, events.MessageInjected):  # type: ignore[misc,valid-type]
-        """A protocol error with status 504, injected into the flow's HTTP stream: mitmproxy routes a
-        MessageInjected event straight to the stream of its flow (past any CONNECT tunnel)."""
+def timeout_code(sent: bool) -> Any:
+    """The code of the protocol error that ends a timed-out stream: a 504 while nothing has been
+    sent to the client; once something has, the status no longer matters (the connection is cut
+    or the stream reset), and a plain server error is what mitmproxy 12 knows how to reset."""
+    if _ErrorCode is None:
+        return 502 if sent else 504
+    return _ErrorCode.GENERIC_SERVER_ERROR if sent else _GatewayTimeoutCode()
 
-        def __init__(self, flow: http.HTTPFlow, message: str):
-            self.flow, self.stream_id, self.message = flow, 0, message
-            self.code = 504 if _ErrorCode is None else _GatewayTimeoutCode()
+
+# Events injected into the flow's HTTP stream. mitmproxy's HttpLayer routes a MessageInjected to the
+# stream of the flow's server connection; the stream then handles it as the response event it also is.
+# (Only headers and errors: a CONNECT stream in between turns response data and end-of-message events
+# into its tunnel's connection events, so those are queued on the stream itself; see _timed_out.)
+class _Headers(ResponseHeaders, events.MessageInjected):  # type: ignore[misc]
+    def __init__(self, flow: http.HTTPFlow, stream_id: int, response: http.Response):
+        self.flow, self.message, self.stream_id, self.response, self.end_stream = flow, None, stream_id, response, False
 
 
-def find_stream_id(layer: Any, flow: http.HTTPFlow, depth: int = 0) -> int | None:
-    """The id of the HTTP stream that carries ``flow``, found by looking (only looking) through the
-    connection's layers: HTTP layers keep their streams in ``streams``; layers nest through ``layer``
-    (NextLayer), ``child_layer``, or a ``_handle_event`` bound to the child (the proxy-mode layers);
-    CONNECT tunnels through their stream's ``child_layer``."""
+class _Error(ResponseProtocolError, events.MessageInjected):  # type: ignore[misc]
+    def __init__(self, flow: http.HTTPFlow, stream_id: int, message: str, code: Any):
+        self.flow, self.stream_id, self.message, self.code = flow, stream_id, message, code
+
+
+def find_stream(layer: Any, flow: http.HTTPFlow, depth: int = 0) -> list[tuple[Any, Any]] | None:
+    """The (HttpLayer, HttpStream) pairs that lead to the stream of ``flow``, outermost first (more
+    than one through CONNECT tunnels), found by looking (only looking) through the connection's
+    layers: HTTP layers keep their streams in ``streams``; layers nest through ``layer`` (NextLayer),
+    ``child_layer``, or a ``_handle_event`` bound to the child (the proxy-mode layers); CONNECT
+    tunnels through their stream's ``child_layer``."""
     if layer is None or depth > 32:
         return None
     streams = getattr(layer, "streams", None)
     if isinstance(streams, dict):
-        for sid, st in list(streams.items()):
+        for st in list(streams.values()):
             if getattr(st, "flow", None) is flow:
-                return sid
-            found = find_stream_id(getattr(st, "child_layer", None), flow, depth + 1)
+                return [(layer, st)]
+            found = find_stream(getattr(st, "child_layer", None), flow, depth + 1)
             if found is not None:
-                return found
+                return [(layer, st), *found]
     children = [getattr(layer, "layer", None), getattr(layer, "child_layer", None),
                 getattr(getattr(layer, "_handle_event", None), "__self__", None)]   # HttpProxy delegates so
     for child in children:
         if child is not None and child is not layer:
-            found = find_stream_id(child, flow, depth + 1)
+            found = find_stream(child, flow, depth + 1)
             if found is not None:
                 return found
     return None
+
+
+def routes_to(path: list[tuple[Any, Any]], flow: http.HTTPFlow) -> bool:
+    """Will mitmproxy route a MessageInjected of ``flow`` along ``path``? Each HttpLayer takes the
+    layer of the flow's server connection (else, for a tunnel, of its client connection) and, unless
+    that is a stream itself, the stream id of the HTTP/1 layer at the end of its context's layers
+    (an HTTP/2 or HTTP/3 layer there would fail an assertion inside mitmproxy)."""
+    for http_layer, stream in path:
+        conns = getattr(http_layer, "connections", {})
+        conn = conns.get(flow.server_conn if flow.server_conn in conns else flow.client_conn)
+        if not isinstance(conn, HttpStream):
+            conn = conn.context.layers[-1] if conn is not None and conn.context.layers else None
+            if not isinstance(conn, Http1Connection):
+                return False
+        if conn.stream_id != stream.stream_id or http_layer.streams.get(conn.stream_id) is not stream:
+            return False
+    return True
+
+
+class _Counted:
+    """Wraps a streamed response's ``stream`` (True or a callable): counts the bytes that pass, so
+    that a stalled streamed body can be told from one that keeps coming."""
+
+    def __init__(self, inner: Any):
+        self.inner, self.seen = inner, 0
+
+    def __call__(self, data: bytes) -> Any:
+        self.seen += len(data)
+        return data if not callable(self.inner) else self.inner(data)
 
 
 def describe_connect_error(e: BaseException, timeout: float) -> str:
@@ -156,6 +206,7 @@ class Upstreams:
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self._warned_h2 = False
         self._tasks: set[asyncio.Task] = set()
+        self._body: dict[str, tuple[int, float]] = {}   # flow id -> (body bytes seen, since when)
 
     # -- options --------------------------------------------------------------------------------
     def load(self, loader: Any) -> None:
@@ -289,9 +340,22 @@ class Upstreams:
         t = self.timers.pop(flow.id, None)
         if t is not None:
             t.cancel()
+        self._body.pop(flow.id, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self._cancel(flow)
+        """The headers are in: from now on the timeout is the longest pause in the body. Checked a
+        few times per timeout (a response that completes sooner is never looked at)."""
+        t = self.timers.pop(flow.id, None)
+        if t is None:
+            return              # no timeout on this flow, or it is condroute's own 504
+        t.cancel()
+        timeout = float((flow.metadata.get("condroute") or {}).get("timeout") or 0)
+        if flow.response is None or not timeout:
+            return
+        if flow.response.stream and not isinstance(flow.response.stream, _Counted):
+            flow.response.stream = _Counted(flow.response.stream)
+        self._body[flow.id] = (-1, time.monotonic())
+        self._arm(flow, timeout / 4, timeout)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
@@ -302,62 +366,130 @@ class Upstreams:
 
     def _fire(self, flow: http.HTTPFlow, timeout: float) -> None:
         self.timers.pop(flow.id, None)
-        if flow.response is not None or flow.error is not None or not flow.live:
-            return
-        sc = flow.server_conn
-        if not sc.connected:
-            # still connecting: mitmproxy would queue the answer behind the connection attempt;
-            # look again shortly (a connection that fails ends the flow through the error hook)
-            self._arm(flow, 0.05, timeout)
-            return
-        if sc.alpn in (b"h2", b"h3"):
-            if not self._warned_h2:
-                self._warned_h2 = True
-                log.warning("condroute: timeouts are not enforced on HTTP/2 or HTTP/3 upstream connections")
-            return
-        ps = self._proxyserver()
-        handler = getattr(ps, "connections", {}).get(flow.client_conn.id)
-        if handler is None:
-            return
-        md = flow.metadata.get("condroute") or {}
-        route, backend, upstream, url = md.get("route"), md.get("backend"), md.get("upstream"), md.get("url")
-        text = (f"condroute: upstream {upstream} ({url}) did not respond within {timeout:g}s\n"
-                f"  route {route!r}, backend {backend!r}\n")
-        md["status"] = 504
-        md["timed_out"] = timeout
-        md["header"] = f"{route}/{backend} -> {upstream} (timeout {timeout:g}s: 504)"
-        flow.comment = (flow.comment + " | " if flow.comment else "condroute: ") + \
-            f"upstream {upstream} did not respond within {timeout:g}s: answered 504"
-        log.warning(f"condroute: {flow.request.method} {flow.request.pretty_url.split('?')[0]}: "
-                    f"{route}/{backend}: upstream {upstream} did not respond within {timeout:g}s, answering 504")
-        task = asyncio.get_running_loop().create_task(self._answer_504(flow, handler, sc, text))
+        resp = flow.response
+        if not flow.live or (resp is not None and resp.timestamp_end is not None):
+            self._body.pop(flow.id, None)
+            return              # the common case: the response is complete (no task needed)
+        task = asyncio.get_running_loop().create_task(self._timed_out(flow, timeout))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer_504(self, flow: http.HTTPFlow, handler: Any, sc: Any, text: str) -> None:
-        if flow.response is not None or flow.error is not None or not flow.live:
-            return              # the upstream answered after all, a moment before this ran
+    async def _timed_out(self, flow: http.HTTPFlow, timeout: float) -> None:
+        """Runs as a task (server_event is a coroutine). Everything is looked at here, right before
+        the events go in: nothing else runs in between (server_event does not wait inside)."""
+        resp = flow.response
+        if (flow.error is not None or not flow.live or flow.websocket is not None
+                or (resp is not None and resp.timestamp_end is not None)):
+            self._body.pop(flow.id, None)
+            return              # answered, failed or finished meanwhile
+        sc = flow.server_conn
+        if not sc.connected:
+            # still connecting: look again shortly (a connection that fails ends the flow through
+            # the error hook)
+            self._arm(flow, 0.05, timeout)
+            return
+        if sc.alpn in (b"h2", b"h3"):
+            self._not_enforced(flow)
+            return
+        handler = getattr(self._proxyserver(), "connections", {}).get(flow.client_conn.id)
+        path = find_stream(getattr(handler, "layer", None), flow) if handler is not None else None
+        if path is None:
+            log.warning("condroute: the timed-out request's HTTP stream was not found; not answered")
+            self._body.pop(flow.id, None)
+            return
+        stream = path[-1][1]
+        if stream._paused is not None:
+            # waiting on a hook of some addon: events would queue behind it; look again shortly
+            self._arm(flow, 0.05, timeout)
+            return
+        state = getattr(stream.server_state, "__name__", "")
+        if resp is None:
+            if state != "state_wait_for_response_headers":
+                return
+            phase, sent = "headers", False
+        else:
+            if state == "state_consume_response_body":          # buffered: nothing sent yet
+                seen, sent = len(stream.response_body_buf), False
+            elif state == "state_stream_response_body":         # the headers went out already
+                if not isinstance(resp.stream, _Counted):
+                    resp.stream = _Counted(resp.stream)
+                seen, sent = resp.stream.seen, True
+            else:
+                self._body.pop(flow.id, None)
+                return
+            before, since = self._body.get(flow.id, (-1, time.monotonic()))
+            now = time.monotonic()
+            if seen != before:
+                since = now                                      # the body moved: the pause starts again
+            if now - since < timeout * 0.99:
+                self._body[flow.id] = (seen, since)
+                self._arm(flow, max(0.01, min(timeout / 4, since + timeout - now)), timeout)
+                return
+            self._body.pop(flow.id, None)
+            phase = "body"
+        if not routes_to(path, flow):
+            self._not_enforced(flow, "connections whose HTTP layers mitmproxy would not route the answer "
+                                     "through (an HTTP/2 or HTTP/3 connection on the way)")
+            return
+        self._record(flow, timeout, phase, sent)
+        md = flow.metadata.get("condroute") or {}
+        if phase == "headers":
+            text = (f"condroute: upstream {md.get('upstream')} ({md.get('url')}) did not respond within {timeout:g}s\n"
+                    f"  route {md.get('route')!r}, backend {md.get('backend')!r}\n")
+            body = b"" if flow.request.method.upper() == "HEAD" else text.encode()
+            answer = http.Response.make(504, body, {"content-type": "text/plain; charset=utf-8"})
+            answer.reason = "Gateway Timeout"                   # RFC 9110's name (mitmproxy: "Time-out")
+            if not (flow.request.is_http2 or flow.request.is_http3):
+                # HTTP/1: the client connection ends with this answer. The closed upstream connection
+                # reports an error to the stream later on; on a connection that went on to the next
+                # request, mitmproxy would hand that error to the wrong request.
+                answer.headers["connection"] = "close"
+            events_in: list[Any] = [_Headers(flow, stream.stream_id, answer)]
+        else:
+            text = (f"condroute: upstream {md.get('upstream')} ({md.get('url')}) stopped sending the response "
+                    f"body for {timeout:g}s; route {md.get('route')!r}, backend {md.get('backend')!r}")
+            events_in = [_Error(flow, stream.stream_id, text, timeout_code(sent))]
         try:
-            if not sc.tls:
-                # A plain HTTP/1 upstream: the 504 enters as the upstream's own response bytes, so
-                # mitmproxy parses it, runs responseheaders/response, sends it, and (Connection: close)
-                # closes that upstream connection in the same step: a late answer is never read.
-                body = text.encode()
-                raw = (b"HTTP/1.1 504 Gateway Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                       b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
-                await handler.server_event(events.DataReceived(sc, raw))
-            elif ResponseProtocolError is not None:
-                # TLS to the upstream: its bytes cannot be forged. The stream gets a protocol error with
-                # status 504 instead (mitmproxy's error page carries the text); the upstream connection,
-                # which still owes a response, is closed after it. The stream passes that event on to
-                # the client connection as it is, so it must carry the stream's id.
-                sid = find_stream_id(getattr(handler, "layer", None), flow)
-                if sid is None:
-                    log.warning("condroute: the timed-out request's HTTP stream was not found; not answered")
-                    return
-                ev = _InjectedTimeout(flow, text.strip())
-                ev.stream_id = sid
+            for ev in events_in:
                 await handler.server_event(ev)
-                handler.close_connection(sc)
+            if phase == "headers":
+                # The stream now waits on the responseheaders hook, and queues what comes meanwhile
+                # as it would the upstream's body: the body and the end of the message go there,
+                # in order, before anything else can (the closed upstream connection reports later).
+                if stream._paused is None or flow.response is not answer:
+                    raise RuntimeError("the stream did not take the 504's headers")
+                stream._paused_event_queue.extend([ResponseData(stream.stream_id, body),
+                                                   ResponseEndOfMessage(stream.stream_id)])
+            if sc in getattr(handler, "transports", {}):
+                handler.close_connection(sc)      # the late answer is never read, the connection never reused
         except Exception as e:  # pragma: no cover - the connection went away meanwhile
             log.error(f"condroute: could not answer the timed-out request: {type(e).__name__}: {e}")
+
+    def _record(self, flow: http.HTTPFlow, timeout: float, phase: str, sent: bool) -> None:
+        """Says what happened in the decision's metadata, the flow's comment and the log."""
+        md = flow.metadata.get("condroute")
+        if md is None:
+            md = flow.metadata["condroute"] = {}
+        route, backend, upstream = md.get("route"), md.get("backend"), md.get("upstream")
+        if phase == "headers":
+            what = f"did not respond within {timeout:g}s"
+            reason = f"no response headers within {timeout:g}s"
+        else:
+            what = f"stopped sending the response body for {timeout:g}s"
+            reason = f"the response body stalled for {timeout:g}s"
+        outcome = "cutting the response (it had started)" if sent else "answering 504"
+        md["timed_out"] = timeout
+        md["timeout_reason"] = reason
+        if not sent:
+            md["status"] = 504
+            md["header"] = f"{route}/{backend} -> {upstream} (timeout {timeout:g}s: 504)"
+        flow.comment = (flow.comment + " | " if flow.comment else "condroute: ") + \
+            f"upstream {upstream} {what}: {outcome.split(' (')[0]}"
+        log.warning(f"condroute: {flow.request.method} {flow.request.pretty_url.split('?')[0]}: "
+                    f"{route}/{backend}: upstream {upstream} {what}, {outcome}")
+
+    def _not_enforced(self, flow: http.HTTPFlow, where: str = "HTTP/2 or HTTP/3 upstream connections") -> None:
+        self._body.pop(flow.id, None)
+        if not self._warned_h2:
+            self._warned_h2 = True
+            log.warning(f"condroute: timeouts are not enforced on {where}")
