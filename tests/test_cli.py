@@ -2,6 +2,7 @@
 through the installed console script). Everything offline except the round trip through mitmdump."""
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -793,10 +794,17 @@ def test_schema_validates_the_shipped_rules_and_rejects_typos():
                 preserve_host: true
                 timeout: 1.5
                 retries: 2
-              - {name: b, respond: {status: 204, body: hi, headers: {X-A: b}}}
+              - {name: b, respond: {status: 200, body: hi, headers: {X-A: b}}}
+              - {name: n, respond: {status: 204, headers: {X-A: "tab\\there"}}}
               - {name: c, fallback: true, split: {by: client_ip, weights: {a: 1}, salt: 3}}
         """))
     assert [e.message for e in v.iter_errors(every_form)] == []
+    # answers that are not valid HTTP, as the loader refuses them
+    for respond in ({"status": 101}, {"status": 204, "body": "hi"}, {"status": 304, "body": "x"},
+                    {"status": 200, "headers": {"X-A": "a\x00b"}}, {"status": 200, "headers": {"X-A": "a\x7f"}}):
+        doc = copy.deepcopy(every_form)
+        doc["routes"][0]["backends"][1]["respond"] = respond
+        assert list(v.iter_errors(doc)), respond
     bad = yaml.safe_load(SHOP.replace("upstream: stable\n", "upstrem: stable\n", 1))
     assert any("upstrem" in e.message for e in v.iter_errors(bad))
     bad = yaml.safe_load(SHOP.replace("{header: {X-Ab-Test: B}}", "{headers: {X-Ab-Test: B}}"))

@@ -174,3 +174,76 @@ def test_shipped_rules_files_load():
     assert files
     for f in files:
         assert load_rules(str(f)).routes, f
+
+
+# -- direct answers and request headers that are valid HTTP (issue 11, item 13) ---------------------
+@pytest.mark.parametrize("backend, token, message", [
+    ("{name: x, respond: {status: 101}}", "101", "respond.status 101 is an interim (1xx) response"),
+    ("{name: x, respond: {status: 100, body: go}}", "100", "must be a final one (200-599)"),
+    ("{name: x, respond: {status: 199}}", "199", "the client would go on waiting"),
+    ("{name: x, respond: {status: 204, body: hi}}", "hi", "respond.body must be empty with status 204"),
+    ("{name: x, respond: {status: 304, body: 0}}", "0}", "respond.body must be empty with status 304"),
+    ("{name: x, respond: {body: hi, headers: {Transfer-Encoding: chunked}}}", "Transfer", "Transfer-Encoding cannot be set"),
+    ("{name: x, respond: {body: hi, headers: {content-length: '3'}}}", "content-length",
+     "content-length 3 does not match the body (2 bytes)"),
+    ("{name: x, respond: {status: 204, headers: {Content-Length: 0}}}", "Content-Length",
+     "cannot be sent with status 204"),
+    ("{name: x, respond: {body: é, headers: {Content-Length: 1}}}", "Content-Length", "(2 bytes)"),
+    ("{name: x, respond: {headers: {'X(1)': v}}}", "'X(1)'", "is not a valid header name"),
+    ("{name: x, respond: {headers: {X-A: \"a\\0\"}}}", "\"a", "control character '\\x00' (character 2)"),
+    ("{name: x, respond: {headers: {X-A: \"a\\x7f\"}}}", "\"a", "control character '\\x7f'"),
+    ("{name: x, respond: {headers: {X-A: \"\\x1b[31m\"}}}", "\"\\x1b", "control character '\\x1b' (character 1)"),
+    ("{name: x, respond: {headers: {X-A: \"a\\nb\"}}}", "\"a", "must not contain a line break"),
+    ("{name: x, upstream: a, set_headers: {X-A: \"\\0\"}}", "\"\\0", "control character"),
+    ("{name: x, upstream: a, set_headers: {Content-Length: '5'}}", "Content-Length", "set_headers cannot set Content-Length"),
+    ("{name: x, upstream: a, set_headers: {transfer-encoding: chunked}}", "transfer", "frames the request"),
+    ("{name: x, upstream: a, set_headers: {HOST: b.example}}", "HOST", "preserve_host: true"),
+    ("{name: x, upstream: a, set_headers: {Upgrade: websocket}}", "Upgrade", "is hop-by-hop"),
+    ("{name: x, upstream: a, set_headers: {TE: trailers}}", "TE", "set_headers cannot set TE"),
+    ("{name: x, upstream: a, set_headers: {Keep-Alive: 'timeout=5'}}", "Keep", "hop-by-hop"),
+    ("{name: x, upstream: a, set_headers: {Proxy-Connection: close}}", "Proxy", "hop-by-hop"),
+    ("{name: x, upstream: a, set_headers: {Trailer: X}}", "Trailer", "hop-by-hop"),
+    ("{name: x, upstream: a, remove_headers: Content-Length}", "Content-Length", "remove_headers cannot remove"),
+    ("{name: x, upstream: a, remove_headers: [X-A, host]}", "host", "remove_headers cannot remove host"),
+])
+def test_direct_answers_and_request_headers_must_be_valid_http(backend, token, message):
+    src = HEAD + f"  - name: r\n    backends:\n      - {backend}\n"
+    text = err(src)
+    col = src.splitlines()[5].index(token) + 1
+    assert any(ln.startswith(f"f.yaml:6:{col}: ") and message in ln for ln in text.splitlines()), (col, message, text)
+
+
+def test_valid_answers_and_headers_still_load():
+    rules = load_rules_text(HEAD + textwrap.dedent("""\
+          - name: r
+            backends:
+              - {name: a, when: {path: /a}, respond: {status: 204}}
+              - {name: b, when: {path: /b}, respond: {status: 304, headers: {ETag: '"x"'}}}
+              - {name: c, when: {path: /c}, respond: {status: 200, body: héllo, headers: {Content-Length: 6, X-T: "a\\tb"}}}
+              - {name: d, when: {path: /d}, respond: {status: 599, body: ""}}
+              - {name: e, upstream: a, set_headers: {X-Forwarded-Host: x, Authorization: Bearer t}, remove_headers: [Cookie, Connection]}
+        """), "f.yaml")
+    b = {x.name: x for x in rules.routes[0].backends}
+    assert b["c"].respond.headers == (("Content-Length", "6"), ("X-T", "a\tb"))
+    assert (b["a"].respond.status, b["d"].respond.status) == (204, 599)
+    assert b["e"].set_headers == (("X-Forwarded-Host", "x"), ("Authorization", "Bearer t"))
+
+
+def test_validate_prints_each_invalid_answer_located_and_exits_1(tmp_path, capsys):
+    from condroute.cli import main
+
+    f = tmp_path / "r.yaml"
+    f.write_text(HEAD + "  - name: r\n    backends:\n"
+                        "      - {name: a, when: {path: /a}, respond: {status: 101}}\n"
+                        "      - {name: b, when: {path: /b}, respond: {status: 204, body: x}}\n"
+                        "      - {name: c, upstream: a, set_headers: {Content-Length: '5'}}\n")
+    assert main(["validate", str(f)]) == 1
+    out, errs = capsys.readouterr()
+    lines, src = errs.splitlines(), f.read_text().splitlines()
+    assert out == "" and "Traceback" not in errs
+    where = [(6, "101"), (7, "x}}"), (8, "Content-Length")]
+    starts = [f"{f}:{n}:{src[n - 1].index(tok) + 1}: " for n, tok in where]
+    assert starts == [f"{f}:6:55: ", f"{f}:7:66: ", f"{f}:8:46: "]
+    assert lines[0].startswith(starts[0] + "respond.status 101 is an interim (1xx) response"), lines
+    assert lines[1].startswith(starts[1] + "respond.body must be empty with status 204"), lines
+    assert lines[2].startswith(starts[2] + "set_headers cannot set Content-Length"), lines

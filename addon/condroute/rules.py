@@ -344,11 +344,54 @@ def _header_map(node: Y, cc: CompileCtx, what: str) -> tuple[tuple[str, str], ..
             cc.error(v, f"{what}: the value of {name} must be a single value, not {kind(v.v)}")
             continue
         val = as_text(v.v)
-        if "\n" in val or "\r" in val:
-            cc.error(v, f"{what}: the value of {name} must not contain a line break")
+        bad = _CTL.search(val)
+        if bad:
+            ch = bad.group()
+            cc.error(v, f"{what}: the value of {name} must not contain a line break" if ch in "\r\n" else
+                     f"{what}: the value of {name} must not contain the control character {ch!r} (character "
+                     f"{bad.start() + 1}): a header value is visible text and tabs (RFC 9110 §5.5)")
             continue
         out.append((name, val))
     return tuple(out)
+
+
+# Control characters a header value may not hold (RFC 9110 §5.5): all but HTAB, and DEL.
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Request headers set_headers may not set (and remove_headers may not remove, for the framing ones
+# and Host), and why. They describe the message's framing or mitmproxy's own connection to the
+# upstream: `Content-Length: 5` on a GET makes the upstream wait for five bytes that never come, and
+# on a POST a wrong one makes it read the rest of the body as another request.
+_FRAMES = ("frames the request, and mitmproxy frames it from the body it forwards (a length that "
+           "disagrees with the body stalls the upstream or splits the request in two)")
+_HOP = ("is hop-by-hop (RFC 9110 §7.6.1): it is about mitmproxy's own connection to the upstream, "
+        "which mitmproxy manages")
+REQUEST_HEADERS_KEPT = {
+    "content-length": _FRAMES, "transfer-encoding": _FRAMES,
+    "host": "is the upstream URL's host, or the client's with preserve_host: true; another one "
+            "would say one host while the request goes to another",
+    "connection": _HOP, "keep-alive": _HOP, "proxy-connection": _HOP, "te": _HOP, "trailer": _HOP,
+    "upgrade": _HOP,
+}
+REMOVE_KEPT = ("content-length", "transfer-encoding", "host")
+RESPOND_NO_BODY = {204: "§15.3.5", 304: "§15.4.5"}     # RFC 9110: "cannot contain content"
+
+
+def _check_respond(r: Y, cc: CompileCtx, st: int, body: str, hdrs: tuple[tuple[str, str], ...]) -> None:
+    """A direct answer must be valid HTTP as written: mitmproxy frames it from its body."""
+    if body and st in RESPOND_NO_BODY:
+        cc.error(r.v["body"], f"respond.body must be empty with status {st}: a {st} response cannot have "
+                              f"content (RFC 9110 {RESPOND_NO_BODY[st]})")
+    for name, val in hdrs:
+        low = name.lower()
+        if low == "transfer-encoding":
+            cc.error_key(r.v["headers"], name, f"respond.headers: {name} cannot be set: the answer is sent "
+                                               f"whole, framed by a Content-Length taken from its body")
+        elif low == "content-length" and st == 204:
+            cc.error_key(r.v["headers"], name, f"respond.headers: {name} cannot be sent with status 204 "
+                                               f"(RFC 9110 §8.6)")
+        elif low == "content-length" and val.strip() != str(len(body.encode())):
+            cc.error_key(r.v["headers"], name, f"respond.headers: {name} {val} does not match the body "
+                                               f"({len(body.encode())} bytes); leave it out: it is set from the body")
 
 
 def compile_split(node: Y, cc: CompileCtx, route_name: str) -> Split | None:
@@ -432,7 +475,13 @@ def compile_backend(node: Y, cc: CompileCtx, route_name: str, index: int) -> Bac
             st = 200
             if status is not None:
                 if isinstance(status.v, bool) or not isinstance(status.v, int) or not 100 <= status.v <= 599:
-                    cc.error(status, f"respond.status must be an HTTP status code (100-599), not {kind(status.v)}")
+                    cc.error(status, f"respond.status must be an HTTP status code (200-599), not {kind(status.v)}")
+                elif status.v < 200:
+                    why = {100: "100 tells the client to go on sending its body",
+                           101: "101 would switch the connection to another protocol"}.get(
+                        status.v, "the client would go on waiting for the final one")
+                    cc.error(status, f"respond.status {status.v} is an interim (1xx) response, and a direct answer "
+                                     f"must be a final one (200-599): {why}")
                 else:
                     st = status.v
             body = r.v.get("body")
@@ -443,11 +492,16 @@ def compile_backend(node: Y, cc: CompileCtx, route_name: str, index: int) -> Bac
                 else:
                     btxt = as_text(body.v) if body.v is not None else ""
             hdrs = _header_map(r.v["headers"], cc, "respond.headers") if "headers" in r.v else ()
+            _check_respond(r, cc, st, btxt, hdrs)
             kw["respond"] = Respond(st, btxt, hdrs)
     if "path" in v:
         kw["path"] = compile_path_template(v["path"], cc)
     if "set_headers" in v:
         kw["set_headers"] = _header_map(v["set_headers"], cc, "set_headers")
+        for hname, _ in kw["set_headers"]:
+            if hname.lower() in REQUEST_HEADERS_KEPT:
+                cc.error_key(v["set_headers"], hname, f"set_headers cannot set {hname}: it "
+                                                      f"{REQUEST_HEADERS_KEPT[hname.lower()]}")
     if "remove_headers" in v:
         rh = v["remove_headers"]
         if isinstance(rh.v, str):
@@ -455,8 +509,11 @@ def compile_backend(node: Y, cc: CompileCtx, route_name: str, index: int) -> Bac
         if cc.expect_list(rh, "remove_headers"):
             names = []
             for n in rh.v:
-                if not isinstance(n.v, str) or not _TOKEN.match(n.v):
+                t = n.v
+                if not isinstance(t, str) or not _TOKEN.match(t):
                     cc.error(n, f"remove_headers: {n.v!r} is not a valid header name")
+                elif t.lower() in REMOVE_KEPT:
+                    cc.error(n, f"remove_headers cannot remove {t}: it {REQUEST_HEADERS_KEPT[t.lower()]}")
                 else:
                     names.append(n.v)
             kw["remove_headers"] = tuple(names)

@@ -14,6 +14,8 @@ SCHEMA_ID = "urn:condroute:rules:v1"
 _scalar = {"type": ["string", "number", "boolean"]}
 _name = {"type": ["string", "number"], "description": "a non-empty name"}
 _header_name = {"type": "string", "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"}
+# a header value: visible text and tabs, no other control character (RFC 9110 §5.5)
+_header_value = {"type": ["string", "number", "boolean"], "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$"}
 _cidrs = {
     "description": "a CIDR (10.0.0.0/8, ::1/128) or a list of them",
     "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
@@ -106,16 +108,23 @@ def build_schema() -> dict[str, Any]:
                 },
             },
             "path": {"type": "string", "description": "forwarded path: {param}, {path}, {rest}"},
-            "set_headers": {"type": "object", "propertyNames": _header_name, "additionalProperties": _scalar},
+            "set_headers": {"type": "object", "propertyNames": _header_name, "additionalProperties": _header_value,
+                            "description": "request headers set towards the upstream; not Host (see preserve_host), "
+                                           "Content-Length, Transfer-Encoding or hop-by-hop headers"},
             "remove_headers": {"oneOf": [_header_name, {"type": "array", "items": _header_name}]},
             "preserve_host": {"type": "boolean"},
             "respond": {
                 "type": "object", "additionalProperties": False,
                 "properties": {
-                    "status": {"type": "integer", "minimum": 100, "maximum": 599},
+                    "status": {"type": "integer", "minimum": 200, "maximum": 599,
+                               "description": "a final status: 1xx responses are interim"},
                     "body": {"type": ["string", "number", "boolean", "null"]},
-                    "headers": {"type": "object", "propertyNames": _header_name, "additionalProperties": _scalar},
+                    "headers": {"type": "object", "propertyNames": _header_name, "additionalProperties": _header_value,
+                                "description": "no Transfer-Encoding; Content-Length is set from the body"},
                 },
+                # 204 and 304 responses cannot have content (RFC 9110)
+                "if": {"properties": {"status": {"enum": [204, 304]}}, "required": ["status"]},
+                "then": {"properties": {"body": {"enum": ["", None]}}},
             },
             "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
             "retries": {"type": "integer", "minimum": 0, "maximum": 10},
