@@ -404,3 +404,28 @@ def test_the_stream_of_a_flow_is_found_through_nested_layers():
     root = L(layer=L(streams={1: connect_stream}))
     assert find_stream(root, f) == [(root.layer, connect_stream), (inner, inner_stream)]
     assert find_stream(root, tflow.tflow()) is None
+
+
+async def test_a_pending_timer_does_not_keep_its_flow_alive():
+    """The timer armed at the request runs on after most responses are complete: it holds its
+    flow weakly, so bodies are not kept for the length of the timeout."""
+    import gc
+    import weakref
+
+    from mitmproxy.test import tflow
+
+    from condroute.upstreams import Upstreams
+
+    u = Upstreams(None)
+    f = tflow.tflow(resp=True)
+    f.metadata["condroute"] = {"timeout": 60.0}
+    u._arm(f, 60.0, 60.0)
+    u.responseheaders(f)
+    ref, fid = weakref.ref(f), f.id
+    del f
+    gc.collect()
+    assert ref() is None
+    handle = u.timers[fid]
+    handle._run()                                   # it fires: nothing left to do, and forgotten
+    assert fid not in u.timers and fid not in u._body and not u._tasks
+    handle.cancel()

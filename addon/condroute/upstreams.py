@@ -21,14 +21,18 @@ and enforces ``retries`` and ``timeout`` with what mitmproxy (11 and 12) offers 
 * **Timeouts**: when a request with a ``timeout`` has been sent (the ``request`` hook; for streamed
   bodies, after the last byte) a timer starts. Until the response headers are complete the whole
   ``timeout`` applies; after them it is the longest the upstream may pause while sending the body
-  (so streamed bodies that keep coming, and WebSockets, run as long as they like). No hook can make
+  (so streamed bodies that keep coming, and WebSockets, run as long as they like). The timer is not
+  cancelled when the headers come (it holds the flow weakly; most responses are complete when it
+  fires); a body still arriving then is looked at a few times per timeout. No hook can make
   mitmproxy answer a request it is waiting on, so when the timer fires the answer is fed to the
   flow's HTTP stream the way mitmproxy feeds ``inject.websocket``: as ``MessageInjected`` events
   through the client connection's handler (``Proxyserver.connections[id].server_event``), which
   mitmproxy routes straight to the stream, past the HTTP/1 client layer whose buffer may hold part
   of the upstream's head (feeding bytes there would splice them into it), and past CONNECT tunnels:
-  - no response headers yet: a complete ``504`` response (headers, body, end of message) enters
-    the stream as if the upstream had sent it; ``responseheaders``/``response`` run (the debug
+  - no response headers yet: a complete ``504`` response enters the stream as if the upstream had
+    sent it (its headers injected; its body and end of message queued on the stream, which waits
+    on the responseheaders hook then: a CONNECT stream on the way would turn injected body events
+    into its tunnel's bytes); ``responseheaders``/``response`` run (the debug
     header is added) and it goes out like any response (HTTP/1 clients: with ``Connection: close``);
   - headers in, body stalled: the stream gets a protocol error. mitmproxy then answers ``504`` when
     nothing has been sent to the client yet (a buffered body), or else cuts the response: it
@@ -45,6 +49,7 @@ import asyncio
 import logging
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -333,8 +338,9 @@ class Upstreams:
         self._arm(flow, float(md["timeout"]), float(md["timeout"]))
 
     def _arm(self, flow: http.HTTPFlow, delay: float, timeout: float) -> None:
+        # a weak reference: a body timer outlives most responses, and must not keep their flows alive
         loop = asyncio.get_running_loop()
-        self.timers[flow.id] = loop.call_later(delay, self._fire, flow, timeout)
+        self.timers[flow.id] = loop.call_later(delay, self._fire, weakref.ref(flow), flow.id, timeout)
 
     def _cancel(self, flow: http.HTTPFlow) -> None:
         t = self.timers.pop(flow.id, None)
@@ -343,19 +349,14 @@ class Upstreams:
         self._body.pop(flow.id, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """The headers are in: from now on the timeout is the longest pause in the body. Checked a
-        few times per timeout (a response that completes sooner is never looked at)."""
-        t = self.timers.pop(flow.id, None)
-        if t is None:
+        """The headers are in: from now on the timeout is the longest pause in the body. The timer
+        armed at the request runs on (most responses are complete when it fires: nothing to do);
+        then the body is checked a few times per timeout. No body byte has been taken in yet."""
+        if flow.id not in self.timers or flow.response is None:
             return              # no timeout on this flow, or it is condroute's own 504
-        t.cancel()
-        timeout = float((flow.metadata.get("condroute") or {}).get("timeout") or 0)
-        if flow.response is None or not timeout:
-            return
         if flow.response.stream and not isinstance(flow.response.stream, _Counted):
             flow.response.stream = _Counted(flow.response.stream)
-        self._body[flow.id] = (-1, time.monotonic())
-        self._arm(flow, timeout / 4, timeout)
+        self._body[flow.id] = (0, time.monotonic())
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
@@ -364,11 +365,12 @@ class Upstreams:
         if md is not None and flow.error is not None and "error" not in md:
             md["error"] = flow.error.msg
 
-    def _fire(self, flow: http.HTTPFlow, timeout: float) -> None:
-        self.timers.pop(flow.id, None)
-        resp = flow.response
-        if not flow.live or (resp is not None and resp.timestamp_end is not None):
-            self._body.pop(flow.id, None)
+    def _fire(self, ref: weakref.ref, flow_id: str, timeout: float) -> None:
+        self.timers.pop(flow_id, None)
+        flow = ref()
+        resp = flow.response if flow is not None else None
+        if flow is None or not flow.live or (resp is not None and resp.timestamp_end is not None):
+            self._body.pop(flow_id, None)
             return              # the common case: the response is complete (no task needed)
         task = asyncio.get_running_loop().create_task(self._timed_out(flow, timeout))
         self._tasks.add(task)
@@ -412,15 +414,18 @@ class Upstreams:
                 seen, sent = len(stream.response_body_buf), False
             elif state == "state_stream_response_body":         # the headers went out already
                 if not isinstance(resp.stream, _Counted):
+                    # streaming began mid-body (stream_large_bodies on a chunked body): what came
+                    # before is unknown, so the pause starts now
                     resp.stream = _Counted(resp.stream)
+                    self._body.pop(flow.id, None)
                 seen, sent = resp.stream.seen, True
             else:
                 self._body.pop(flow.id, None)
                 return
-            before, since = self._body.get(flow.id, (-1, time.monotonic()))
             now = time.monotonic()
+            before, since = self._body.get(flow.id, (-1, now))
             if seen != before:
-                since = now                                      # the body moved: the pause starts again
+                since = now      # the body moved (at the latest now): the pause starts again
             if now - since < timeout * 0.99:
                 self._body[flow.id] = (seen, since)
                 self._arm(flow, max(0.01, min(timeout / 4, since + timeout - now)), timeout)
