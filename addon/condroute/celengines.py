@@ -44,10 +44,39 @@ def _an(type_name: str) -> str:
 
 
 # -- cel-python -------------------------------------------------------------------------------------
+_REGEX_CACHE = None   # compiled patterns that are literals of a loaded expression (see _matches)
+
+
+def _regex_options() -> Any:
+    import re2
+    opts = re2.Options()
+    opts.log_errors = False   # RE2 would print a bad pattern (request data, perhaps) to stderr through absl
+    return opts
+
+
+def _compile_regex(pattern: str, keep: bool) -> Any:
+    """An RE2 regex for CEL's matches(). Never through ``re2.compile``: its lru_cache keeps 128
+    patterns of any size with their compiled programs, and a pattern may come from the request.
+    ``keep``: the pattern is written in an expression, so caching it is bounded by the rules."""
+    global _REGEX_CACHE
+    import re2
+    cache = _REGEX_CACHE
+    if cache is None:
+        from .boundcache import BoundedCache
+        cache = _REGEX_CACHE = BoundedCache(256, 8 << 20, 1 << 20)
+    rx = cache.get(pattern)
+    if rx is None:
+        rx = re2._Regexp(pattern, _regex_options())
+        if keep:
+            cache.put(pattern, rx, 16384 + 64 * len(pattern))   # RE2's own memory, estimated
+    return rx
+
+
 class CelPyEngine:
     name = "cel-python"
 
-    def __init__(self, helpers: Helpers, note: Callable[[str], None]):
+    def __init__(self, helpers: Helpers, note: Callable[[str], None],
+                 is_literal: Callable[[str], bool] = lambda s: False):
         import celpy  # noqa: F401 - imported for its side effects on celtypes
         from celpy import celtypes
         from celpy.adapter import json_to_cel
@@ -60,6 +89,28 @@ class CelPyEngine:
         self._CELEvalError = CELEvalError
         self._note = note
         self.functions: dict[str, Callable] = {name: self._wrap(name, g, m, n) for name, (g, m, n) in helpers.items()}
+        self.functions["matches"] = self._matches_fn(is_literal)
+        self.functions.update(_spec_operators(celtypes, CELEvalError))
+
+    def _matches_fn(self, is_literal: Callable[[str], bool]) -> Callable:
+        """celpy's matches() with RE2 told not to log (see _compile_regex), and an error with a
+        fixed text: celpy's own would carry RE2's message, which quotes the pattern."""
+        import re2
+        ct, err = self._celtypes, self._CELEvalError
+
+        def matches(text: Any, pattern: Any) -> Any:
+            if not isinstance(text, str) or not isinstance(pattern, str):
+                return err("no such overload", TypeError, ())
+            try:
+                rx = _compile_regex(str(pattern), is_literal(pattern))
+            except re2.error:
+                return err("bad regular expression", ValueError, ())
+            try:
+                return ct.BoolType(rx.search(str(text)) is not None)
+            except Exception:  # noqa: BLE001 - e.g. a lone surrogate that UTF-8 cannot carry
+                return err("evaluation error", ValueError, ())
+
+        return matches
 
     def _wrap(self, name: str, g: Callable | None, m: Callable | None, arity: int) -> Callable:
         ct = self._celtypes
@@ -126,11 +177,173 @@ class CelPyEngine:
         return "value", _an(_celpy_type(value, self._celtypes))
 
 
+def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
+    """celpy's comparison and logical operators, replaced so that cel-python answers what the CEL
+    spec (and cel-expr-python) answers: heterogeneous equality (``dyn(1) == 1.0`` and ``1 == 1u``
+    are true, ``dyn(1) == 'a'`` is false, lists and maps compare element-wise that way), numeric
+    ordering across int/uint/double (int vs double compares as doubles, like cel-cpp), ``in`` and
+    map indexing with an equal number of another type (``{1: 'a'}[1.0]``), and ``||``/``&&`` that
+    absorb errors without formatting them: celpy builds a message from the repr of both operands,
+    which doubles with every error combined (30 errors in an exists() took minutes and gigabytes).
+    The differential test in tests/test_cel_differential.py holds the two engines to the same answers."""
+    B, I, U, D, L, M = ct.BoolType, ct.IntType, ct.UintType, ct.DoubleType, ct.ListType, ct.MapType
+    NUM = (I, U, D)
+    ORDERED = (str, bytes, int, ct.TimestampType, ct.DurationType)   # int: bools here (numbers are above)
+    overload = "no such overload"
+
+    def num(x: Any) -> bool:
+        return isinstance(x, NUM) and not isinstance(x, B)
+
+    def no_overload() -> Any:
+        return Err(overload, TypeError, ())
+
+    def key_of(m: Any, k: Any) -> Any:
+        """The key of ``m`` equal to ``k`` (numbers across types), or _NOKEY."""
+        if num(k):
+            if isinstance(k, D):
+                if not k.is_integer():
+                    return _NOKEY
+                k = int(k)
+            for cand in (I(k), U(k) if k >= 0 else None):
+                if cand is not None and cand in m:
+                    return cand
+            return _NOKEY
+        try:
+            return k if k in m else _NOKEY
+        except TypeError:
+            return _NOKEY
+
+    def eq(a: Any, b: Any) -> Any:
+        """True/False, or an error value when an operand is one."""
+        if isinstance(a, Err):
+            return a
+        if isinstance(b, Err):
+            return b
+        if num(a) and num(b):
+            if isinstance(a, D) or isinstance(b, D):
+                return float(a) == float(b)
+            return int(a) == int(b)
+        if isinstance(a, L) and isinstance(b, L):
+            if len(a) != len(b):
+                return False
+            for x, y in zip(a, b):
+                r = eq(x, y)
+                if r is not True:
+                    return r
+            return True
+        if isinstance(a, M) and isinstance(b, M):
+            if len(a) != len(b):
+                return False
+            for k, v in a.items():
+                kb = key_of(b, k)
+                if kb is _NOKEY:
+                    return False
+                r = eq(v, b[kb])
+                if r is not True:
+                    return r
+            return True
+        if a is None or b is None:
+            return a is b
+        if isinstance(a, B) != isinstance(b, B) or num(a) != num(b) or not (
+                isinstance(a, type(b)) or isinstance(b, type(a))):
+            return False                        # values of different types are not equal
+        try:
+            return bool(a == b)
+        except TypeError:
+            return False
+
+    def f_eq(a: Any, b: Any) -> Any:
+        r = eq(a, b)
+        return B(r) if r is True or r is False else r
+
+    def f_ne(a: Any, b: Any) -> Any:
+        r = eq(a, b)
+        return B(not r) if r is True or r is False else r
+
+    def order(op: Callable[[Any, Any], bool]) -> Callable:
+        def compare(a: Any, b: Any) -> Any:
+            if isinstance(a, Err):
+                return a
+            if isinstance(b, Err):
+                return b
+            if num(a) and num(b):
+                if isinstance(a, D) or isinstance(b, D):
+                    return B(op(float(a), float(b)))
+                return B(op(int(a), int(b)))
+            for kind in ORDERED:           # (celpy's str + str is a plain str: compare by kind)
+                if isinstance(a, kind) and isinstance(b, kind):
+                    if isinstance(a, B) != isinstance(b, B):
+                        return no_overload()
+                    try:
+                        return B(op(a, b))
+                    except TypeError:
+                        return no_overload()
+            return no_overload()
+        return compare
+
+    def f_in(item: Any, container: Any) -> Any:
+        if isinstance(item, Err):
+            return item
+        if isinstance(container, Err):
+            return container
+        if isinstance(container, M):
+            return B(key_of(container, item) is not _NOKEY)
+        if isinstance(container, L):
+            err = None
+            for x in container:
+                r = eq(item, x)
+                if r is True:
+                    return B(True)
+                if r is not False:
+                    err = err or r
+            return err if err is not None else B(False)
+        return no_overload()
+
+    def f_index(container: Any, key: Any) -> Any:
+        if isinstance(container, M):
+            k = key_of(container, key)
+            if k is _NOKEY:
+                raise KeyError(key)
+            return container[k]
+        if isinstance(container, L):
+            if not num(key) or (isinstance(key, D) and not key.is_integer()):
+                raise TypeError("index")
+            i = int(key)
+            if not 0 <= i < len(container):
+                raise IndexError(i)
+            return container[i]
+        raise TypeError("index")
+
+    def logic(absorbing: bool) -> Callable:
+        def f(x: Any, y: Any) -> Any:
+            if isinstance(x, B) and bool(x) is absorbing:
+                return x
+            if isinstance(y, B) and bool(y) is absorbing:
+                return y
+            if isinstance(x, B) and isinstance(y, B):
+                return B(not absorbing)
+            for v in (x, y):
+                if isinstance(v, Err):
+                    return v
+            return no_overload()
+        return f
+
+    import operator
+    return {"_==_": f_eq, "_!=_": f_ne, "_<_": order(operator.lt), "_<=_": order(operator.le),
+            "_>_": order(operator.gt), "_>=_": order(operator.ge), "_in_": f_in, "_[_]": f_index,
+            "_||_": logic(True), "_&&_": logic(False)}
+
+
+_NOKEY = object()
+
+
 def _evaluator_class(Evaluator: Any, CELEvalError: Any) -> Any:
     """celpy's Evaluator, except that indexing an error gives that error (``m['a'][0]`` without
     ``a`` is "no such key", not celpy's "no matching overload" for indexing an error value)."""
 
+    from celpy import celtypes as ct
     macros = frozenset({"map", "filter", "all", "exists", "exists_one", "reduce", "min"})
+    own_macros = frozenset({"map", "filter", "all", "exists", "exists_one"})
 
     class _Evaluator(Evaluator):  # type: ignore[misc, valid-type]
         def sub_evaluator(self, ast: Any) -> Any:
@@ -139,10 +352,70 @@ def _evaluator_class(Evaluator: Any, CELEvalError: Any) -> Any:
         def member_dot_arg(self, tree: Any) -> Any:
             # celpy's own version builds a typing.Callable[...] on every call (a quarter of the
             # evaluation time); a method call that is not a macro is just this:
-            if tree.children[1].value in macros:
+            name = tree.children[1].value
+            if name in own_macros:
+                return self._macro(tree, name)
+            if name in macros:
                 return super().member_dot_arg(tree)
             values = self.visit_children(tree)
             return self.method_eval(*values)
+
+        def _macro(self, tree: Any, name: str) -> Any:
+            """The comprehension macros as cel-cpp runs them: all/exists stop at the first
+            false/true and otherwise give an error met on the way (errors are absorbed only by a
+            decisive value); exists_one, map and filter give the first error. celpy's own
+            combine errors through celtypes.logical_or, whose message doubles per error."""
+            rng = self.visit(tree.children[0])
+            if isinstance(rng, CELEvalError):
+                return rng
+            if not isinstance(rng, (ct.ListType, ct.MapType)):
+                return CELEvalError("no such overload", TypeError, ())
+            var_tree, expr_tree = tree.children[2].children
+            ident = next(iter(var_tree.find_data("ident"))).children[0].value
+            nested = self.sub_evaluator(ast=expr_tree)
+
+            def body(v: Any) -> Any:
+                try:
+                    return nested.evaluate({ident: v})
+                except CELEvalError as ex:
+                    return ex
+
+            B = ct.BoolType
+            if name == "map":
+                out = []
+                for v in list(rng):
+                    r = body(v)
+                    if isinstance(r, CELEvalError):
+                        return r
+                    out.append(r)
+                return ct.ListType(out)
+            err = None
+            count = 0
+            kept = []
+            for v in list(rng):
+                r = body(v)
+                if not isinstance(r, B):
+                    if name != "all" and name != "exists":
+                        return r if isinstance(r, CELEvalError) else CELEvalError("no such overload", TypeError, ())
+                    err = err or (r if isinstance(r, CELEvalError) else CELEvalError("no such overload", TypeError, ()))
+                elif name == "all":
+                    if not r:
+                        return B(False)
+                elif name == "exists":
+                    if r:
+                        return B(True)
+                elif r:
+                    count += 1
+                    kept.append(v)
+            if err is not None:
+                return err
+            if name == "all":
+                return B(True)
+            if name == "exists":
+                return B(False)
+            if name == "exists_one":
+                return B(count == 1)
+            return ct.ListType(kept)
 
         def member_index(self, tree: Any) -> Any:
             member, index = self.visit_children(tree)

@@ -24,7 +24,6 @@ import difflib
 import ipaddress
 import threading
 import time
-from functools import lru_cache
 from typing import Any, Callable
 
 from .boundcache import BoundedCache
@@ -57,7 +56,10 @@ STD_METHODS: dict[str, set[int]] = {"size": {0}, "contains": {1}, "startsWith": 
 MACROS = {"all": 2, "exists": 2, "exists_one": 2, "map": 2, "filter": 2}
 
 RESULT_CACHE_SIZE = 4096
+RESULT_CACHE_BYTES = 4 << 20       # per policy; an entry (the inputs read + the reason) above 8 KiB is not kept
+RESULT_ENTRY_BYTES = 8 << 10
 PROGRAM_CACHE_SIZE = 4096
+PROGRAM_CACHE_BYTES = 32 << 20     # estimated: a celpy parse tree keeps ~1.2 KB per character of text
 SHOW_EXPR = 80
 
 
@@ -68,6 +70,7 @@ class _Ctx(threading.local):
     req: RequestView | None = None
     env: Any = None
     note: str | None = None
+    literals: frozenset = frozenset()    # the string literals of the expression being evaluated
 
 
 _ctx = _Ctx()
@@ -75,6 +78,10 @@ _ctx = _Ctx()
 
 def _set_note(text: str) -> None:
     _ctx.note = text
+
+
+def _is_literal(text: str) -> bool:
+    return text in _ctx.literals
 
 
 def _req() -> RequestView:
@@ -174,12 +181,20 @@ def m_getQuery(m: Any, name: Any) -> str:
     return _first(_map_values(m, _name(name, "getQuery"), False))
 
 
-@lru_cache(maxsize=1024)
+_nets = BoundedCache(1024, 1 << 20)
+
+
 def _net(text: str) -> Any:
+    net = _nets.get(text, _MISSING)
+    if net is not _MISSING:
+        return net
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
-        return None
+        net = None
+    if len(text) <= 64:         # a CIDR is at most 43 characters; longer text (from a request) is not kept
+        _nets.put(text, net, 256)
+    return net
 
 
 def ip_in_cidr(ip: Any, cidr: Any) -> bool:
@@ -237,7 +252,7 @@ def get_engine(name: str | None = None) -> Any:
                     eng = CelExprEngine(HELPERS, _set_note)
                 else:
                     from .celengines import CelPyEngine
-                    eng = CelPyEngine(HELPERS, _set_note)
+                    eng = CelPyEngine(HELPERS, _set_note, _is_literal)
                 _engines[name] = eng
     return eng
 
@@ -677,6 +692,174 @@ class Checker:
 
 
 # ------------------------------------------------------------------------------------------------
+# cost: how many comprehension iterations an evaluation can take, known when the file loads
+# ------------------------------------------------------------------------------------------------
+# Every evaluation blocks the proxy's event loop, and cel-python spends ~0.3 ms per iteration, so a
+# 100x100 comprehension held all traffic for seconds, while cel-expr-python stops at 10,000
+# iterations with an error: the same rules routed differently depending on the engine installed.
+# Both engines are now held to one budget, checked by condroute itself, identically:
+# - at load, the worst case is a polynomial in U, the size of the largest list or map the request
+#   gives the expression (headers, values of a header, query parameters, cookies, claims); its
+#   constant part comes from literal lists;
+# - U^2 or worse (a comprehension over request data inside another one) is a load error, and so is
+#   a worst case above the budget on the smallest request;
+# - per request, when the polynomial has a U term, U is measured before the cache is consulted, and
+#   above the budget the policy does not hold ("too costly for this request"), without evaluating.
+# The budget is far below cel-expr-python's own limit (10,000), which therefore never decides.
+CEL_MAX_ITERATIONS = 256
+GEO_RECORD_BOUND = 64      # the largest list or map in a GeoIP record (names in ~10 languages)
+
+Poly = tuple  # (constant, coefficient of U, True when U^2 or worse) - a bound, never an estimate
+
+_P0: Poly = (0, 0, False)
+_PU: Poly = (0, 1, False)
+
+
+def _padd(a: Poly, b: Poly) -> Poly:
+    return (a[0] + b[0], a[1] + b[1], a[2] or b[2])
+
+
+def _pmax(a: Poly, b: Poly) -> Poly:
+    return (max(a[0], b[0]), max(a[1], b[1]), a[2] or b[2])
+
+
+def _pmul(a: Poly, b: Poly) -> Poly:
+    nz_a, nz_b = a != _P0, b != _P0
+    big = (a[1] > 0 and b[1] > 0) or (a[2] and nz_b) or (b[2] and nz_a)
+    return (a[0] * b[0], a[0] * b[1] + a[1] * b[0], big)
+
+
+# roots whose value holds no list or map
+_SCALAR_ROOTS = frozenset({"req_method", "req_path", "client_ip", "now"})
+_COMPREHENSIONS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+
+
+class CostCheck:
+    """Walks the tree once: ``size(n)`` bounds the largest list or map reachable in n's value and
+    ``iters(n)`` the comprehension iterations of evaluating n (worst case, no short-circuit)."""
+
+    def __init__(self, an: Analysis):
+        self.an = an
+        self.reported = False
+
+    def _report(self, n: N, cost: Poly) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        if cost[2]:
+            self.an.error(n, "cel: this comprehension goes over request data and, for each item, over request "
+                             "data again: its cost grows with the square of the request size (the limit is "
+                             f"{CEL_MAX_ITERATIONS} iterations per evaluation); compare with a literal list instead")
+        else:
+            self.an.error(n, f"cel: this comprehension takes up to {cost[0] + cost[1]} iterations, more than "
+                             f"the {CEL_MAX_ITERATIONS} an evaluation may take")
+
+    def check(self, root: N) -> Poly:
+        sz, it = self.walk(root, {})
+        if not self.reported and (it[2] or it[0] + it[1] > CEL_MAX_ITERATIONS):
+            self._report(root, it)
+        return it
+
+    def walk(self, n: N, scope: dict) -> tuple[Poly, Poly]:
+        """(size bound of n's value, iterations of evaluating n)."""
+        k = n.k
+        if k == "lit" or k == "obj":
+            return _P0, _P0
+        if k == "id":
+            if n.a in scope:
+                return scope[n.a], _P0
+            if n.a in ROOT_VARS:
+                return (_P0 if n.a in _SCALAR_ROOTS else _PU), _P0
+            return _P0, _P0          # a type name
+        if k in ("sel", "idx"):
+            s, it = self.walk(n.a, scope)
+            if k == "idx":
+                _, it2 = self.walk(n.b, scope)
+                it = _padd(it, it2)
+            return s, it             # a part of a value is no larger than its largest part
+        if k == "list" or k == "map":
+            items = n.a if k == "list" else [x for kv in n.a for x in kv]
+            size: Poly = (len(n.a), 0, False)
+            it = _P0
+            for c in items:
+                cs, ci = self.walk(c, scope)
+                size, it = _pmax(size, cs), _padd(it, ci)
+            return size, it
+        if k == "op":
+            sizes, it = [], _P0
+            for c in n.b:
+                cs, ci = self.walk(c, scope)
+                sizes.append(cs)
+                it = _padd(it, ci)
+            if n.a == "+":               # list concatenation adds sizes
+                return _padd(sizes[0], sizes[1]), it
+            if n.a == "?:":
+                return _pmax(sizes[1], sizes[2]), it
+            return _P0, it
+        if k == "call":
+            name, target, args = n.a, n.b, n.c
+            if target is not None and name in _COMPREHENSIONS and len(args) == 2 and args[0].k == "id":
+                rs, ri = self.walk(target, scope)
+                bs, bi = self.walk(args[1], {**scope, args[0].a: rs})
+                it = _padd(ri, _pmul(rs, _padd((1, 0, False), bi)))
+                if not self.reported and (it[2] or it[0] + it[1] > CEL_MAX_ITERATIONS):
+                    self._report(n, it)
+                if name == "map":
+                    return _pmax(rs, bs), it
+                return (rs if name == "filter" else _P0), it
+            it, sizes = _P0, []
+            for c in ([target] if target is not None else []) + list(args):
+                cs, ci = self.walk(c, scope)
+                sizes.append(cs)
+                it = _padd(it, ci)
+            if target is None and name == "geoIP":
+                return (GEO_RECORD_BOUND, 0, False), it
+            if target is None and name == "dyn" and sizes:
+                return sizes[0], it
+            return _P0, it
+        return _P0, _P0   # pragma: no cover
+
+
+def _collection_bound(v: Any, limit: int) -> int:
+    """The size of the largest list or map inside a JSON value (claims), iteratively."""
+    best = 0
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            best = max(best, len(x))
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            best = max(best, len(x))
+            stack.extend(x)
+        if best > limit:
+            break
+    return best
+
+
+def _u_headers(r: RequestView, e: Any) -> int:
+    n = len(r.headers)                    # >= the header names, and >= the values of any one header
+    for v in r.header_map.get("cookie", ()):
+        n = max(n, v.count(";") + 1)      # request.cookies, getCookie's receivers
+    return n
+
+
+def _u_query(r: RequestView, e: Any) -> int:
+    return r.query_string.count("&") + 1 if r.query_string else 0
+
+
+def _u_claims(r: RequestView, e: Any) -> int:
+    return r.memo("cel_u_claims", lambda: _collection_bound(_claims(r, e).claims, CEL_MAX_ITERATIONS))
+
+
+_U_OF_ROOT: dict[str, Callable[[RequestView, Any], int]] = {
+    "req_headers": _u_headers, "request": lambda r, e: max(_u_headers(r, e), _u_query(r, e)),
+    "req_querystring": _u_query, "req_params": lambda r, e: len(r.params),
+    "jwt": _u_claims, "JWT": _u_claims,
+}
+
+
+# ------------------------------------------------------------------------------------------------
 # per-request inputs: the cache key, and the variables
 # ------------------------------------------------------------------------------------------------
 _MISSING = object()
@@ -803,7 +986,7 @@ VARIABLES: dict[str, Callable[[RequestView, Any], Any]] = {
 # ------------------------------------------------------------------------------------------------
 # compiled policies
 # ------------------------------------------------------------------------------------------------
-_programs = BoundedCache(PROGRAM_CACHE_SIZE)
+_programs = BoundedCache(PROGRAM_CACHE_SIZE, PROGRAM_CACHE_BYTES)
 
 
 def _show(text: str) -> str:
@@ -815,8 +998,12 @@ class CelPolicy:
     """A checked, compiled expression. ``evaluate(req, env)`` returns None when it holds, else a
     reason; results are cached by the exact inputs the expression reads."""
 
-    def __init__(self, text: str, engine: Any, program: Any, an: Analysis):
+    def __init__(self, text: str, engine: Any, program: Any, an: Analysis, cost: Poly = _P0):
         self.text = text
+        # (constant, per-U) iterations, when they depend on the request: U is measured per request
+        self.cost_per_u = cost[1]
+        self.cost_const = cost[0]
+        self._u_fns = tuple(_U_OF_ROOT[r] for r in sorted(an.roots) if r in _U_OF_ROOT) if cost[1] else ()
         self.engine = engine
         self.program = program
         self.label = f"cel `{_show(text)}`"
@@ -828,13 +1015,18 @@ class CelPolicy:
         self._builders = tuple((v, VARIABLES[v]) for v in self.variables)
         self.literals = frozenset(an.literals)
         self.uses_jwt = an.uses_jwt is not None
-        self.cache = BoundedCache(RESULT_CACHE_SIZE)
+        self.cache = BoundedCache(RESULT_CACHE_SIZE, RESULT_CACHE_BYTES, RESULT_ENTRY_BYTES)
         self.evaluations = 0            # how many times the engine actually ran
 
     def key(self, req: RequestView, env: Any) -> tuple:
         return tuple([f(req, env) for f in self._keyfns])
 
     def evaluate(self, req: RequestView, env: Any) -> str | None:
+        if self.cost_per_u:
+            u = max([f(req, env) for f in self._u_fns], default=0)
+            if self.cost_const + self.cost_per_u * u > CEL_MAX_ITERATIONS:
+                return (f"{self.label} could not be evaluated: too costly for this request (a list or map "
+                        f"of {u} items; the limit is {CEL_MAX_ITERATIONS} iterations)")
         try:
             key = tuple([f(req, env) for f in self._keyfns])
             hit = self.cache.get(key, _MISSING)
@@ -849,7 +1041,7 @@ class CelPolicy:
     def _run(self, req: RequestView, env: Any) -> str | None:
         self.evaluations += 1
         ctx = _ctx
-        ctx.req, ctx.env, ctx.note = req, env, None
+        ctx.req, ctx.env, ctx.note, ctx.literals = req, env, None, self.literals
         try:
             variables = {name: build(req, env) for name, build in self._builders}
             code, info = self.engine.run(self.program, variables)
@@ -915,6 +1107,12 @@ def compile_policy(text: str, engine: str | None = None, geo: bool = True,
         Checker(an).visit(root)
     except RecursionError:
         return None, [CelLoadProblem(1, 1, "cel: the expression is nested too deeply")]
+    cost = _P0
+    if not an.errors:
+        try:
+            cost = CostCheck(an).check(root)
+        except RecursionError:
+            an.error(root, "cel: the expression is nested too deeply")
     problems = [CelLoadProblem(*e) for e in an.errors]
     if an.uses_geo is not None and not geo:
         problems.append(CelLoadProblem(an.uses_geo.line, an.uses_geo.col,
@@ -932,8 +1130,8 @@ def compile_policy(text: str, engine: str | None = None, geo: bool = True,
         except Exception as e:  # noqa: BLE001 - the engine refused what our checker accepted
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             return None, [CelLoadProblem(1, 1, f"cel: {eng.name} does not accept this expression: {first[:200]}")]
-        _programs.put(pkey, program)
-    return CelPolicy(text, eng, program, an), []
+        _programs.put(pkey, program, 4096 + 1200 * len(text))
+    return CelPolicy(text, eng, program, an, cost), []
 
 
 # ------------------------------------------------------------------------------------------------

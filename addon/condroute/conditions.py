@@ -11,14 +11,17 @@ from typing import Any, Callable, Sequence
 
 from .compile_ctx import CompileCtx, kind
 from .matchers import Matcher, compile_matcher, show_values
+from .redact import SENSITIVE_HEADERS, cookie_shower, header_shower, query_shower  # noqa: F401 - re-exported
 from .request import IPNet, RequestView, ip_text
 from .yamlpos import Y
 
 CONDITION_KEYS = ("header", "cookie", "query", "jwt", "client_ip", "geo", "method", "host", "path",
                   "cel", "any", "all", "not")
 
-# header values never shown in reasons, logs or error bodies
-SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+# a ValuesCond remembers the reason for up to SEEN_ENTRIES single values of up to SEEN_VALUE_CHARS
+# characters: ~256 * (0.3 + 0.2) KB at most per condition, whatever the requests
+SEEN_ENTRIES = 256
+SEEN_VALUE_CHARS = 256
 
 
 class Cond:
@@ -32,11 +35,11 @@ class ValuesCond(Cond):
     """A matcher applied to values pulled out of the request by ``get``."""
 
     def __init__(self, label: str, get: Callable[[RequestView, Any], Sequence[Any]], m: Matcher,
-                 redact: bool = False):
+                 redact: Callable[[Sequence[Any]], Any] | None = None):
         self.label = label
         self.get = get
         self.m = m
-        self.redact = redact
+        self.redact = redact      # None: values are shown (cut at 64 characters); else how they are hidden
         self.text = f"{label} {m.want}"
         # the reason is "<label> is <values>, wanted <want>": its fixed parts are built once, and the
         # whole text is remembered for a single text value (most failures repeat: "A" is not "B")
@@ -51,18 +54,21 @@ class ValuesCond(Cond):
             return None
         if not values:
             return self._missing
-        if len(values) == 1 and values[0].__class__ is str:
+        v0 = values[0]
+        if len(values) == 1 and v0.__class__ is str and len(v0) <= SEEN_VALUE_CHARS:
+            # bounded in bytes too: at most SEEN_ENTRIES short keys (the reason shows 64 characters)
             seen = self._seen
-            r = seen.get(values[0])
+            r = seen.get(v0)
             if r is None:
-                if len(seen) >= 256:
+                if len(seen) >= SEEN_ENTRIES:
                     seen.clear()
-                r = seen[values[0]] = self._reason(values)
+                r = seen[v0] = self._reason(values)
             return r
         return self._reason(values)
 
     def _reason(self, values: Sequence[Any]) -> str:
-        return self._head + ("<redacted>" if self.redact else show_values(values)) + self._tail
+        shown = values if self.redact is None else self.redact(values)
+        return self._head + (shown if isinstance(shown, str) else show_values(shown)) + self._tail
 
 
 class AllCond(Cond):
@@ -143,7 +149,7 @@ def compile_cidrs(node: Y, cc: CompileCtx, what: str) -> list[IPNet]:
     return nets
 
 
-def _named_values(node: Y, cc: CompileCtx, what: str, make: Callable[[str, Matcher], Cond]) -> Cond | None:
+def _named_values(node: Y, cc: CompileCtx, what: str, make: Callable[[str, Matcher, CompileCtx], Cond]) -> Cond | None:
     if not cc.expect_map(node, what):
         return None
     if not node.v:
@@ -155,23 +161,28 @@ def _named_values(node: Y, cc: CompileCtx, what: str, make: Callable[[str, Match
             cc.header_names.add(name)
         m = compile_matcher(sub, cc, f"{what} {name}")
         if m is not None:
-            parts.append(make(name, m))
+            parts.append(make(name, m, cc))
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else AllCond(parts)
 
 
-def _header_cond(name: str, m: Matcher) -> Cond:
+def _jwt_settings(cc: CompileCtx) -> Any:
+    """settings.jwt (compiled before the routes): its token source is redacted like a password."""
+    return getattr(getattr(cc, "settings", None), "jwt", None)
+
+
+def _header_cond(name: str, m: Matcher, cc: CompileCtx) -> Cond:
     low = name.lower()
-    return ValuesCond(f"header {name}", lambda r, e: r.header(low), m, low in SENSITIVE_HEADERS)
+    return ValuesCond(f"header {name}", lambda r, e: r.header(low), m, header_shower(low, _jwt_settings(cc)))
 
 
-def _cookie_cond(name: str, m: Matcher) -> Cond:
-    return ValuesCond(f"cookie {name}", lambda r, e: r.cookies.get(name, ()), m)
+def _cookie_cond(name: str, m: Matcher, cc: CompileCtx) -> Cond:
+    return ValuesCond(f"cookie {name}", lambda r, e: r.cookies.get(name, ()), m, cookie_shower(name, _jwt_settings(cc)))
 
 
-def _query_cond(name: str, m: Matcher) -> Cond:
-    return ValuesCond(f"query {name}", lambda r, e: r.query.get(name, ()), m)
+def _query_cond(name: str, m: Matcher, cc: CompileCtx) -> Cond:
+    return ValuesCond(f"query {name}", lambda r, e: r.query.get(name, ()), m, query_shower(name))
 
 
 def _single(label: str, get: Callable[[RequestView], Any], node: Y, cc: CompileCtx, upper: bool = False) -> Cond | None:

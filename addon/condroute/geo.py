@@ -21,6 +21,7 @@ from .yamlpos import Y
 
 GEO_KEYS = ("country", "eu", "continent")
 LOOKUP_CACHE_SIZE = 8192
+LOOKUP_CACHE_BYTES = 16 << 20     # each of the two caches; a City record is a few KB of Python objects
 _PROBES = ("1.1.1.1", "8.8.8.8", "81.2.69.160")
 
 _COUNTRY_LIKE = ("country", "registered_country", "represented_country")
@@ -35,8 +36,8 @@ class GeoDB:
         meta = reader.metadata()
         self.ip_version = meta.ip_version
         self.database_type = meta.database_type
-        self._lookups = BoundedCache(LOOKUP_CACHE_SIZE)
-        self._cel = BoundedCache(LOOKUP_CACHE_SIZE)
+        self._lookups = BoundedCache(LOOKUP_CACHE_SIZE, LOOKUP_CACHE_BYTES)
+        self._cel = BoundedCache(LOOKUP_CACHE_SIZE, LOOKUP_CACHE_BYTES)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"GeoDB({self.path!r}, {self.database_type})"

@@ -45,6 +45,10 @@ KNOWN_ALGS = frozenset(HS + RSA_ALGS + ("ES256", "ES384", "ES512", "ES256K", "Ed
 HS_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 TOKEN_CACHE_SIZE = 4096
+# Bytes, not only entries: a 16 KiB token of many tiny claims decodes to ~300 KB of Python objects.
+# An entry (token + claims) above 64 KiB is checked again on every request instead of being kept.
+TOKEN_CACHE_BYTES = 16 << 20
+TOKEN_ENTRY_BYTES = 64 << 10
 _clock = time.time   # the cache's notion of now (tests move it)
 MAX_TOKEN_CHARS = 16384
 
@@ -87,7 +91,7 @@ class JwtSettings:
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
-        self.cache = BoundedCache(TOKEN_CACHE_SIZE)
+        self.cache = BoundedCache(TOKEN_CACHE_SIZE, TOKEN_CACHE_BYTES, TOKEN_ENTRY_BYTES)
         self.verifications = 0                  # how many tokens were actually checked (not cached)
         self._options = {"verify_aud": audience is not None}
 
@@ -121,7 +125,7 @@ class JwtSettings:
             if now <= valid_until:
                 return state
             state = TokenState(token, {}, "token expired")
-            self.cache.put(token, (math.inf, state))
+            self.cache.put(token, (math.inf, state))     # (replaces the entry with its claims)
             return state
         state, valid_until = self._check(token, now)
         if valid_until is not None and len(token) <= MAX_TOKEN_CHARS:

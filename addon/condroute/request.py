@@ -38,7 +38,9 @@ def parse_ip(text: str | None) -> IPAddr | None:
     except KeyError:
         pass
     ip = _parse_ip(text)
-    if len(_ip_cache) >= 4096:
+    if len(text) > 64:   # not an address (X-Forwarded-For hops come from the client): not kept
+        return ip
+    if len(_ip_cache) >= 4096:   # 4096 keys of at most 64 characters: ~0.8 MB at most
         _ip_cache.clear()
     _ip_cache[text] = ip
     return ip
@@ -216,7 +218,8 @@ class RequestView:
         return ip
 
     def describe(self) -> str:
-        q = f"?{self.query_string}" if self.query_string else ""
+        from .redact import redact_query_string   # secret-named parameters (access_token=...) are not shown
+        q = f"?{redact_query_string(self.query_string)}" if self.query_string else ""
         return f"{self.method} {self.scheme}://{self.host}{self.path}{q}"
 
     def memo(self, key: str, fn) -> Any:
