@@ -27,7 +27,7 @@ from .yamlpos import Y, load_file
 CASE_KEYS = ("name", "request", "expect")
 REQUEST_KEYS = ("method", "url", "headers", "cookies", "client_ip", "jwt")
 EXPECT_KEYS = ("route", "backend", "upstream", "path", "url", "status", "outcome")
-OUTCOMES = ("routed", "respond", "passthrough", "no_match")
+OUTCOMES = ("routed", "respond", "passthrough", "no_match", "bad_request")
 
 
 class CasesError(RulesError):
@@ -93,7 +93,7 @@ def _request(node: Y, pr: _Problems) -> RequestView | None:
                     if not _is_scalar(item.v):
                         pr.at(item, f"request.headers: the value of {name} must be text (or a list of texts)")
                     else:
-                        headers.append((name, as_text(item.v)))
+                        headers.append((name, as_text(item)))
     cookies: list[str] = []
     if "cookies" in v:
         cn = v["cookies"]
@@ -104,7 +104,7 @@ def _request(node: Y, pr: _Problems) -> RequestView | None:
                 if not _is_scalar(val.v):
                     pr.at(val, f"request.cookies: the value of {name} must be text")
                 else:
-                    cookies.append(f"{name}={as_text(val.v)}")
+                    cookies.append(f"{name}={as_text(val)}")
     client_ip = None
     if "client_ip" in v:
         ipn = v["client_ip"]
@@ -151,7 +151,7 @@ def _expect(node: Y, pr: _Problems) -> dict[str, Any]:
         elif isinstance(val, (dict, list)):
             pr.at(sub, f"expect.{k} must be a single value or null")
             continue
-        out[k] = val if val is None or k == "status" else as_text(val)
+        out[k] = val if val is None or k == "status" else as_text(sub)
     return out
 
 
@@ -189,7 +189,7 @@ def load_cases(path: str) -> list[Case]:
             if not _is_scalar(v["name"].v):
                 pr.at(v["name"], "a case name must be text")
             else:
-                name = as_text(v["name"].v)
+                name = as_text(v["name"])
         elif req is not None:
             name = f"case {i + 1}: {req.describe()}"
         if req is not None:

@@ -12,7 +12,8 @@ class CompileCtx:
     def __init__(self, file: str, text: str = ""):
         self.file = file
         self.base_dir = os.path.dirname(os.path.abspath(file)) if file else os.getcwd()
-        self.lines = text.splitlines()
+        self._text = text
+        self._lines: list[str] | None = None
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
         # filled in by the compiler as it goes; read by condition compilers that need settings
@@ -22,6 +23,24 @@ class CompileCtx:
         self.route_has_rest = False
         self.header_names: set[str] = set()   # header names the current route's conditions read
         self.cel_used = False
+        # identical compiled parts (a matcher, a condition, a set of methods) are built once and
+        # shared: generated files repeat them thousands of times (a 10,000-route file: ~20 MB)
+        self.shared: dict[Any, Any] = {}
+
+    @property
+    def lines(self) -> list[str]:
+        """The file's lines, split on first use: only error messages read them, and splitting a
+        10,000-route file up front held ~10 MB for nothing."""
+        if self._lines is None:
+            self._lines = self._text.splitlines()
+        return self._lines
+
+    def share(self, key: Any, make: Any) -> Any:
+        """``make()``, or what it returned for the same key before (only for immutable results)."""
+        v = self.shared.get(key)
+        if v is None:
+            v = self.shared[key] = make()
+        return v
 
     # -- errors -------------------------------------------------------------------------------
     def error_at(self, line: int, col: int, message: str) -> None:
@@ -88,10 +107,11 @@ class CompileCtx:
         return True
 
     def expect_str(self, node: Y, what: str) -> str | None:
-        if not isinstance(node.v, str) or not node.v:
+        text = node.text    # the text written: `yes` or `0777` is text here, not a boolean or 511
+        if not text:
             self.error(node, f"{what} must be a non-empty string, not {kind(node.v)}")
             return None
-        return node.v
+        return text
 
 
 def kind(v: Any) -> str:

@@ -161,7 +161,7 @@ def _named_values(node: Y, cc: CompileCtx, what: str, make: Callable[[str, Match
             cc.header_names.add(name)
         m = compile_matcher(sub, cc, f"{what} {name}")
         if m is not None:
-            parts.append(make(name, m, cc))
+            parts.append(cc.share((what, name, id(m)), lambda: make(name, m, cc)))   # m: shared or new
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else AllCond(parts)
@@ -186,10 +186,10 @@ def _query_cond(name: str, m: Matcher, cc: CompileCtx) -> Cond:
 
 
 def _single(label: str, get: Callable[[RequestView], Any], node: Y, cc: CompileCtx, upper: bool = False) -> Cond | None:
-    if upper and isinstance(node.v, str):
-        node = Y(node.v.upper(), node.line, node.col)
+    if upper and node.text:
+        node = Y(node.text.upper(), node.line, node.col)
     elif upper and isinstance(node.v, list):
-        node = Y([Y(n.v.upper(), n.line, n.col) if isinstance(n.v, str) else n for n in node.v], node.line, node.col)
+        node = Y([Y(n.text.upper(), n.line, n.col) if n.text else n for n in node.v], node.line, node.col)
     m = compile_matcher(node, cc, label)
     if m is None:
         return None
@@ -221,7 +221,7 @@ def compile_condition(node: Y, cc: CompileCtx, what: str = "when") -> Cond | Non
             c = _single("path", lambda r: r.path, sub, cc)
         elif key == "client_ip":
             nets = compile_cidrs(sub, cc, "client_ip")
-            c = CidrCond(nets) if nets else None
+            c = cc.share(("cidr", tuple(nets)), lambda: CidrCond(nets)) if nets else None
         elif key in ("any", "all"):
             if cc.expect_list(sub, key):
                 if not sub.v:

@@ -246,11 +246,12 @@ def _codes(node: Y, cc: CompileCtx, what: str, length: int) -> frozenset[str] | 
         return None
     out = set()
     for n in items:
-        if not isinstance(n.v, str) or len(n.v.strip()) != length or not n.v.strip().isalpha():
+        t = (n.text or "").strip()    # the text: Norway's `NO` is not YAML 1.1's false
+        if len(t) != length or not t.isalpha():
             example = "US, GB, DE" if length == 2 else "EU, NA"
             cc.error(n, f"geo {what}: expected a {length}-letter code such as {example}, not {kind(n.v)}")
             continue
-        out.add(n.v.strip().upper())
+        out.add(t.upper())
     return frozenset(out) if len(out) == len(items) else None
 
 

@@ -412,7 +412,7 @@ class _Importer:
             if nn is None or not isinstance(nn.v, str) or not nn.v:
                 cc.error(nn or node, f"{CONDITIONAL}: strategy header needs `name` (the header to check)")
                 return None, False
-            value = as_text(vn.v)
+            value = as_text(vn)
             if visible is not None and nn.v.lower() not in visible:
                 cc.warn(nn, f"endpoint {ep}: {bname} checks header {nn.v} which is not in the endpoint's "
                             f"input_headers: KrakenD never passes it on, so this backend never holds "

@@ -222,8 +222,8 @@ def _name_uses(root: Y) -> list[tuple[str, str, int, int]]:
             rh = bn.v.get("remove_headers")
             if rh is not None:
                 for n in rh.v if isinstance(rh.v, list) else [rh]:
-                    if isinstance(n.v, str):
-                        out.append(("header", n.v, n.line, n.col))
+                    if n.text:
+                        out.append(("header", n.text, n.line, n.col))
             sp = bn.v.get("split")
             if sp is not None and isinstance(sp.v, dict) and "by" in sp.v:
                 _keyed(sp.v["by"], out)

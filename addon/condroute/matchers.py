@@ -21,8 +21,12 @@ MATCHER_KEYS = STRING_FORMS + NUMBER_FORMS + ("present", "not", "ignore_case")
 
 
 def as_text(v: Any) -> str:
+    """A value as text. Given a node, the text written in the file: `NO`, `0777`, `~` stay
+    "NO", "0777", "~" (YAML 1.1 would make them false, 511 and null)."""
     if isinstance(v, str):
         return v
+    if isinstance(v, Y):
+        return v.text if v.text is not None else as_text(v.v)
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
@@ -154,7 +158,7 @@ def _scalar_text(node: Y, cc: CompileCtx, what: str) -> str:
     if isinstance(node.v, (dict, list)):
         cc.error(node, f"{what} must be a single value, not a {'mapping' if isinstance(node.v, dict) else 'list'}")
         return ""
-    return as_text(node.v)
+    return as_text(node)
 
 
 def _eq(target: str, ic: bool) -> Matcher:
@@ -204,10 +208,11 @@ def compile_matcher(node: Y, cc: CompileCtx, what: str = "value") -> Matcher | N
             return None
         return _in([_scalar_text(n, cc, what) for n in v], False)
     if not isinstance(v, dict):
-        if v is None:
+        if v is None and node.text is None:     # nothing written (`~` is the text "~")
             cc.error(node, f"{what}: a matcher is missing here (use {{present: true}} to test for presence)")
             return None
-        return _eq(as_text(v), False)
+        text = as_text(node)
+        return cc.share(("eq", text), lambda: _eq(text, False))
 
     unknown = [k for k in v if k not in MATCHER_KEYS]
     for k in unknown:

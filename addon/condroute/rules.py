@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,7 +13,7 @@ from .conditions import Cond, compile_cidrs, compile_condition
 from .errors import RulesError
 from .matchers import Matcher, as_text, compile_matcher
 from .request import IPNet, lazy
-from .yamlpos import Y, load_file, parse_text
+from .yamlpos import Y, parse_bytes, parse_text
 
 TOP_KEYS = ("version", "upstreams", "settings", "routes")
 SETTINGS_KEYS = ("on_no_match", "trusted_proxies", "jwt", "geoip_db", "strip_routing_headers")
@@ -235,15 +236,31 @@ def parse_upstream_url(node: Y, cc: CompileCtx, name: str | None = None) -> Upst
         cc.error(node, f"bad upstream URL {text!r}: credentials in the URL are not supported; use set_headers")
         return None
     base = u.path.rstrip("/")
+    if base and unnormal_path(base):
+        cc.error(node, f"bad upstream URL {text!r}: its path {unnormal_path(base)}; write the path it means")
+        return None
     return Upstream(name or text, text, scheme, u.hostname, port or (443 if scheme == "https" else 80), base)
 
 
+def unnormal_path(text: str) -> str | None:
+    """Why a path written in the rules is not a normalised path (see request.normalize_path), or None."""
+    if "\\" in text or any(e in text.lower() for e in ("%2e", "%2f", "%5c")):
+        return "has a backslash or an encoded '.', '/' or '\\' (%2e, %2f, %5c)"
+    segs = text.split("/")
+    if any(s.partition(";")[0] in (".", "..") for s in segs):
+        return "has a '.' or '..' segment"
+    if "//" in text:
+        return "has an empty segment ('//')"
+    return None
+
+
 def _upstream_ref(node: Y, cc: CompileCtx) -> Upstream | None:
-    if isinstance(node.v, str) and "://" not in node.v:
-        up = cc.upstreams.get(node.v)
+    ref = node.text     # an upstream named `yes:` is referred to as `upstream: yes`
+    if ref and "://" not in ref:
+        up = cc.upstreams.get(ref)
         if up is None:
             known = ", ".join(sorted(cc.upstreams)) or "none are defined"
-            cc.error(node, f"unknown upstream {node.v!r} (known upstreams: {known})")
+            cc.error(node, f"unknown upstream {ref!r} (known upstreams: {known})")
         return up
     return parse_upstream_url(node, cc)
 
@@ -257,6 +274,10 @@ def compile_path_pattern(node: Y, cc: CompileCtx) -> PathPattern | None:
         return None
     if not text.startswith("/"):
         cc.error(node, f"match.path must start with '/': {text!r}")
+        return None
+    bad = unnormal_path(text)
+    if bad:
+        cc.error(node, f"match.path {text!r} {bad}: request paths are matched normalised, so it would never match")
         return None
     has_rest = text == "/*" or text.endswith("/*")
     body = text[:-2] if has_rest else text
@@ -329,6 +350,9 @@ def compile_path_template(node: Y, cc: CompileCtx) -> PathTemplate | None:
         parts.append((False, text[pos:]))
     if any("{" in s or "}" in s for ph, s in parts if not ph):
         cc.error(node, "bad placeholder in path: use {name} with a letter, digits or _")
+    bad = unnormal_path(text)
+    if bad:
+        cc.error(node, f"path {text!r} {bad}: the forwarded path must stay under the upstream's path")
     return PathTemplate(text, tuple(parts))
 
 
@@ -340,10 +364,10 @@ def _header_map(node: Y, cc: CompileCtx, what: str) -> tuple[tuple[str, str], ..
         if not _TOKEN.match(name):
             cc.error_key(node, name, f"{what}: {name!r} is not a valid header name")
             continue
-        if isinstance(v.v, (dict, list)) or v.v is None:
+        if v.text is None:      # a mapping, a list or nothing (`~` is the text "~")
             cc.error(v, f"{what}: the value of {name} must be a single value, not {kind(v.v)}")
             continue
-        val = as_text(v.v)
+        val = v.text
         bad = _CTL.search(val)
         if bad:
             ch = bad.group()
@@ -433,7 +457,7 @@ def compile_split(node: Y, cc: CompileCtx, route_name: str) -> Split | None:
     if arms and sum(w for _, w in arms) <= 0:
         cc.warn(w_node, "every weight of this split is 0: it picks among its upstreams evenly")
     salt_node = node.v.get("salt")
-    salt = as_text(salt_node.v) if salt_node is not None and salt_node.v is not None else ""
+    salt = "" if salt_node is None or (salt_node.v is None and salt_node.text is None) else as_text(salt_node)
     return Split(by, kind_, key, tuple(arms), salt)
 
 
@@ -446,7 +470,7 @@ def compile_backend(node: Y, cc: CompileCtx, route_name: str, index: int) -> Bac
     if name_node is None:
         cc.error(node, "a backend needs a `name`")
         return None
-    name = as_text(name_node.v) if name_node.v is not None and not isinstance(name_node.v, (dict, list)) else None
+    name = name_node.text
     if not name:
         cc.error(name_node, f"a backend name must be a non-empty string, not {kind(name_node.v)}")
         return None
@@ -490,7 +514,7 @@ def compile_backend(node: Y, cc: CompileCtx, route_name: str, index: int) -> Bac
                 if isinstance(body.v, (dict, list)):
                     cc.error(body, "respond.body must be text")
                 else:
-                    btxt = as_text(body.v) if body.v is not None else ""
+                    btxt = body.text or ""
             hdrs = _header_map(r.v["headers"], cc, "respond.headers") if "headers" in r.v else ()
             _check_respond(r, cc, st, btxt, hdrs)
             kw["respond"] = Respond(st, btxt, hdrs)
@@ -509,13 +533,13 @@ def compile_backend(node: Y, cc: CompileCtx, route_name: str, index: int) -> Bac
         if cc.expect_list(rh, "remove_headers"):
             names = []
             for n in rh.v:
-                t = n.v
-                if not isinstance(t, str) or not _TOKEN.match(t):
+                t = n.text
+                if t is None or not _TOKEN.match(t):
                     cc.error(n, f"remove_headers: {n.v!r} is not a valid header name")
                 elif t.lower() in REMOVE_KEPT:
                     cc.error(n, f"remove_headers cannot remove {t}: it {REQUEST_HEADERS_KEPT[t.lower()]}")
                 else:
-                    names.append(n.v)
+                    names.append(t)
             kw["remove_headers"] = tuple(names)
     if "preserve_host" in v:
         ph = v["preserve_host"]
@@ -548,10 +572,10 @@ def compile_route(node: Y, cc: CompileCtx, index: int) -> Route | None:
     name = f"route-{index + 1}"
     if "name" in v:
         n = v["name"]
-        if n.v is None or isinstance(n.v, (dict, list)) or as_text(n.v) == "":
+        if not n.text:
             cc.error(n, f"a route name must be a non-empty string, not {kind(n.v)}")
         else:
-            name = as_text(n.v)
+            name = n.text
     kw: dict[str, Any] = {}
     cc.route_params, cc.route_has_rest = (), False
     cc.header_names = set()
@@ -568,12 +592,12 @@ def compile_route(node: Y, cc: CompileCtx, index: int) -> Route | None:
                 items = hn.v if isinstance(hn.v, list) else [hn]
                 hosts = []
                 for h in items:
-                    if not isinstance(h.v, str) or not h.v:
+                    if not h.text:
                         cc.error(h, f"match.host must be a host name, \"*.example.com\" or a list of those, not {kind(h.v)}")
                         continue
-                    hv = h.v.lower().rstrip(".")
+                    hv = h.text.lower().rstrip(".")
                     if "*" in hv and not (hv == "*" or (hv.startswith("*.") and "*" not in hv[2:])):
-                        cc.error(h, f"match.host {h.v!r}: a wildcard is only allowed as a leading \"*.\"")
+                        cc.error(h, f"match.host {h.text!r}: a wildcard is only allowed as a leading \"*.\"")
                         continue
                     if hv.startswith("[") and hv.endswith("]"):
                         hv = hv[1:-1]
@@ -589,7 +613,7 @@ def compile_route(node: Y, cc: CompileCtx, index: int) -> Route | None:
                             cc.error(x, f"match.{mk}: {x.v!r} is not an HTTP method")
                             continue
                         meths.add(x.v.upper())
-                    kw["methods"] = frozenset(meths)
+                    kw["methods"] = cc.share(("methods", frozenset(meths)), lambda: frozenset(meths))
             if "path" in m.v:
                 pp = compile_path_pattern(m.v["path"], cc)
                 if pp is not None:
@@ -703,6 +727,9 @@ def compile_tree(root: Y, cc: CompileCtx) -> Rules:
                     continue
                 seen[r.name] = node.line
                 routes.append(r)
+                # the route's tree is not read again: free it now, so a big file's tree and its
+                # compiled routes are never in memory whole at the same time (peak RSS)
+                rn.v[i] = node = None    # type: ignore[call-overload]
     cc.raise_if_errors()
     rules = Rules(file=cc.file, routes=tuple(routes), upstreams=dict(cc.upstreams), settings=settings,
                   warnings=tuple(cc.warnings))
@@ -713,25 +740,63 @@ def compile_tree(root: Y, cc: CompileCtx) -> Rules:
 
 class _no_gc:
     """Loading allocates hundreds of thousands of small objects and frees none of them until the
-    end: the cyclic GC would rescan them over and over (measured: 40% of a 10,000-route load)."""
+    end: the cyclic GC would rescan them over and over (measured: 40% of a 10,000-route load).
+    gc.disable() is process-wide and a hot reload loads in a worker thread, possibly while another
+    load runs: the first load in disables the GC, the last one out restores it."""
+    _lock = threading.Lock()
+    _depth = 0
+    _was = False
 
     def __enter__(self):
-        self.was = gc.isenabled()
-        gc.disable()
+        with _no_gc._lock:
+            if _no_gc._depth == 0:
+                _no_gc._was = gc.isenabled()
+                gc.disable()
+            _no_gc._depth += 1
 
     def __exit__(self, *exc):
-        if self.was:
-            gc.enable()
+        with _no_gc._lock:
+            _no_gc._depth -= 1
+            if _no_gc._depth == 0:
+                if not gc.get_freeze_count():   # (unless someone else froze objects on purpose)
+                    # All that the load allocated is in the youngest generation, and the next
+                    # young collections would traverse it all with traffic waiting (~0.5 s for a
+                    # 5 MB file). freeze() + unfreeze() moves every object to the oldest generation
+                    # in O(1), without a traversal; garbage there goes at the next full collection.
+                    gc.freeze()
+                    gc.unfreeze()
+                if _no_gc._was:
+                    gc.enable()
 
 
 def load_rules(path: str) -> Rules:
     """Load and compile a rules file. Raises :class:`RulesError` with located problems."""
+    from .rulesfile import read_rules_file   # regular files only, size cap, one read
+    return load_rules_bytes(read_rules_file(path).data, path)
+
+
+def load_rules_bytes(raw: bytes, path: str) -> Rules:
+    """Compile the bytes of a rules file read once (by rulesfile.read_rules_file)."""
     try:
         with _no_gc():
-            root, text = load_file(path)
-            return compile_tree(root, CompileCtx(path, text))
+            root, text = parse_bytes(raw, path)
+            try:
+                return compile_tree(root, CompileCtx(path, text))
+            finally:
+                _dismantle(root)
     except RecursionError:
         raise RulesError.at(path, 1, 1, "the file is nested too deeply") from None
+
+
+def _dismantle(root: Y) -> None:
+    """Free a parsed tree one list item at a time (routes, endpoints). Freed at once, a 5 MB file's
+    tree is one C-level cascade holding the GIL for ~0.2 s: in a hot reload's worker thread, the
+    event loop would wait for it; item by item, it gets the GIL back in between."""
+    if isinstance(root.v, dict):
+        for node in root.v.values():
+            if isinstance(node.v, list):
+                while node.v:
+                    node.v.pop()
 
 
 def load_rules_text(text: str, file: str = "<rules>") -> Rules:

@@ -11,11 +11,16 @@ from typing import Any
 
 SCHEMA_ID = "urn:condroute:rules:v1"
 
-_scalar = {"type": ["string", "number", "boolean"]}
-_name = {"type": ["string", "number"], "description": "a non-empty name"}
+# Text stays text: condroute reads these as the text written, so `NO`, `yes`, `0777` or `2026-12-01`
+# (a boolean, a number or a date to a YAML 1.1 reader) are the strings "NO", "yes", "0777", "2026-12-01"
+_TEXT = ("compared as the text written: NO, yes, on, 0777, 1_000, 2026-12-01, ~ are those strings, "
+         "never a boolean, a number or null")
+_scalar = {"type": ["string", "number", "boolean"], "description": _TEXT}
+_name = {"type": ["string", "number", "boolean"], "description": "a non-empty name, " + _TEXT}
 _header_name = {"type": "string", "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"}
 # a header value: visible text and tabs, no other control character (RFC 9110 §5.5)
-_header_value = {"type": ["string", "number", "boolean"], "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$"}
+_header_value = {"type": ["string", "number", "boolean"], "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$",
+                 "description": "a header value, " + _TEXT}
 _cidrs = {
     "description": "a CIDR (10.0.0.0/8, ::1/128) or a list of them",
     "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
