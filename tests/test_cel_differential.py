@@ -294,3 +294,22 @@ def test_a_large_claim_list_is_refused_alike(env):
         assert pol.evaluate(RequestView.from_url("http://h/", headers=[("Authorization", f"Bearer {ok}")]), env) is None
         r = pol.evaluate(RequestView.from_url("http://h/", headers=[("Authorization", f"Bearer {big}")]), env)
         assert r is not None and "too costly" in r
+
+
+@pytest.mark.parametrize("engine", BOTH)
+@pytest.mark.parametrize("text, holds", [
+    # found by the differential test: cel-python answered true, cel-expr-python did not
+    ("!(has(jwt.org.team))", False),             # no jwt.org: has() is an error, not false
+    ("has(jwt.role.x) || true", True),            # ... absorbed by ||
+    ("!(req_querystring['a'] in jwt)", False),    # a list is not a map key: an error
+    ("true in {'a': 1} || 1.5 in {1: 1}", False),
+    ("2.0 in {2: 1} && has(jwt.role) && !has(jwt.nope)", True),
+])
+def test_found_differences(engine, env, text, holds):
+    if engine not in available_engines():
+        pytest.skip(f"{engine} is not installed")
+    pol, problems = compile_policy(text, engine)
+    assert not problems
+    token = hs256(claims(role="admin"))
+    req = RequestView.from_url("http://h/?a=1", headers=[("Authorization", f"Bearer {token}")])
+    assert (pol.evaluate(req, env) is None) is holds

@@ -189,6 +189,7 @@ def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
     B, I, U, D, L, M = ct.BoolType, ct.IntType, ct.UintType, ct.DoubleType, ct.ListType, ct.MapType
     NUM = (I, U, D)
     ORDERED = (str, bytes, int, ct.TimestampType, ct.DurationType)   # int: bools here (numbers are above)
+    KEY_TYPES = (str, int, float)                                     # map keys (bool is an int; double: lookup)
     overload = "no such overload"
 
     def num(x: Any) -> bool:
@@ -287,6 +288,8 @@ def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
         if isinstance(container, Err):
             return container
         if isinstance(container, M):
+            if not isinstance(item, KEY_TYPES):       # (list, map, null, bytes, time: not a key type)
+                return no_overload()
             return B(key_of(container, item) is not _NOKEY)
         if isinstance(container, L):
             err = None
@@ -301,6 +304,8 @@ def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
 
     def f_index(container: Any, key: Any) -> Any:
         if isinstance(container, M):
+            if not isinstance(key, KEY_TYPES):
+                raise TypeError("key type")
             k = key_of(container, key)
             if k is _NOKEY:
                 raise KeyError(key)
@@ -359,6 +364,21 @@ def _evaluator_class(Evaluator: Any, CELEvalError: Any) -> Any:
                 return super().member_dot_arg(tree)
             values = self.visit_children(tree)
             return self.method_eval(*values)
+
+        def macro_has_eval(self, exprlist: Any) -> Any:
+            """has(e.f) as the spec and cel-cpp say: an error when e is an error or not a map
+            (celpy's own answers false for any error, e.g. has(jwt.org.team) without jwt.org)."""
+            node = exprlist.children[0] if exprlist.children else None
+            while node is not None and getattr(node, "data", None) != "member_dot" and len(node.children) == 1:
+                node = node.children[0]
+            if getattr(node, "data", None) != "member_dot":
+                return super().macro_has_eval(exprlist)
+            base = self.visit(node.children[0])
+            if isinstance(base, CELEvalError):
+                return base
+            if not isinstance(base, ct.MapType):
+                return CELEvalError("no such field", TypeError, ())
+            return ct.BoolType(ct.StringType(node.children[1].value) in base)
 
         def _macro(self, tree: Any, name: str) -> Any:
             """The comprehension macros as cel-cpp runs them: all/exists stop at the first
