@@ -8,6 +8,8 @@
 4. End to end, counted: instructions per request under valgrind for the same configurations (and
    an empty script, the cost of hosting any script), which CPU seconds on a shared machine cannot
    resolve (identical rounds of part 2 differ by up to +-20%).
+5. Hot reload: request latency (p50/p99/max) through mitmdump while a 5 MB rules file is reloaded
+   (loaded in a worker thread), against the same load with no reload. Target: p99 up < 50 ms.
 """
 from __future__ import annotations
 
@@ -165,14 +167,15 @@ def vm_hwm_mib(pid: int) -> float:
 
 
 class Mitm:
-    def __init__(self, args: list[str]):
-        self.p = subprocess.Popen([MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", "0", "-q", *args],
+    def __init__(self, args: list[str], startup_timeout: float = 60, quiet: bool = True):
+        self.p = subprocess.Popen([MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", "0",
+                                   *(["-q"] if quiet else []), *args],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   preexec_fn=pin(MITM_CPU))
         self.t0 = time.perf_counter()
         self.port = None
         # -q hides the "listening at" line: find the port from /proc
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + startup_timeout
         while self.port is None and time.monotonic() < deadline:
             if self.p.poll() is not None:
                 raise RuntimeError("mitmdump exited: " + (self.p.stdout.read() if self.p.stdout else ""))
@@ -182,7 +185,23 @@ class Mitm:
         self.startup = time.perf_counter() - self.t0
         if self.port is None:
             raise RuntimeError("mitmdump did not start listening")
-        threading.Thread(target=lambda: self.p.stdout and self.p.stdout.read(), daemon=True).start()
+        self.lines: list[tuple[float, str]] = []     # (time.monotonic(), line) of its output
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.p.stdout or ():
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def seen(self, pattern: str, timeout: float) -> float:
+        """When an output line matching ``pattern`` was printed (waits for it)."""
+        rx, deadline, i = re.compile(pattern), time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            while i < len(self.lines):
+                if rx.search(self.lines[i][1]):
+                    return self.lines[i][0]
+                i += 1
+            time.sleep(0.01)
+        raise RuntimeError(f"mitmdump did not print {pattern!r}:\n" + "\n".join(ln for _, ln in self.lines[-20:]))
 
     def stop(self) -> None:
         self.p.terminate()
@@ -350,14 +369,100 @@ def e2e_section(seconds: float, rounds: int) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def latencies(url: str, stop: threading.Event, conns: int = 4) -> list[tuple[float, float, str]]:
+    """Requests on ``conns`` keep-alive connections until ``stop``: (end time, seconds, X-Condroute)."""
+    import http.client
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    out: list[tuple[float, float, str]] = []
+
+    def worker():
+        c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        while not stop.is_set():
+            t0 = time.monotonic()
+            c.request("GET", u.path)
+            r = c.getresponse()
+            r.read()
+            t1 = time.monotonic()
+            if r.status != 200:
+                raise RuntimeError(f"status {r.status}")
+            out.append((t1, t1 - t0, r.getheader("X-Condroute", "")))
+
+    ts = [threading.Thread(target=worker, daemon=True) for _ in range(conns)]
+    for t in ts:
+        t.start()
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * q))] * 1000 if xs else float("nan")
+
+
+def reload_section(seconds: float) -> None:
+    """Part 5: p99 latency while a 5 MB rules file reloads, against no reload, same process."""
+    if PINNED:
+        os.sched_setaffinity(0, {LOAD_CPU})
+    backend = start_echo("bench-backend")
+    burl = f"http://127.0.0.1:{backend.server_address[1]}"
+    tmp = Path(tempfile.mkdtemp(prefix="condroute-bench-"))
+    n = 14_000
+    v1 = gen_rules(n, upstream=burl)
+    v2 = v1.replace("name: default,", "name: default-v2,")
+    path = tmp / "big.yaml"
+    path.write_text(v1)
+    print(f"\n5. hot reload of a {len(v2) / 1e6:.1f} MB rules file ({n:,} routes) under load "
+          f"(reverse mode, 4 keep-alive connections, sequential requests)")
+    m = Mitm(["--mode", f"reverse:{burl}", "-s", ADDON, "--set", f"condroute_rules={path}",
+              "--set", "condroute_debug_header=true", "--set", "condroute_log=off",
+              "--set", "flow_detail=0"], startup_timeout=600, quiet=False)
+    try:
+        url = f"http://127.0.0.1:{m.port}/svc99/42"
+        stop = threading.Event()
+        got = latencies(url, stop)
+        time.sleep(5)                                   # warm-up (the first collections after the load)
+        t_base = time.monotonic()
+        time.sleep(seconds)                             # no reload
+        t_write = time.monotonic()
+        path.write_text(v2)
+        t_load = m.seen(r"loading it in the background", 60)
+        t_done = m.seen(r"condroute: reloaded ", 600)
+        time.sleep(4)
+        stop.set()
+        time.sleep(0.5)
+    finally:
+        m.stop()
+        backend.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = [lat for t, lat, _ in got if t_base <= t < t_write]
+    # requests that started after the load began and ended less than 3 s after the new rules were
+    # installed (the first collections of the garbage collector after a load fall there)
+    during = [lat for t, lat, _ in got if t_load <= t - lat and t <= t_done + 3]
+    mixed = {h for t, _, h in got if t > t_done + 0.5}
+    print(f"   {'':<30}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for label, xs in ((f"no reload ({seconds:g} s)", base), (f"during the reload ({t_done - t_load:.1f} s + 3)", during)):
+        print(f"   {label:<30}{len(xs):9d}{pct(xs, 0.5):9.1f}{pct(xs, 0.99):9.1f}{pct(xs, 1.0):9.1f}")
+    slow = max(((lat, t) for t, lat, _ in got if t_load <= t - lat and t <= t_done + 3), default=None)
+    if slow:
+        print(f"   (the slowest request during the reload started {slow[1] - slow[0] - t_load:.1f} s after "
+              f"the load began; the rules were installed at {t_done - t_load:.1f} s)")
+    rise = pct(during, 0.99) - pct(base, 0.99)
+    print(f"   p99 rises by {rise:.1f} ms during the reload (target: < 50 ms)"
+          f"{'' if mixed == {'r99/default-v2 -> a'} else f'   !! after the reload: {mixed}'}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter runs (noisier)")
     ap.add_argument("--engine-only", action="store_true", help="only the engine part")
     ap.add_argument("--no-valgrind", action="store_true", help="skip the instruction counts (part 4)")
+    ap.add_argument("--reload-only", action="store_true", help="only the hot-reload latency part (5)")
     a = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"mitmproxy {__import__('mitmproxy.version').version.VERSION}")
+    if a.reload_only:
+        reload_section(5)
+        return 0
     engine_section(5000 if a.quick else 20000)
     if not a.engine_only:
         e2e_section(3 if a.quick else 5, 1 if a.quick else 5)
@@ -367,6 +472,7 @@ def main() -> int:
                   "keep-alive connection, so start-up cancels out; takes ~15 minutes)")
             from bench_instructions import section
             section()
+        reload_section(5 if a.quick else 10)
     return 0
 
 
