@@ -108,14 +108,16 @@ def has_ipv6_loopback() -> bool:
 
 def h2_request_via_proxy(proxy_port: int, url: str, cafile: str, method: str = "GET",
                          headers: list[tuple[str, str]] = (), body: bytes = b"",
-                         timeout: float = 10.0) -> tuple[int, dict[str, str], bytes, str]:
+                         timeout: float = 10.0, validate: bool = True) -> tuple[int, dict[str, str], bytes, str]:
     """One HTTP/2 request through an HTTP proxy (CONNECT, then TLS with ALPN h2 only), using the h2
     library. httpx cannot be used for this: through a proxy it offers ALPN "http/1.1" before "h2",
-    and mitmproxy honours the client's order. Returns (status, headers, body, negotiated ALPN)."""
+    and mitmproxy honours the client's order. Returns (status, headers, body, negotiated ALPN).
+    ``validate=False`` lets the client send headers h2 would refuse (:authority and Host that differ)."""
     import socket
     import ssl
     from urllib.parse import urlsplit
 
+    import h2.config
     import h2.connection
     import h2.events
 
@@ -136,7 +138,8 @@ def h2_request_via_proxy(proxy_port: int, url: str, cafile: str, method: str = "
         ctx.set_alpn_protocols(["h2"])
         tls = ctx.wrap_socket(sock, server_hostname=host)
         alpn = tls.selected_alpn_protocol() or ""
-        conn = h2.connection.H2Connection()
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                    validate_outbound_headers=validate))
         conn.initiate_connection()
         sid = conn.get_next_available_stream_id()
         conn.send_headers(sid, [(":method", method), (":scheme", "https"), (":authority", u.netloc),

@@ -445,11 +445,15 @@ def test_explain_json_is_the_engines_decision(capsys, shop):
     assert data["request"] == "GET http://shop.example/checkout/42"
 
 
-def test_explain_host_header_wins_over_the_url_host_like_the_addon(capsys, shop):
+def test_explain_url_host_wins_over_a_host_header_like_the_addon(capsys, shop):
+    # the URL is the target, as in an absolute-form request: its Host header is ignored and replaced
+    # (rules-format "What is matched"; RFC 9112 §3.2.2)
     rc, out, _ = run(capsys, "explain", shop, "http://127.0.0.1:8080/checkout/1", "-H", "Host: shop.example:8080",
                      "--json")
     data = json.loads(out)
-    assert data["route"] == "checkout"
+    assert (data["route"], data["request"]) == (None, "GET http://127.0.0.1/checkout/1")
+    rc, out, _ = run(capsys, "explain", shop, "http://shop.example/checkout/1", "-H", "Host: 127.0.0.1", "--json")
+    assert json.loads(out)["route"] == "checkout"
 
 
 def test_explain_jwt_is_passed_to_the_engine(capsys, shop, monkeypatch):

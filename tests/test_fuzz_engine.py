@@ -55,7 +55,9 @@ path = st.one_of(st.sampled_from(["/", "/api", "/api/", "/api/v1", "/api/v1/", "
 def test_decide_never_raises_and_returns_a_consistent_decision(method, host, path, qs, headers, peer):
     rv = RequestView(method, "http", host, 80, path, qs, headers, peer)
     d = decide(RULES, rv)
-    assert d.outcome in ("routed", "respond", "passthrough", "no_match")
+    assert d.outcome in ("routed", "respond", "passthrough", "no_match", "bad_request")
+    if d.outcome == "bad_request":      # an encoded separator, backslash or "..;" where a route could own it
+        assert d.status == 400 and d.reason and d.route
     if d.outcome == "routed":
         assert d.url and d.backend
         assert d.path.startswith("/") or d.path.split("?")[0] == path == "*"

@@ -37,7 +37,8 @@ class Decision:
     set_headers: tuple = ()
     remove_headers: tuple = ()
     respond: Respond | None = None
-    status: int | None = None         # for respond and no-match errors
+    status: int | None = None         # for respond, no-match errors and bad_request
+    reason: str | None = None         # why a request is refused (bad_request)
     timeout: float | None = None
     retries: int = 0
     split: str | None = None          # "by=value -> arm" description when a split chose
@@ -46,7 +47,7 @@ class Decision:
     backend_obj: Backend | None = None
 
     def __init__(self, outcome: str, req: RequestView | None = None):
-        self.outcome = outcome            # routed | respond | passthrough | no_match | unavailable
+        self.outcome = outcome            # routed | respond | passthrough | no_match | unavailable | bad_request
         self.trail: list[tuple[str, bool, str, bool]] = []
         self._request = ""
         self._req = req
@@ -92,6 +93,8 @@ class Decision:
             return f"{self.route} -> error {self.status}"
         if self.outcome == "unavailable":
             return f"{self.route} -> error {self.status} (no upstream available)"
+        if self.outcome == "bad_request":
+            return f"{self.route or 'request'} -> refused {self.status}"
         return "passthrough"
 
     def outcome_text(self) -> str:
@@ -105,6 +108,8 @@ class Decision:
             return f"{self.route}: no backend holds, {what}"
         if self.outcome == "unavailable":
             return f"{self.route}: no upstream available, answered {self.status}"
+        if self.outcome == "bad_request":
+            return f"{self.route + ': ' if self.route else ''}refused {self.status}: {self.reason}"
         return "no route, passthrough"
 
     def summary(self) -> str:
@@ -120,6 +125,8 @@ class Decision:
         return s
 
     def error_body(self) -> str:
+        if self.outcome == "bad_request":
+            return f"condroute: bad request: {self.reason}\n"
         lines = [f"condroute: no backend of route {self.route!r} holds for {self.request}"
                  if self.outcome != "unavailable" else
                  f"condroute: no upstream of route {self.route!r} can serve {self.request}; tried:"]
@@ -140,6 +147,8 @@ class Decision:
             "upstream": self.upstream, "url": self.url, "path": self.path, "status": self.status,
             "skipped": skipped, "attempts": attempts,
         }
+        if self.reason:
+            d["reason"] = self.reason
         if self.split:
             d["split"] = self.split
         if self.timeout:
@@ -224,11 +233,29 @@ def choose_arm(split: Split, route: str, key: str | None, exclude: frozenset = f
     return best
 
 
+def escapes(path: str) -> bool:
+    """Whether a rendered path has a "." or ".." segment (also as "..;x"), which could climb out of
+    the upstream's base path. A normalised request path never has one, but a template can join two
+    captured values into one ("{a}{b}" with a="." and b=".") or a regex capture can be ".."."""
+    if "." not in path:
+        return False
+    return any(s.partition(";")[0] in (".", "..") for s in path.split("/"))
+
+
 def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None) -> None:
     if not req.path.startswith("/"):   # asterisk-form (OPTIONS *): nothing to rewrite
         path = req.path
     else:
-        path = b.path.render(req.params, req.path, req.rest) if b.path is not None else req.path
+        if b.path is not None:
+            path = b.path.render(req.params, req.path, req.rest)
+            if not path.startswith("/"):   # "{rest}": an origin-form path always starts with "/"
+                path = "/" + path
+            if escapes(path):
+                d.outcome, d.status = "bad_request", 400
+                d.reason = f"the path would leave the backend's path: {b.path.text} gives {path!r}"
+                return
+        else:
+            path = req.path
         if up is not None and up.base_path:
             path = up.base_path + path
     if up is not None:
@@ -334,8 +361,30 @@ def decide(rules: Rules, req: RequestView, explain: bool = False, health: Any = 
         why = route_fail(route, req, rules)
         if why is None:
             d.route = route.name
+            if req.refused is not None:
+                return _refuse(d, req.refused[0])
             select(route, req, rules, d, health)
             return d
         if explain:
             d.routes_passed.append((route.name, why))
+    if req.refused is not None:
+        # Read as a server that decodes %2e/%2f/%5c would read it, would a route own the path? Then it
+        # is refused: a route is never walked around by spelling its path another way. A path that no
+        # route could own goes on untouched (mitmproxy is also used to send odd paths on purpose).
+        why, alt = req.refused
+        path = req.path
+        req.path = alt
+        try:
+            owner = next((r for r in (rules.index.candidates(alt, req.host) if rules.index is not None
+                                      else rules.routes) if route_fail(r, req, rules) is None), None)
+        finally:
+            req.path = path
+        if owner is not None:
+            d.route = owner.name
+            return _refuse(d, f"{why} (read as {alt!r} it belongs to route {owner.name!r})")
+    return d
+
+
+def _refuse(d: Decision, why: str) -> Decision:
+    d.outcome, d.status, d.reason = "bad_request", 400, f"the path has {why}"
     return d

@@ -54,17 +54,13 @@ def build_request(url: str, method: str = "GET", headers: Sequence[tuple[str, st
     hdrs = list(headers)
     if cookies:
         hdrs.append(("Cookie", "; ".join(cookies)))
-    req = RequestView.from_url(full, method, hdrs, peer=peer, jwt_token=jwt)
-    # like mitmproxy's pretty_host (what the addon uses): a Host header wins over the URL's host
-    host = next((v for k, v in hdrs if k.lower() == "host"), None)
-    if host:
-        h = host.strip()
-        if h.startswith("[") and "]" in h:
-            h = h[1:h.index("]")]
-        elif h.count(":") == 1:
-            h = h.split(":", 1)[0]
-        req.host = h.lower().rstrip(".")
-    return req
+    # The URL is the request's target, as in an absolute-form request to the proxy: its host is the
+    # host (rules-format "What is matched"), and a Host header is replaced with the URL's authority,
+    # as the proxy does (RFC 9112 §3.2.2). Two Host headers get 400 from the proxy.
+    if sum(k.lower() == "host" for k, _ in hdrs) > 1:
+        raise ValueError("two Host headers: the proxy answers 400 Bad Request to such a request")
+    hdrs = [(k, v) for k, v in hdrs if k.lower() != "host"]
+    return RequestView.from_url(full, method, hdrs, peer=peer, jwt_token=jwt)
 
 
 def original_url(req: RequestView) -> str:
@@ -72,7 +68,7 @@ def original_url(req: RequestView) -> str:
     default = 443 if req.scheme in ("https", "wss") else 80
     auth = h if req.port == default else f"{h}:{req.port}"
     q = f"?{req.query_string}" if req.query_string else ""
-    return f"{req.scheme}://{auth}{req.path}{q}"
+    return f"{req.scheme}://{auth}{req.raw_path or req.path}{q}"
 
 
 def passes_through(d: Decision) -> bool:
@@ -89,8 +85,8 @@ def final_url(d: Decision, req: RequestView) -> str | None:
 def final_path(d: Decision, req: RequestView) -> str | None:
     if d.outcome == "routed":
         return d.path
-    if passes_through(d):
-        return req.path + (f"?{req.query_string}" if req.query_string else "")
+    if passes_through(d):   # forwarded as it came (a normalised path is forwarded only when routed)
+        return (req.raw_path or req.path) + (f"?{req.query_string}" if req.query_string else "")
     return None
 
 
@@ -115,7 +111,7 @@ def decision_data(rules: Rules, d: Decision, req: RequestView) -> dict[str, Any]
         out["timeout"] = d.timeout
     if d.retries:
         out["retries"] = d.retries
-    nt = not_tried(rules, d)
+    nt = not_tried(rules, d) if d.outcome != "bad_request" else []
     if nt:
         out["not_tried"] = nt
     return out
@@ -136,12 +132,18 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
         return lines
     route = next((r for r in rules.routes if r.name == d.route), None)
     lines.append(_row("route", d.route + (f" (line {route.line})" if route is not None else "")))
+    if d.outcome == "bad_request" and not d.trail:   # refused before any backend was looked at
+        lines.append(_row("result", f"refused: answered {d.status}, {d.reason}"))
+        return lines
     names = [a.backend for a in d.attempts] + not_tried(rules, d)
     width = max((len(n) for n in names), default=0)
     for a in d.attempts:
         lines.append(_row("backend", f"{ok if a.held else no} {a.backend:<{width}}  {a.reason}"))
     for n in not_tried(rules, d):
         lines.append(_row("backend", f"{dot} {n:<{width}}  not tried: an earlier backend was selected"))
+    if d.outcome == "bad_request":   # the selected backend's path template would climb out
+        lines.append(_row("result", f"refused: answered {d.status}, {d.reason}"))
+        return lines
     if d.outcome == "no_match":
         if d.status is not None:
             lines.append(_row("result", f"no backend holds: answered {d.status} (on_no_match: error)"))

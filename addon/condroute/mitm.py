@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import errno
+import ipaddress
 import logging
+import errno
 import operator
 import os
 import sys
@@ -13,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import ctx, http
+from mitmproxy.proxy.mode_specs import RegularMode, ReverseMode, UpstreamMode
 
 from .engine import Decision, decide
 from .upstreams import Upstreams
 from .errors import RulesError
-from .request import RequestView, lazy
+from .request import RequestView, lazy, normalize_path
 from .rules import Rules, load_rules_bytes
 from .rulesfile import RulesBytes, not_regular, read_rules_file, stat_key
 
@@ -160,6 +162,9 @@ class FlowView(RequestView):
     public properties re-parse the Host header and re-decode headers on every access), with the
     header text decoded only when a rule reads a header."""
 
+    bad_host: str | None = None     # why the request gets 400 (Host headers that lie about the target)
+    fix_host: bytes | None = None   # the Host header an absolute-form request must carry (RFC 9112 §3.2.2)
+
     @lazy
     def headers(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
         return tuple((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
@@ -190,8 +195,67 @@ class FlowView(RequestView):
 _name = operator.itemgetter(0)
 
 
+def host_of(raw: bytes) -> str:
+    """The host a Host header or :authority names, as mitmproxy writes ``request.host``."""
+    return authority_host(authority_text(raw)).lower().rstrip(".")
+
+
+def header_host(raw: bytes) -> str:
+    """The host a Host header names, as text (IDNA is decoded for :authority only, as mitmproxy's
+    ``Request.host_header`` does)."""
+    return authority_host(raw.decode("utf-8", "surrogateescape")).lower().rstrip(".")
+
+
+def names(raw: bytes, host: str) -> bool:
+    """Whether a Host header or :authority names ``host`` (a ``request.host``, lower-cased, without
+    a trailing dot); the usual "host" and "host:port" are answered without parsing."""
+    if raw.isascii():
+        s = raw.decode().lower()
+        if s == host:
+            return True
+        n = len(host)
+        if ":" not in host and s.startswith(host) and s[n:n + 1] == ":" and s[n + 1:].isdigit():
+            return True
+    return host_of(raw) == host
+
+
+def target_authority(data: Any) -> bytes:
+    """The authority of the request's target (what an absolute-form request's Host must be)."""
+    h = data.host
+    if ":" in h:
+        h = f"[{h}]"
+    try:
+        hb = h.encode() if h.isascii() else h.encode("idna")
+    except UnicodeError:
+        hb = h.encode("utf-8", "surrogateescape")
+    return hb if data.port == (443 if data.scheme == b"https" else 80) else b"%s:%d" % (hb, data.port)
+
+
+def _authority_text(raw: bytes | None, h2: bool) -> str | None:
+    if raw is None:
+        return None
+    return authority_text(raw) if h2 else raw.decode("utf-8", "surrogateescape")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def request_view(flow: http.HTTPFlow) -> FlowView:
-    """What the engine sees of ``flow``'s request (see FlowView)."""
+    """What the engine sees of ``flow``'s request (see FlowView).
+
+    ``host`` is the host the request really goes to ("What is matched" in rules-format.md): by the
+    time of ``requestheaders`` mitmproxy has put it in ``data.host``, from the absolute-form target,
+    the CONNECT (or SOCKS) tunnel's target, or, for an origin-form request, the Host header. Only in
+    reverse mode is the Host header (:authority) the name to route on (virtual hosts), and in
+    transparent modes, where the destination is an address, the client's name is the only one.
+    A Host header or :authority that names another host than the target inside a tunnel, or two
+    Host headers, make ``bad_host``; the Host of an absolute-form request is ignored and replaced
+    (``fix_host``), as RFC 9112 §3.2.2 says."""
     data = flow.request.data
     fields = data.headers.fields
     v = FlowView.__new__(FlowView)
@@ -199,21 +263,62 @@ def request_view(flow: http.HTTPFlow) -> FlowView:
     v.scheme = data.scheme.decode("ascii", "replace").lower()
     full = data.path.decode("utf-8", "surrogateescape")
     path, _, v.query_string = full.partition("?")
-    v.path = path or "/"
+    if not path:
+        path = "/"
+    elif "/." in path or "//" in path or "%" in path or "\\" in path:   # request.needs_normalizing
+        norm, refused = normalize_path(path)
+        if refused is not None:
+            v.refused = refused
+        if norm != path:
+            v.raw_path, path = path, norm
+    v.path = path
     v.port = data.port
-    # Host, or :authority for HTTP/2 and 3 (what mitmproxy's host_header reads). No non-ASCII name
-    # lower-cases to "host", so comparing bytes is exact here.
+    # No non-ASCII name lower-cases to "host", so comparing bytes is exact here.
     host_at = [i for i, f in enumerate(fields) if len(f[0]) == 4 and f[0].lower() == b"host"]
-    authority = authority_text(data.authority) if data.authority and data.http_version in H2_H3 else None
-    if authority is None and host_at:   # repeated Host headers are joined, as mitmproxy's host_header joins them
-        raw = fields[host_at[0]][1] if len(host_at) == 1 else b", ".join(fields[i][1] for i in host_at)
-        authority = raw.decode("utf-8", "surrogateescape")
-    v.host = (authority_host(authority) if authority else data.host).lower().rstrip(".")
+    hh = fields[host_at[0]][1] if host_at else None
+    h2 = data.http_version in H2_H3
+    au = data.authority   # :authority, or the target of an absolute-form request where mitmproxy keeps it
     conn = flow.client_conn
+    mode = conn.proxy_mode
+    if type(mode) is ReverseMode:
+        # virtual hosts: the name the client asked for (mitmproxy rewrote it to the target unless
+        # keep_host_header)
+        if au and hh is not None and not names(hh, host_of(au)):
+            v.bad_host = ":authority and Host name different hosts"
+        v.host = host_of(au) if au else header_host(hh) if hh else data.host.lower().rstrip(".")
+    else:
+        host = v.host = data.host.lower().rstrip(".")
+        target = flow.server_conn.address   # the tunnel's (or transparent/reverse) target; None for absolute-form
+        if target is not None and not isinstance(mode, (RegularMode, UpstreamMode)) and _is_ip(target[0]):
+            # transparent, local, WireGuard, SOCKS5 by address: the destination is an address and
+            # the client's name the only one there is; it must agree with the TLS server name
+            if au or hh:
+                host = v.host = host_of(au) if au else header_host(hh)
+                if au and hh is not None and not names(hh, host):
+                    v.bad_host = ":authority and Host name different hosts"
+            sni = conn.sni
+            if sni and sni.lower().rstrip(".") != host:
+                v.bad_host = f"the Host header names {host!r}, the TLS server name {sni!r}"
+        else:
+            if au and not names(au, host):
+                v.bad_host = f"the request names {host_of(au)!r} but goes to {host!r}"
+            if hh is not None and (target is not None or h2):
+                if hh.lower() != data.host.encode("utf-8", "surrogateescape").lower() and not names(hh, host):
+                    v.bad_host = f"the Host header names {host_of(hh)!r} but the request goes to {host!r}"
+            elif target is None and not h2:
+                # absolute-form: the Host header is ignored and replaced with the target's authority
+                # (the usual Host, equal to it, is left alone without formatting one to compare)
+                port = data.port
+                want = data.host if port == (443 if v.scheme == "https" else 80) else f"{data.host}:{port}"
+                if hh is None or hh.decode("latin-1").lower() != want.lower():
+                    v.fix_host = target_authority(data)
+    if len(host_at) > 1:
+        v.bad_host = "two Host headers"
     v.peer = conn.peername[0] if conn and conn.peername else None
     v.jwt_token = None
     d = v.__dict__
-    d["fields"], d["found"], d["full_path"], d["authority"] = fields, None, full, authority
+    # the client's Host (:authority), decoded only for a routed request's metadata (route())
+    d["fields"], d["found"], d["full_path"], d["authority"] = fields, None, full, au if au and h2 else hh
     d["host_at"] = host_at[0] if len(host_at) == 1 else None
     d["params"], d["rest"] = {}, None
     return v
@@ -559,7 +664,15 @@ class ConditionalRouting:
             return
         try:
             view = request_view(flow)
-            d = decide(rules, view, health=self.upstreams.health)
+            if view.bad_host is not None:
+                d = Decision("bad_request", req=view)
+                d.status, d.reason = 400, view.bad_host
+            else:
+                if view.fix_host is not None:
+                    data = flow.request.data
+                    set_host_header(data, False, view.fix_host, view.__dict__["host_at"])
+                    view.__dict__["fields"] = data.headers.fields
+                d = decide(rules, view, health=self.upstreams.health)
         except Exception as e:  # a bug must not become a silent passthrough
             log.error(f"condroute: internal error while deciding for {flow.request.method} "
                       f"{flow.request.pretty_url.split('?')[0]}: {type(e).__name__}")
@@ -568,7 +681,7 @@ class ConditionalRouting:
                                                      "body": "condroute: internal error while routing\n"}}
             flow.request.stream = False
             return
-        if d.route is None:
+        if d.route is None and d.status is None:
             if self.log_level == 2:
                 log.info(f"condroute: {d.summary()}")
             return
@@ -578,7 +691,8 @@ class ConditionalRouting:
             # what apply() rewrites, so that `condroute explain --flows` can decide again
             vd = view.__dict__
             md["original"] = {"scheme": view.scheme, "host": view.host, "port": view.port, "path": vd["full_path"],
-                              "host_header": vd["authority"], "headers": self._original_headers(flow, d)}
+                              "host_header": _authority_text(vd["authority"], flow.request.data.http_version in H2_H3),
+                              "headers": self._original_headers(flow, d)}
             self.upstreams.remember(flow, d)   # before apply: a failover starts from the original
             self.apply(flow, d, vd["host_at"] if vd["fields"] is flow.request.data.headers.fields else None)
         elif d.status is not None:  # respond, or no match with on_no_match: error

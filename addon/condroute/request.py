@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any, Iterable, Sequence
 from urllib.parse import unquote_plus, urlsplit
 
@@ -123,6 +124,64 @@ def parse_query(qs: str) -> dict[str, list[str]]:
     return out
 
 
+# -- paths ------------------------------------------------------------------------------------------
+# What "What is matched" in rules-format.md promises: a path is matched after RFC 3986 dot-segment
+# removal with "//" merged, so that /./admin, //admin and /api/../admin are all /admin. Encoded
+# separators (%2e, %2f, %5c in any case), a raw backslash, and a "." or ".." segment with ";"
+# parameters (Tomcat reads "..;" as "..") mean different paths to different servers: such a path is
+# refused with 400 when a route could own it read either way (see engine.decide).
+_ENCODED = ("%2e", "%2f", "%5c")
+_DECODE = re.compile(r"%(?:2[eEfF]|5[cC])")
+_DECODED = {"e": ".", "f": "/", "c": "/"}
+
+
+def needs_normalizing(path: str) -> bool:
+    """False for the usual path, which is already normal (the test the addon makes per request)."""
+    return "/." in path or "//" in path or "%" in path or "\\" in path
+
+
+def remove_dot_segments(path: str, params_are_dots: bool = False) -> str:
+    """RFC 3986 §5.2.4 on an absolute path, with empty segments ("//") merged; ".." above the root
+    is dropped, as the RFC says. A trailing "." or ".." leaves a trailing "/". With
+    ``params_are_dots`` a "..;x" segment counts as ".." (how Tomcat and Jetty read it)."""
+    segs = path[1:].split("/")
+    out: list[str] = []
+    last = len(segs) - 1
+    for i, seg in enumerate(segs):
+        dot = seg.partition(";")[0] if params_are_dots else seg
+        if dot == "..":
+            if out:
+                out.pop()
+        elif dot != "." and (seg or i == last):
+            out.append(seg)
+            continue
+        if i == last:
+            out.append("")
+    return "/" + "/".join(out)
+
+
+def normalize_path(path: str) -> tuple[str, tuple[str, str] | None]:
+    """The path to match and forward, and — when the path must be refused if a route could own it —
+    ``(why, the path as a server that decodes %2e/%2f/%5c and reads backslashes and "..;" would see
+    it)``. Only absolute paths are touched (not "*")."""
+    if not path.startswith("/"):
+        return path, None
+    why = []
+    if "\\" in path:
+        why.append("a backslash")
+    if "%" in path:
+        low = path.lower()
+        if any(e in low for e in _ENCODED):
+            why.append("an encoded '.', '/' or '\\' (%2e, %2f, %5c)")
+    norm = remove_dot_segments(path) if "/." in path or "//" in path else path
+    if ";" in path and any(s.partition(";")[0] in (".", "..") and ";" in s for s in path.split("/")):
+        why.append("a '.' or '..' segment with ';' parameters")
+    if not why:
+        return norm, None
+    alt = _DECODE.sub(lambda m: _DECODED[m.group(0)[2].lower()], path).replace("\\", "/")
+    return norm, (" and ".join(why), remove_dot_segments(alt, params_are_dots=True))
+
+
 class RequestView:
     """What the engine sees of a request.
 
@@ -132,6 +191,9 @@ class RequestView:
 
     __slots__ = ("method", "scheme", "host", "port", "path", "query_string", "headers", "peer",
                  "jwt_token", "__dict__")
+    # set (in the instance's __dict__) only when normalize_path changed or questioned the path:
+    raw_path: str | None = None                # the path as received, when ``path`` differs from it
+    refused: tuple[str, str] | None = None     # normalize_path's (why, decoded reading)
 
     def __init__(self, method: str, scheme: str, host: str, port: int, path: str,
                  query_string: str = "", headers: Sequence[tuple[str, str]] = (),
@@ -140,7 +202,13 @@ class RequestView:
         self.scheme = scheme.lower()
         self.host = host.lower().rstrip(".")
         self.port = port
-        self.path = path or "/"
+        path = path or "/"
+        if needs_normalizing(path):
+            norm, self.refused = normalize_path(path)
+            if norm != path:
+                self.raw_path = path
+            path = norm
+        self.path = path
         self.query_string = query_string
         self.headers = headers
         self.peer = peer
