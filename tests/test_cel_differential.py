@@ -304,6 +304,10 @@ def test_a_large_claim_list_is_refused_alike(env):
     ("!(req_querystring['a'] in jwt)", False),    # a list is not a map key: an error
     ("true in {'a': 1} || 1.5 in {1: 1}", False),
     ("2.0 in {2: 1} && has(jwt.role) && !has(jwt.nope)", True),
+    ("!(1 * 0u != 42)", False),                   # int and uint do not mix in arithmetic: an error
+    ("!(2.5 + size(jwt) > 0)", False),
+    ("('' + '').contains('') && 1.5 + 2.5 == 4.0 && {4: 'a'}[1.5 + 2.5] == 'a'", True),
+    ("string(double('1')) == '1' && string(1234567.0) == '1.234567e+06' && string(2.5) == '2.5'", True),
 ])
 def test_found_differences(engine, env, text, holds):
     if engine not in available_engines():

@@ -192,8 +192,11 @@ def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
     KEY_TYPES = (str, int, float)                                     # map keys (bool is an int; double: lookup)
     overload = "no such overload"
 
-    def num(x: Any) -> bool:
-        return isinstance(x, NUM) and not isinstance(x, B)
+    def num(x: Any) -> bool:   # (celpy's double + double is a plain float: numbers of any class count)
+        return isinstance(x, (int, float)) and not isinstance(x, (B, bool))
+
+    def kind(x: Any) -> type:
+        return U if isinstance(x, U) else D if isinstance(x, float) else I
 
     def no_overload() -> Any:
         return Err(overload, TypeError, ())
@@ -201,7 +204,7 @@ def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
     def key_of(m: Any, k: Any) -> Any:
         """The key of ``m`` equal to ``k`` (numbers across types), or _NOKEY."""
         if num(k):
-            if isinstance(k, D):
+            if isinstance(k, float):
                 if not k.is_integer():
                     return _NOKEY
                 k = int(k)
@@ -221,7 +224,7 @@ def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
         if isinstance(b, Err):
             return b
         if num(a) and num(b):
-            if isinstance(a, D) or isinstance(b, D):
+            if isinstance(a, float) or isinstance(b, float):
                 return float(a) == float(b)
             return int(a) == int(b)
         if isinstance(a, L) and isinstance(b, L):
@@ -268,7 +271,7 @@ def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
             if isinstance(b, Err):
                 return b
             if num(a) and num(b):
-                if isinstance(a, D) or isinstance(b, D):
+                if isinstance(a, float) or isinstance(b, float):
                     return B(op(float(a), float(b)))
                 return B(op(int(a), int(b)))
             for kind in ORDERED:           # (celpy's str + str is a plain str: compare by kind)
@@ -311,7 +314,7 @@ def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
                 raise KeyError(key)
             return container[k]
         if isinstance(container, L):
-            if not num(key) or (isinstance(key, D) and not key.is_integer()):
+            if not num(key) or (isinstance(key, float) and not key.is_integer()):
                 raise TypeError("index")
             i = int(key)
             if not 0 <= i < len(container):
@@ -333,13 +336,73 @@ def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
             return no_overload()
         return f
 
+    def arith(base: Callable) -> Callable:
+        """int, uint and double do not mix in arithmetic (``1 + 1u``, ``2.5 + size(x)`` are errors,
+        as in cel-cpp; celpy computed them), and ``+`` gives CEL values (celpy's str + str is a plain
+        str, on which ``.contains()`` then failed)."""
+        def f(a: Any, b: Any) -> Any:
+            if isinstance(a, Err):
+                return a
+            if isinstance(b, Err):
+                return b
+            if num(a) or num(b):
+                if not (num(a) and num(b)) or kind(a) is not kind(b):
+                    return no_overload()
+                r = base(a, b)
+                return kind(a)(r) if r.__class__ is float or r.__class__ is int else r
+            r = base(a, b)
+            if r.__class__ is str:
+                return ct.StringType(r)
+            if r.__class__ is bytes:
+                return ct.BytesType(r)
+            if r.__class__ is list:
+                return L(r)
+            return r
+        return f
+
     import operator
-    return {"_==_": f_eq, "_!=_": f_ne, "_<_": order(operator.lt), "_<=_": order(operator.le),
+
+    from celpy.evaluation import base_functions
+    ops = {name: arith(base_functions[name]) for name in ("_+_", "_-_", "_*_", "_/_", "_%_")}
+    base_string = base_functions["string"]
+
+    def f_string(v: Any) -> Any:
+        if isinstance(v, float):
+            return ct.StringType(_double_text(float(v)))
+        return base_string(v)
+
+    return {**ops, "string": f_string, "_==_": f_eq, "_!=_": f_ne, "_<_": order(operator.lt), "_<=_": order(operator.le),
             "_>_": order(operator.gt), "_>=_": order(operator.ge), "_in_": f_in, "_[_]": f_index,
             "_||_": logic(True), "_&&_": logic(False)}
 
 
 _NOKEY = object()
+
+
+def _double_text(x: float) -> str:
+    """string(double) as cel-cpp (and Go's %g, shortest) writes it: 1.0 -> "1", 1234567.0 ->
+    "1.234567e+06", 1e-07 -> "1e-07" (celpy wrote Python's repr: "1.0")."""
+    import math
+    from decimal import Decimal
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "-0" if math.copysign(1.0, x) < 0 else "0"
+    t = Decimal(repr(abs(x))).normalize().as_tuple()
+    digits = "".join(map(str, t.digits))
+    nd, dp = len(digits), len(digits) + int(t.exponent)
+    exp = dp - 1
+    sign = "-" if x < 0 else ""
+    if exp < -4 or exp >= 6:
+        mant = digits[0] + ("." + digits[1:] if nd > 1 else "")
+        return f"{sign}{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if dp <= 0:
+        return f"{sign}0.{'0' * -dp}{digits}"
+    if dp >= nd:
+        return sign + digits + "0" * (dp - nd)
+    return f"{sign}{digits[:dp]}.{digits[dp:]}"
 
 
 def _evaluator_class(Evaluator: Any, CELEvalError: Any) -> Any:
