@@ -377,3 +377,11 @@ def test_the_decided_host_is_where_the_request_goes(tmp_path_factory, target, po
                 assert named(r.authority.decode()) == target
     assert v.host == want
     assert answer(f) == (403 if want == "127.0.0.1" else None)
+
+
+def test_explain_flows_decides_on_the_host_the_addon_decided_on():
+    from condroute.flows import flow_request
+    f = flow("127.0.0.1", 8080, [(b"Host", b"other.example")])          # regular mode: where it went
+    assert flow_request(f)[0].host == "127.0.0.1"
+    f = flow("10.1.1.1", 80, [(b"Host", b"other.example")], mode="reverse:http://10.1.1.1:80")
+    assert flow_request(f)[0].host == "other.example"                   # reverse mode: the Host header
