@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+import inspect
 import textwrap
 from pathlib import Path
 
@@ -69,3 +71,31 @@ def plain_mitmdump():
     yield make
     for p in started:
         p.stop()
+
+
+# -- the quick subset: `./scripts/test -m "not slow"` -----------------------------------------------
+# A test is `slow` when it starts real processes or servers (it uses one of these fixtures, or its
+# body calls one of these) or when it is a hypothesis property test; a module may mark itself too.
+# Marked here, once, so that a new test is classified by what it does rather than by someone
+# remembering a decorator.
+SLOW_FIXTURES = {"proxy", "plain_mitmdump", "echo"}
+SLOW_CALLS = ("Proxy(", "run_mitmdump_until_exit(", "MitmdumpForker(", "subprocess.", "DumpMaster(",
+              "start_echo(", "h2_request_via_proxy(", "mitmdump")
+
+
+@functools.lru_cache(maxsize=None)
+def _is_slow(fn) -> bool:
+    if getattr(fn, "is_hypothesis_test", False):
+        return True
+    try:
+        src = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return False
+    return any(call in src for call in SLOW_CALLS)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        fn = getattr(item, "function", None)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or (fn is not None and _is_slow(fn)):
+            item.add_marker(pytest.mark.slow)

@@ -17,6 +17,7 @@ from condroute.request import RequestView, _ip_cache, parse_ip
 from condroute.rules import load_rules_text
 from test_identity_support import _b64
 
+pytestmark = pytest.mark.slow   # tracemalloc slows everything it traces
 MiB = 1 << 20
 
 

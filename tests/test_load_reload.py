@@ -1,4 +1,4 @@
-"""Load through a real mitmproxy while the rules file is rewritten: 10,000 requests over 50
+"""Load through a real mitmproxy while the rules file is rewritten: 5,000 requests over 50
 concurrent keep-alive connections, 50 rewrites alternating good and bad versions. Every request
 must be routed by one complete version of the rules: zero misrouted, zero errors."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-REQUESTS = 10_000
+REQUESTS = 5_000
 CONNECTIONS = 50
 REWRITES = 50
 
