@@ -4,7 +4,6 @@ flows, and property tests over generated paths and hosts (issue 11, items 1 and 
 through a real mitmdump: test_e2e_exact.py."""
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 from pathlib import Path

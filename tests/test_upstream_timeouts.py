@@ -8,7 +8,6 @@ import inspect
 import socket
 import ssl
 import threading
-from pathlib import Path
 
 import pytest
 

@@ -186,8 +186,7 @@ def _spec_operators(ct: Any, Err: Any) -> dict[str, Callable]:
     absorb errors without formatting them: celpy builds a message from the repr of both operands,
     which doubles with every error combined (30 errors in an exists() took minutes and gigabytes).
     The differential test in tests/test_cel_differential.py holds the two engines to the same answers."""
-    B, I, U, D, L, M = ct.BoolType, ct.IntType, ct.UintType, ct.DoubleType, ct.ListType, ct.MapType
-    NUM = (I, U, D)
+    B, I, U, D, L, M = ct.BoolType, ct.IntType, ct.UintType, ct.DoubleType, ct.ListType, ct.MapType  # noqa: E741
     ORDERED = (str, bytes, int, ct.TimestampType, ct.DurationType)   # int: bools here (numbers are above)
     KEY_TYPES = (str, int, float)                                     # map keys (bool is an int; double: lookup)
     overload = "no such overload"

@@ -161,7 +161,7 @@ def _named_values(node: Y, cc: CompileCtx, what: str, make: Callable[[str, Match
             cc.header_names.add(name)
         m = compile_matcher(sub, cc, f"{what} {name}")
         if m is not None:
-            parts.append(cc.share((what, name, id(m)), lambda: make(name, m, cc)))   # m: shared or new
+            parts.append(cc.share((what, name, id(m)), lambda name=name, m=m: make(name, m, cc)))   # m: shared or new
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else AllCond(parts)
@@ -221,7 +221,7 @@ def compile_condition(node: Y, cc: CompileCtx, what: str = "when") -> Cond | Non
             c = _single("path", lambda r: r.path, sub, cc)
         elif key == "client_ip":
             nets = compile_cidrs(sub, cc, "client_ip")
-            c = cc.share(("cidr", tuple(nets)), lambda: CidrCond(nets)) if nets else None
+            c = cc.share(("cidr", tuple(nets)), lambda nets=nets: CidrCond(nets)) if nets else None
         elif key in ("any", "all"):
             if cc.expect_list(sub, key):
                 if not sub.v:

@@ -613,7 +613,7 @@ def compile_route(node: Y, cc: CompileCtx, index: int) -> Route | None:
                             cc.error(x, f"match.{mk}: {x.v!r} is not an HTTP method")
                             continue
                         meths.add(x.v.upper())
-                    kw["methods"] = cc.share(("methods", frozenset(meths)), lambda: frozenset(meths))
+                    kw["methods"] = cc.share(("methods", frozenset(meths)), lambda meths=meths: frozenset(meths))
             if "path" in m.v:
                 pp = compile_path_pattern(m.v["path"], cc)
                 if pp is not None:
