@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -85,6 +86,25 @@ class Proxy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def serve_raw(handler) -> socket.socket:
+    """A raw-socket server on 127.0.0.1 (a free port): each accepted connection goes to
+    ``handler(conn)`` in a thread of its own. Close the returned socket to stop accepting."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv
 
 
 def run_mitmdump_until_exit(args: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:

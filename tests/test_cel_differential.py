@@ -17,8 +17,7 @@ from condroute.celengines import available_engines
 from condroute.celpolicy import CEL_MAX_ITERATIONS, compile_policy
 from condroute.errors import RulesError
 from condroute.request import RequestView
-from condroute.rules import load_rules_text
-from test_identity_support import GB_IP, SE_IP, SECRET, UNKNOWN_IP, US_IP, build_geo_db, claims, hs256
+from test_identity_support import identity_env, GB_IP, SE_IP, UNKNOWN_IP, US_IP, claims, hs256
 
 BOTH = ["cel-python", "cel-expr-python"]
 needs_both = pytest.mark.skipif("cel-expr-python" not in available_engines(),
@@ -27,15 +26,7 @@ needs_both = pytest.mark.skipif("cel-expr-python" not in available_engines(),
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("celdiff")
-    build_geo_db(d / "geo.mmdb")
-    return load_rules_text(f"""version: 1
-settings:
-  trusted_proxies: [127.0.0.1/32]
-  geoip_db: geo.mmdb
-  jwt: {{verify: {{secret: {SECRET}}}}}
-routes: []
-""", str(d / "rules.yaml"))
+    return identity_env(tmp_path_factory.mktemp("celdiff"))
 
 
 # -- the grammar ---------------------------------------------------------------------------------

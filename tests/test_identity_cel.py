@@ -13,7 +13,7 @@ from condroute.celpolicy import compile_policy
 from condroute.errors import RulesError
 from condroute.request import RequestView
 from condroute.rules import load_rules, load_rules_text
-from test_identity_support import (GB_IP, REPRESENTED_IP, SE_IP, SECRET, UNKNOWN_IP, US_IP, build_geo_db, claims,
+from test_identity_support import (identity_env, GB_IP, REPRESENTED_IP, SE_IP, UNKNOWN_IP, US_IP, build_geo_db, claims,
                                    forged, hs256)
 
 ENGINES = ["cel-python", "cel-expr-python"]
@@ -28,15 +28,7 @@ def engine(request):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("celenv")
-    build_geo_db(d / "geo.mmdb")
-    return load_rules_text(f"""version: 1
-settings:
-  trusted_proxies: [127.0.0.1/32]
-  geoip_db: geo.mmdb
-  jwt: {{verify: {{secret: {SECRET}}}}}
-routes: []
-""", str(d / "rules.yaml"))
+    return identity_env(tmp_path_factory.mktemp("celenv"))
 
 
 TOKEN = hs256(claims(role="admin", groups=["a", "b"], org={"team": "core"}, level=3,

@@ -159,3 +159,17 @@ def test_token_builders():
     assert jwt.decode(rs256(), RSA_PUBLIC_PEM, algorithms=["RS256"])["sub"] == "user-1"
     assert jwt.get_unverified_header(alg_none())["alg"] == "none"
     assert jwt.get_unverified_header(hs256_with_rsa_public_key_as_secret())["alg"] == "HS256"
+
+
+def identity_env(d: Path):
+    """Rules with every identity setting (trusted proxy, a GeoIP database written into ``d``, a
+    verified HS256 JWT) and no routes: the environment CEL policies are compiled against."""
+    from condroute.rules import load_rules_text
+    build_geo_db(d / "geo.mmdb")
+    return load_rules_text(f"""version: 1
+settings:
+  trusted_proxies: [127.0.0.1/32]
+  geoip_db: geo.mmdb
+  jwt: {{verify: {{secret: {SECRET}}}}}
+routes: []
+""", str(d / "rules.yaml"))

@@ -6,27 +6,16 @@ import datetime
 import socket
 import ssl
 import struct
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
+from helpers import serve_raw
+
 
 def _serve(handler) -> tuple[int, socket.socket]:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-
-    def loop():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=handler, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
+    srv = serve_raw(handler)
     return srv.getsockname()[1], srv
 
 

@@ -11,6 +11,8 @@ import threading
 
 import pytest
 
+from helpers import serve_raw
+
 TIMEOUT = 0.4
 TEXT = "did not respond within 0.4s"
 
@@ -21,25 +23,14 @@ class Staller:
 
     def __init__(self, prefix: bytes):
         self.prefix = prefix
-        self.srv = socket.socket()
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(16)
-        self.port = self.srv.getsockname()[1]
         self.closed_by_proxy = threading.Semaphore(0)   # released when the proxy closes a stalled connection
         self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.srv = serve_raw(self._handle)
+        self.port = self.srv.getsockname()[1]
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
@@ -185,19 +176,7 @@ def test_a_body_that_keeps_coming_is_not_cut(rules_file, proxy):
                 return                                   # (the proxy cut it: the test fails on its side)
             stop.wait(10)
 
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-
-    def serve() -> None:
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(c,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
+    srv = serve_raw(handle)
     try:
         rules = rules_for(rules_file, f"http://127.0.0.1:{srv.getsockname()[1]}")
         for extra in ((), ("--set", "stream_large_bodies=1")):        # buffered, then streamed
