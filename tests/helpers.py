@@ -88,6 +88,18 @@ class Proxy:
                 self.proc.wait()
 
 
+def read_head(sock: socket.socket) -> bytes:
+    """Read up to and including the blank line that ends an HTTP head (a request's, or a proxy's
+    answer to CONNECT); what was read so far if the peer closes first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def serve_raw(handler) -> socket.socket:
     """A raw-socket server on 127.0.0.1 (a free port): each accepted connection goes to
     ``handler(conn)`` in a thread of its own. Close the returned socket to stop accepting."""
@@ -147,12 +159,9 @@ def h2_request_via_proxy(proxy_port: int, url: str, cafile: str, method: str = "
     sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
     try:
         sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise AssertionError(f"proxy closed the CONNECT: {head!r}")
-            head += chunk
+        head = read_head(sock)
+        if not head.endswith(b"\r\n\r\n"):
+            raise AssertionError(f"proxy closed the CONNECT: {head!r}")
         assert head.split(b" ", 2)[1] == b"200", head
         ctx = ssl.create_default_context(cafile=cafile)
         ctx.set_alpn_protocols(["h2"])

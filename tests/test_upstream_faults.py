@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import serve_raw
+from helpers import read_head, serve_raw
 
 
 def _serve(handler) -> tuple[int, socket.socket]:
@@ -20,12 +20,7 @@ def _serve(handler) -> tuple[int, socket.socket]:
 
 
 def _read_request(conn: socket.socket) -> None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            return
-        data += chunk
+    read_head(conn)
 
 
 @pytest.fixture

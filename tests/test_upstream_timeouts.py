@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from helpers import serve_raw
+from helpers import read_head, serve_raw
 
 TIMEOUT = 0.4
 TEXT = "did not respond within 0.4s"
@@ -34,12 +34,8 @@ class Staller:
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
+            if not read_head(conn).endswith(b"\r\n\r\n"):
+                return
             try:
                 conn.sendall(self.prefix)
             except OSError:
@@ -230,11 +226,7 @@ def h2_requests(proxy_port: int, cafile: str, host: str, paths: list[str], timeo
     sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
     try:
         sock.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            assert chunk, head
-            head += chunk
+        head = read_head(sock)
         assert head.split(b" ", 2)[1] == b"200", head
         ctx = ssl.create_default_context(cafile=cafile)
         ctx.set_alpn_protocols(["h2"])
