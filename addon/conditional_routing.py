@@ -6,10 +6,10 @@ import os
 import sys
 
 try:
-    from condroute.mitm import ConditionalRouting
+    from condroute.mitm.addon import ConditionalRouting
 except ImportError:  # not installed: use the package beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from condroute.mitm import ConditionalRouting
+    from condroute.mitm.addon import ConditionalRouting
 
 addons = [ConditionalRouting()]
 

@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "addon"))
 
-from condroute.demo import start_echo  # noqa: E402
+from condroute.cli.demo import start_echo  # noqa: E402
 from condroute.engine import decide  # noqa: E402
 from condroute.request import RequestView  # noqa: E402
-from condroute.rules import load_rules, load_rules_text  # noqa: E402
+from condroute.compile.rules import load_rules, load_rules_text  # noqa: E402
 
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
 ADDON = str(ROOT / "addon" / "conditional_routing.py")
@@ -276,7 +276,7 @@ def hooks_us_per_flow(rules_path: Path, n: int = 5000) -> float:
     from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHeadersHook
     from mitmproxy.test import taddons, tflow
 
-    from condroute.mitm import ConditionalRouting
+    from condroute.mitm.addon import ConditionalRouting
 
     async def run() -> float:
         a = ConditionalRouting()

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "addon"), str(ROOT / "scripts")]
 
 from bench import ADDON, MITMDUMP, gen_rules  # noqa: E402
-from condroute.demo import start_echo  # noqa: E402
+from condroute.cli.demo import start_echo  # noqa: E402
 
 EMPTY = "class Empty:\n    def requestheaders(self, flow):\n        pass\n\naddons = [Empty()]\n"
 

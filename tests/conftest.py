@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from condroute.demo import start_echo
+from condroute.cli.demo import start_echo
 from helpers import ADDON, Proxy
 
 

@@ -200,7 +200,7 @@ def h2_request_via_proxy(proxy_port: int, url: str, cafile: str, method: str = "
 _FORKER = r"""
 import json, os, sys, tempfile
 from mitmproxy.tools import main   # imported once here; every child starts with it loaded
-import condroute.mitm              # noqa: F401 - likewise the addon's package
+import condroute.mitm.addon              # noqa: F401 - likewise the addon's package
 for line in sys.stdin:
     args = json.loads(line)
     with tempfile.TemporaryFile() as out:

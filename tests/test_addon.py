@@ -16,8 +16,9 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.layers.http import HttpResponseHeadersHook
 from mitmproxy.test import taddons, tflow
 
-from condroute import mitm, rulesfile
-from condroute.mitm import ConditionalRouting
+from condroute.mitm import addon as mitm
+from condroute.load import rulesfile
+from condroute.mitm.addon import ConditionalRouting
 
 RULES = """
     version: 1

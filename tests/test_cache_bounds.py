@@ -9,12 +9,14 @@ import tracemalloc
 
 import pytest
 
-from condroute import celengines, celpolicy, jwtauth
+from condroute.cel import engines as celengines
+from condroute.cel import policy as celpolicy
+from condroute.conditions import jwtauth
 from condroute.boundcache import BoundedCache, sizeof
-from condroute.celpolicy import compile_policy
+from condroute.cel.policy import compile_policy
 from condroute.engine import decide
 from condroute.request import RequestView, _ip_cache, parse_ip
-from condroute.rules import load_rules_text
+from condroute.compile.rules import load_rules_text
 from test_identity_support import _b64
 
 pytestmark = pytest.mark.slow   # tracemalloc slows everything it traces

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from condroute import celpolicy
-from condroute.celengines import available_engines
-from condroute.celpolicy import CEL_MAX_ITERATIONS, compile_policy
+from condroute.cel import policy as celpolicy
+from condroute.cel.engines import available_engines
+from condroute.cel.policy import CEL_MAX_ITERATIONS, compile_policy
 from condroute.errors import RulesError
 from condroute.request import RequestView
 from test_identity_support import identity_env, GB_IP, SE_IP, UNKNOWN_IP, US_IP, claims, hs256
@@ -246,7 +246,7 @@ def test_a_costly_expression_is_a_located_load_error(tmp_path, text, col_of, mes
     p.write_text(f"version: 1\nroutes:\n  - name: r\n    backends:\n      - name: b\n        when: {{cel: \"{text}\"}}\n"
                  "        respond: {status: 200}\n")
     with pytest.raises(RulesError) as ei:
-        from condroute.rules import load_rules
+        from condroute.compile.rules import load_rules
         load_rules(str(p))
     assert f"rules.yaml:6:{21 + col_of(text)}: cel: " in str(ei.value)
 

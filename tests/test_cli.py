@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from condroute import cli
-from condroute.cli import main
+from condroute.cli import main as cli
+from condroute.cli.main import main
 from condroute.engine import decide
 from condroute.explain import build_request
-from condroute.lint import route_covers
-from condroute.rules import load_rules, load_rules_text
+from condroute.cli.lint import route_covers
+from condroute.compile.rules import load_rules, load_rules_text
 from helpers import ROOT
 
 CONDROUTE = Path(sys.executable).with_name("condroute")
@@ -225,7 +225,7 @@ def test_validate_prints_load_warnings_from_the_loader(capsys, tmp_path):
 
 def test_validate_zero_split_warning_from_lint_alone(tmp_path):
     # the lint check stands on its own (should the loader ever drop its warning)
-    from condroute.lint import lint
+    from condroute.cli.lint import lint
     f = write(tmp_path, "z.yaml", """\
         version: 1
         upstreams: {a: "http://127.0.0.1:9001"}
@@ -733,10 +733,10 @@ def test_schema_is_draft_2020_12_json(capsys):
 
 
 def test_schema_keys_match_the_loaders_key_lists():
-    from condroute import rules
-    from condroute.conditions import CONDITION_KEYS
-    from condroute.matchers import MATCHER_KEYS
-    from condroute.schema import build_schema
+    from condroute.compile import rules
+    from condroute.conditions.base import CONDITION_KEYS
+    from condroute.compile.matchers import MATCHER_KEYS
+    from condroute.cli.schema import build_schema
     s = build_schema()
     d = s["$defs"]
     assert set(s["properties"]) == set(rules.TOP_KEYS)
@@ -748,7 +748,8 @@ def test_schema_keys_match_the_loaders_key_lists():
     assert set(d["condition"]["properties"]) == set(CONDITION_KEYS)
     assert set(d["matcher_object"]["properties"]) == set(MATCHER_KEYS)
     assert set(d["route"]["properties"]["match"]["properties"]) == set(rules.MATCH_KEYS) | set(CONDITION_KEYS)
-    from condroute import geo, jwtauth
+    from condroute.conditions import geo
+    from condroute.conditions import jwtauth
     jwt = s["properties"]["settings"]["properties"]["jwt"]
     assert set(jwt["properties"]) == set(jwtauth.SETTINGS_KEYS)
     assert set(jwt["properties"]["verify"]["oneOf"][1]["properties"]) == set(jwtauth.VERIFY_KEYS)
@@ -764,7 +765,7 @@ def test_schema_keys_match_the_loaders_key_lists():
 def test_schema_validates_the_shipped_rules_and_rejects_typos():
     jsonschema = pytest.importorskip("jsonschema")
     import yaml
-    from condroute.schema import build_schema
+    from condroute.cli.schema import build_schema
     s = build_schema()
     jsonschema.Draft202012Validator.check_schema(s)
     v = jsonschema.Draft202012Validator(s)
@@ -891,7 +892,7 @@ def _dump(path: Path, flows) -> Path:
 
 
 def test_flows_restore_the_original_request_from_metadata(tmp_path, shop):
-    from condroute.flows import flow_request
+    from condroute.mitm.flows import flow_request
     # what the addon saved: the forwarded request, plus what it changed
     f = _flow("http://127.0.0.1:9002/base/v2/checkout/42?x=1", {"Host": "127.0.0.1:9002", "X-Variant": "B"},
               {"outcome": "routed", "header": "checkout/force-b -> canary",

@@ -16,13 +16,13 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
-from condroute.cases import load_cases, run_case
+from condroute.cli.cases import load_cases, run_case
 from condroute.engine import decide
 from condroute.errors import RulesError
 from condroute.explain import build_request, final_path
-from condroute.mitm import ConditionalRouting, request_view
+from condroute.mitm.addon import ConditionalRouting, request_view
 from condroute.request import RequestView, normalize_path
-from condroute.rules import load_rules
+from condroute.compile.rules import load_rules
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -379,7 +379,7 @@ def test_the_decided_host_is_where_the_request_goes(tmp_path_factory, target, po
 
 
 def test_explain_flows_decides_on_the_host_the_addon_decided_on():
-    from condroute.flows import flow_request
+    from condroute.mitm.flows import flow_request
     f = flow("127.0.0.1", 8080, [(b"Host", b"other.example")])          # regular mode: where it went
     assert flow_request(f)[0].host == "127.0.0.1"
     f = flow("10.1.1.1", 80, [(b"Host", b"other.example")], mode="reverse:http://10.1.1.1:80")

@@ -1,4 +1,4 @@
-"""The addon's fast request view (condroute.mitm.request_view, which reads mitmproxy's request data
+"""The addon's fast request view (condroute.mitm.addon.request_view, which reads mitmproxy's request data
 directly and decodes headers only when asked) against the plain RequestView built from mitmproxy's
 public request properties: for any request they must be the same to the engine."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.test import tflow
 
 from condroute.engine import decide
-from condroute.mitm import authority_host, request_view, set_host_header
+from condroute.mitm.addon import authority_host, request_view, set_host_header
 from condroute.request import RequestView
 from test_fuzz_engine import RULES
 

@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-from condroute import celpolicy
-from condroute.celengines import available_engines
-from condroute.celpolicy import compile_policy
+from condroute.cel import policy as celpolicy
+from condroute.cel.engines import available_engines
+from condroute.cel.policy import compile_policy
 from condroute.errors import RulesError
 from condroute.request import RequestView
-from condroute.rules import load_rules, load_rules_text
+from condroute.compile.rules import load_rules, load_rules_text
 from test_identity_support import (identity_env, GB_IP, REPRESENTED_IP, SE_IP, UNKNOWN_IP, US_IP, build_geo_db, claims,
                                    forged, hs256)
 
@@ -328,7 +328,7 @@ def test_concurrent_evaluation_gives_each_thread_its_own_answer(engine, env):
 
 
 def test_engine_choice_by_environment(monkeypatch):
-    from condroute.celengines import default_engine_name
+    from condroute.cel.engines import default_engine_name
     monkeypatch.setenv("CONDROUTE_CEL_ENGINE", "cel-python")
     assert default_engine_name() == "cel-python"
     monkeypatch.setenv("CONDROUTE_CEL_ENGINE", "auto")

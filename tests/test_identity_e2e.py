@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from condroute.celengines import available_engines
+from condroute.cel.engines import available_engines
 from test_identity_support import (OTHER_RSA_PRIVATE, RSA_PRIVATE, RSA_PUBLIC_PEM, SE_IP, SECRET, US_IP, alg_none,
                                    build_geo_db, claims, forged, hs256, hs256_with_rsa_public_key_as_secret, jwks,
                                    rs256)

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from condroute.errors import RulesError
-from condroute.rules import load_rules, load_rules_text
+from condroute.compile.rules import load_rules, load_rules_text
 
 HEAD = "version: 1\nupstreams: {a: 'http://127.0.0.1:9001'}\nroutes:\n"
 
@@ -230,7 +230,7 @@ def test_valid_answers_and_headers_still_load():
 
 
 def test_validate_prints_each_invalid_answer_located_and_exits_1(tmp_path, capsys):
-    from condroute.cli import main
+    from condroute.cli.main import main
 
     f = tmp_path / "r.yaml"
     f.write_text(HEAD + "  - name: r\n    backends:\n"

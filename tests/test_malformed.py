@@ -14,8 +14,8 @@ import pytest
 from mitmproxy.test import taddons
 
 from condroute.errors import RulesError
-from condroute.mitm import ConditionalRouting
-from condroute.rules import load_rules
+from condroute.mitm.addon import ConditionalRouting
+from condroute.compile.rules import load_rules
 from helpers import ADDON, MitmdumpForker, run_mitmdump_until_exit
 
 CORPUS = Path(__file__).parent / "malformed"

@@ -11,14 +11,14 @@ import pytest
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons
 
-from condroute.celengines import available_engines
-from condroute.celpolicy import compile_policy
-from condroute.cli import main
+from condroute.cel.engines import available_engines
+from condroute.cel.policy import compile_policy
+from condroute.cli.main import main
 from condroute.engine import decide
 from condroute.explain import build_request
-from condroute.mitm import ConditionalRouting
+from condroute.mitm.addon import ConditionalRouting
 from condroute.redact import redact_query_string, secret_name
-from condroute.rules import load_rules_text
+from condroute.compile.rules import load_rules_text
 from test_addon import make_flow
 
 TOKEN = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1c2VyLTQyIn0.c2VjcmV0LXNpZ25hdHVyZQ"   # what must never show

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from condroute.engine import choose_arm
-from condroute.rules import load_rules
+from condroute.compile.rules import load_rules
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "krakend"
 
@@ -398,7 +398,7 @@ def test_an_upstream_that_comes_back_is_used_again_after_the_cool_down(echo, rul
     p = proxy(rules, "--set", "condroute_cooldown=0.5")
     with httpx.Client(proxy=p.url, timeout=10) as c:
         assert c.get("http://shop.example/").json()["backend"] == "fallback"
-        from condroute.demo import start_echo
+        from condroute.cli.demo import start_echo
         back = start_echo("main-again", "127.0.0.1", port)     # the upstream restarts on its port
         try:
             deadline = time.monotonic() + 10

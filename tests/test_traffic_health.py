@@ -11,11 +11,11 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
 
 from condroute.engine import choose_arm, decide
-from condroute.health import FRESH, Health
-from condroute.mitm import ConditionalRouting
+from condroute.mitm.health import FRESH, Health
+from condroute.mitm.addon import ConditionalRouting
 from condroute.request import RequestView
-from condroute.rules import load_rules_text
-from condroute.upstreams import Upstreams, describe_connect_error, parse_seconds
+from condroute.compile.rules import load_rules_text
+from condroute.mitm.upstreams import Upstreams, describe_connect_error, parse_seconds
 
 PRIMARY, SECOND, FALLBACK = ("127.0.0.1", 9101), ("127.0.0.1", 9102), ("127.0.0.1", 9103)
 
@@ -361,7 +361,7 @@ async def test_cooldown_option(addon):
 
 
 def test_health_forgets_expired_entries_when_it_has_many():
-    from condroute import health as hm
+    from condroute.mitm import health as hm
     c = Clock()
     h = Health(cooldown=5, clock=c)
     for i in range(hm.MAX_ENTRIES):

@@ -13,10 +13,10 @@ import pytest
 
 from condroute.engine import decide
 from condroute.errors import RulesError
-from condroute.krakend import parse_duration
+from condroute.load.krakend import parse_duration
 from condroute.request import RequestView
-from condroute.rules import load_rules, load_rules_text
-from condroute.yamlpos import Y
+from condroute.compile.rules import load_rules, load_rules_text
+from condroute.load.yamlpos import Y
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "krakend"
 A, B, C = "http://127.0.0.1:9001", "http://127.0.0.1:9002", "http://127.0.0.1:9003"

@@ -297,14 +297,14 @@ def test_http2_client_stream_is_reset_when_a_streamed_body_stalls(rules_file, pr
 
 # -- the mitmproxy internals the timeout relies on -------------------------------------------------
 def test_mitmproxy_internals_used_by_timeouts_are_still_there():
-    """condroute.upstreams answers a timed-out request by injecting events into the flow's HTTP
+    """condroute.mitm.upstreams answers a timed-out request by injecting events into the flow's HTTP
     stream. If one of these assumptions breaks with a new mitmproxy, this test says which."""
     from mitmproxy.addons.proxyserver import Proxyserver
     from mitmproxy.proxy import events, layer
     from mitmproxy.proxy.layers import http as mhttp
     from mitmproxy.proxy.server import ConnectionHandler
 
-    from condroute import upstreams
+    from condroute.mitm import upstreams
 
     # 1. HttpLayer routes a MessageInjected to the stream of flow.server_conn's HTTP/1 client layer:
     #    connections[server_conn].context.layers[-1].stream_id (mitmproxy's inject.websocket path).
@@ -360,7 +360,7 @@ def test_mitmproxy_internals_used_by_timeouts_are_still_there():
 def test_the_stream_of_a_flow_is_found_through_nested_layers():
     from mitmproxy.test import tflow
 
-    from condroute.upstreams import find_stream
+    from condroute.mitm.upstreams import find_stream
 
     f, other = tflow.tflow(), tflow.tflow()
 
@@ -384,7 +384,7 @@ async def test_a_pending_timer_does_not_keep_its_flow_alive():
 
     from mitmproxy.test import tflow
 
-    from condroute.upstreams import Upstreams
+    from condroute.mitm.upstreams import Upstreams
 
     u = Upstreams(None)
     f = tflow.tflow(resp=True)

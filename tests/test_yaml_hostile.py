@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-from condroute import yamlpos
-from condroute.cli import main
+from condroute.load import yamlpos
+from condroute.cli.main import main
 from condroute.engine import decide
 from condroute.errors import RulesError
-from condroute.mitm import ConditionalRouting
+from condroute.mitm.addon import ConditionalRouting
 from condroute.request import RequestView
-from condroute.rules import load_rules, load_rules_bytes, load_rules_text
-from condroute.yamlpos import parse_text
+from condroute.compile.rules import load_rules, load_rules_bytes, load_rules_text
+from condroute.load.yamlpos import parse_text
 
 FB = "http://127.0.0.1:9001"
 HIT = "http://127.0.0.1:9002"
@@ -132,8 +132,8 @@ def test_names_set_headers_salt_and_upstream_references_are_text():
 
 
 def test_geo_country_no_is_norway():
-    from condroute.compile_ctx import CompileCtx
-    from condroute.geo import _codes
+    from condroute.load.ctx import CompileCtx
+    from condroute.conditions.geo import _codes
     cc = CompileCtx("t.yaml")
     assert _codes(parse_text("[NO, SE, ON]", "t.yaml"), cc, "country", 2) == frozenset({"NO", "SE", "ON"})
     assert cc.problems == []
@@ -232,7 +232,7 @@ def test_end_to_end_x_country_no_routes(echo, rules_file, proxy):
 
 
 def test_schema_says_values_are_text():
-    from condroute.schema import build_schema
+    from condroute.cli.schema import build_schema
     s = build_schema()
     matcher = s["$defs"]["matcher_object"]["properties"]
     assert "NO, yes, on, 0777" in matcher["equals"]["description"]

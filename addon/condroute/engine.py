@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .request import RequestView
-from .rules import Backend, Respond, Route, Rules, Split, Upstream
+from .compile.rules import Backend, Respond, Route, Rules, Split, Upstream
 
 
 @dataclass
@@ -199,11 +199,11 @@ def split_key(split: Split, req: RequestView, rules: Rules) -> str | None:
         ip = req.client_ip(rules.settings.trusted_proxies)
         return None if ip is None else str(ip)
     else:
-        from .jwtauth import claim_values
+        from .conditions.jwtauth import claim_values
         v = claim_values(req, rules, split.key)
     if not v:
         return None
-    from .matchers import as_text
+    from .compile.matchers import as_text
     s = as_text(v[0])
     return s if s != "" else None
 

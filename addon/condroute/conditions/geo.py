@@ -13,11 +13,11 @@ from typing import Any
 
 import maxminddb
 
-from .boundcache import BoundedCache
-from .compile_ctx import CompileCtx, kind
-from .conditions import Cond
-from .request import IPAddr, RequestView
-from .yamlpos import Y
+from ..boundcache import BoundedCache
+from ..load.ctx import CompileCtx, kind
+from .base import Cond
+from ..request import IPAddr, RequestView
+from ..load.yamlpos import Y
 
 GEO_KEYS = ("country", "eu", "continent")
 LOOKUP_CACHE_SIZE = 8192

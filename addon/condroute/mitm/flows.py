@@ -17,10 +17,10 @@ import sys
 from collections import Counter
 from typing import Any
 
-from .engine import Decision, decide
-from .explain import decision_data
-from .request import RequestView
-from .rules import Rules
+from ..engine import Decision, decide
+from ..explain import decision_data
+from ..request import RequestView
+from ..compile.rules import Rules
 
 
 def flow_request(flow: Any) -> tuple[RequestView, bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import Problem, RulesError
+from ..errors import Problem, RulesError
 from .yamlpos import Y
 
 

@@ -26,12 +26,12 @@ import threading
 import time
 from typing import Any, Callable
 
-from .boundcache import BoundedCache
-from .celengines import HelperError, available_engines, canonical_name, default_engine_name
-from .compile_ctx import CompileCtx, kind
-from .conditions import Cond
-from .request import RequestView, parse_cookie_header, parse_ip
-from .yamlpos import Y
+from ..boundcache import BoundedCache
+from .engines import HelperError, available_engines, canonical_name, default_engine_name
+from ..load.ctx import CompileCtx, kind
+from ..conditions.base import Cond
+from ..request import RequestView, parse_cookie_header, parse_ip
+from ..load.yamlpos import Y
 
 # variables an expression may read
 ROOT_VARS = ("req_headers", "req_method", "req_path", "req_querystring", "req_params", "request", "client_ip",
@@ -212,7 +212,7 @@ def ip_in_cidr(ip: Any, cidr: Any) -> bool:
 
 
 def g_geoIP() -> dict:
-    from .geo import client_cel_record
+    from ..conditions.geo import client_cel_record
     rec, why = client_cel_record(_req(), _ctx.env)
     if rec is None:
         raise HelperError(f"geoIP(): {why}")
@@ -248,10 +248,10 @@ def get_engine(name: str | None = None) -> Any:
                     if name not in available_engines():
                         raise ValueError("the CEL engine cel-expr-python is not installed "
                                          "(pip install 'condroute[fast-cel]'), or unset CONDROUTE_CEL_ENGINE")
-                    from .celengines import CelExprEngine
+                    from .engines import CelExprEngine
                     eng = CelExprEngine(HELPERS, _set_note)
                 else:
-                    from .celengines import CelPyEngine
+                    from .engines import CelPyEngine
                     eng = CelPyEngine(HELPERS, _set_note, _is_literal)
                 _engines[name] = eng
     return eng
@@ -889,7 +889,7 @@ def _now_s(req: RequestView) -> int:
 
 
 def _claims(req: RequestView, env: Any) -> Any:
-    from .jwtauth import token_state
+    from ..conditions.jwtauth import token_state
     return token_state(req, env)
 
 

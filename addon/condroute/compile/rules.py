@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .compile_ctx import CompileCtx, kind
-from .conditions import Cond, compile_cidrs, compile_condition
-from .errors import RulesError
+from ..load.ctx import CompileCtx, kind
+from ..conditions.base import Cond, compile_cidrs, compile_condition
+from ..errors import RulesError
 from .matchers import Matcher, as_text, compile_matcher
-from .request import IPNet, lazy
-from .yamlpos import Y, parse_bytes, parse_text
+from ..request import IPNet, lazy
+from ..load.yamlpos import Y, parse_bytes, parse_text
 
 TOP_KEYS = ("version", "upstreams", "settings", "routes")
 SETTINGS_KEYS = ("on_no_match", "trusted_proxies", "jwt", "geoip_db", "strip_routing_headers")
@@ -681,10 +681,10 @@ def compile_settings(node: Y | None, cc: CompileCtx) -> Settings:
     if "trusted_proxies" in node.v:
         kw["trusted_proxies"] = tuple(compile_cidrs(node.v["trusted_proxies"], cc, "trusted_proxies"))
     if "jwt" in node.v:
-        from .jwtauth import compile_jwt_settings
+        from ..conditions.jwtauth import compile_jwt_settings
         kw["jwt"] = compile_jwt_settings(node.v["jwt"], cc)
     if "geoip_db" in node.v:
-        from .geo import open_geoip_db
+        from ..conditions.geo import open_geoip_db
         kw["geoip"] = open_geoip_db(node.v["geoip_db"], cc)
     return Settings(**kw)
 
@@ -694,7 +694,7 @@ def compile_tree(root: Y, cc: CompileCtx) -> Rules:
         cc.error(root, f"the rules file must be a mapping with `version` and `routes`, not {kind(root.v)}")
         cc.raise_if_errors()
     if "endpoints" in root.v and "routes" not in root.v:
-        from .krakend import import_krakend
+        from ..load.krakend import import_krakend
         return import_krakend(root, cc)
     cc.check_keys(root, TOP_KEYS, "the rules file")
     ver = root.v.get("version")
@@ -771,7 +771,7 @@ class _no_gc:
 
 def load_rules(path: str) -> Rules:
     """Load and compile a rules file. Raises :class:`RulesError` with located problems."""
-    from .rulesfile import read_rules_file   # regular files only, size cap, one read
+    from ..load.rulesfile import read_rules_file   # regular files only, size cap, one read
     return load_rules_bytes(read_rules_file(path).data, path)
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable, Sequence
 
-from .compile_ctx import CompileCtx, kind
-from .matchers import Matcher, compile_matcher, show_values
-from .redact import SENSITIVE_HEADERS, cookie_shower, header_shower, query_shower  # noqa: F401 - re-exported
-from .request import IPNet, RequestView, ip_text
-from .yamlpos import Y
+from ..load.ctx import CompileCtx, kind
+from ..compile.matchers import Matcher, compile_matcher, show_values
+from ..redact import SENSITIVE_HEADERS, cookie_shower, header_shower, query_shower  # noqa: F401 - re-exported
+from ..request import IPNet, RequestView, ip_text
+from ..load.yamlpos import Y
 
 CONDITION_KEYS = ("header", "cookie", "query", "jwt", "client_ip", "geo", "method", "host", "path",
                   "cel", "any", "all", "not")
@@ -237,7 +237,7 @@ def compile_condition(node: Y, cc: CompileCtx, what: str = "when") -> Cond | Non
             from .jwtauth import compile_jwt_condition
             c = compile_jwt_condition(sub, cc)
         elif key == "cel":
-            from .celpolicy import compile_cel_condition
+            from ..cel.policy import compile_cel_condition
             c = compile_cel_condition(sub, cc)
         elif key == "geo":
             from .geo import compile_geo_condition

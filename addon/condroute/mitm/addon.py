@@ -16,12 +16,12 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_specs import RegularMode, ReverseMode, UpstreamMode
 
-from .engine import Decision, decide
+from ..engine import Decision, decide
 from .upstreams import Upstreams
-from .errors import RulesError
-from .request import RequestView, lazy, normalize_path
-from .rules import Rules, load_rules_bytes
-from .rulesfile import RulesBytes, not_regular, read_rules_file, stat_key
+from ..errors import RulesError
+from ..request import RequestView, lazy, normalize_path
+from ..compile.rules import Rules, load_rules_bytes
+from ..load.rulesfile import RulesBytes, not_regular, read_rules_file, stat_key
 
 log = logging.getLogger("condroute")
 

@@ -24,12 +24,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .boundcache import BoundedCache
-from .compile_ctx import CompileCtx, kind
-from .conditions import AllCond, Cond
-from .matchers import Matcher, compile_matcher
-from .request import RequestView
-from .yamlpos import Y
+from ..boundcache import BoundedCache
+from ..load.ctx import CompileCtx, kind
+from .base import AllCond, Cond
+from ..compile.matchers import Matcher, compile_matcher
+from ..request import RequestView
+from ..load.yamlpos import Y
 
 # We warn about short HMAC secrets once, at load; PyJWT would warn on every verification.
 warnings.filterwarnings("ignore", category=pyjwt.InsecureKeyLengthWarning)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from typing import Iterator
 
-from .errors import Problem
-from .rules import PathPattern, Route, Rules
-from .yamlpos import Y, load_file
+from ..errors import Problem
+from ..compile.rules import PathPattern, Route, Rules
+from ..load.yamlpos import Y, load_file
 
 
 class _Where:

@@ -62,7 +62,7 @@ def _compile_regex(pattern: str, keep: bool) -> Any:
     import re2
     cache = _REGEX_CACHE
     if cache is None:
-        from .boundcache import BoundedCache
+        from ..boundcache import BoundedCache
         cache = _REGEX_CACHE = BoundedCache(256, 8 << 20, 1 << 20)
     rx = cache.get(pattern)
     if rx is None:
@@ -577,7 +577,7 @@ class CelExprEngine:
                 overloads.append(cel.Overload(f"{name}_member", types[ret], mparams, is_member=True,
                                               impl=self._wrap(m)))
             decls.append(cel.FunctionDecl(name, overloads))
-        from .celpolicy import ROOT_VARS  # the variables every expression may read
+        from .policy import ROOT_VARS  # the variables every expression may read
         variables = {v: (T.TIMESTAMP if v == "now" else T.DYN) for v in ROOT_VARS}
         self.env = cel.NewEnv(variables=variables, functions=decls)
 

@@ -13,10 +13,10 @@ import re
 import sys
 import textwrap
 
-from .engine import decide
-from .errors import Problem, RulesError
-from .explain import build_request, decision_data, render_decision
-from .rules import Rules, load_rules
+from ..engine import decide
+from ..errors import Problem, RulesError
+from ..explain import build_request, decision_data, render_decision
+from ..compile.rules import Rules, load_rules
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -117,7 +117,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         rules = _load(args.file)
         if rules is None:
             return 1
-        from .flows import explain_flows
+        from ..mitm.flows import explain_flows
         return explain_flows(rules, args.flows, args.json)
     if args.url is None:
         raise _explain_usage("missing URL (or --flows DUMP)")

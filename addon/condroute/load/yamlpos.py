@@ -27,7 +27,7 @@ import yaml
 from yaml.events import (AliasEvent, DocumentStartEvent, MappingEndEvent, MappingStartEvent, ScalarEvent,
                          SequenceEndEvent, SequenceStartEvent, StreamEndEvent)
 
-from .errors import RulesError
+from ..errors import RulesError
 
 # What aliases may add to the tree the compiler walks (nodes: keys, values, list items). A 10,000-route
 # file has ~530,000 nodes in all; a file that uses an alias per backend adds a fraction of that.

@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 
 import re2
 
-from .compile_ctx import CompileCtx
-from .yamlpos import Y
+from ..load.ctx import CompileCtx
+from ..load.yamlpos import Y
 
 STRING_FORMS = ("equals", "in", "prefix", "suffix", "contains", "regex")
 NUMBER_FORMS = ("gt", "ge", "lt", "le")

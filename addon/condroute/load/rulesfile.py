@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from .errors import RulesError
+from ..errors import RulesError
 
 MAX_BYTES = 32 * 1024 * 1024      # a 10,000-route file is ~5 MB; 50 MB used to exhaust memory
 _CHUNK = 1 << 20

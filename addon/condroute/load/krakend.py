@@ -30,11 +30,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .compile_ctx import CompileCtx, kind
-from .conditions import Cond, compile_cidrs, compile_condition
-from .matchers import as_text
-from .request import RequestView
-from .rules import (HTTP_METHODS, Backend, Route, Rules, Settings, compile_path_pattern, compile_path_template,
+from .ctx import CompileCtx, kind
+from ..conditions.base import Cond, compile_cidrs, compile_condition
+from ..compile.matchers import as_text
+from ..request import RequestView
+from ..compile.rules import (HTTP_METHODS, Backend, Route, Rules, Settings, compile_path_pattern, compile_path_template,
                     parse_upstream_url)
 from .yamlpos import Y
 
@@ -186,7 +186,7 @@ class _Importer:
                     cc.warn(tp, "router.trusted_proxies has no effect without forwarded_by_client_ip: true")
             db = self.geoip_path(extra)
             if db is not None:
-                from .geo import open_geoip_db
+                from ..conditions.geo import open_geoip_db
                 kw["geoip"] = open_geoip_db(db, cc)
         return Settings(**kw)
 
@@ -232,7 +232,7 @@ class _Importer:
         cc.raise_if_errors()
         rules = Rules(file=cc.file, routes=tuple(routes), upstreams=dict(cc.upstreams), settings=settings,
                       warnings=tuple(cc.warnings), source_format="krakend")
-        from .index import build_index
+        from ..compile.index import build_index
         object.__setattr__(rules, "index", build_index(rules.routes))
         return rules
 
@@ -434,7 +434,7 @@ class _Importer:
         if not isinstance(vn.v, str):
             cc.error(vn, f"{CONDITIONAL}: a policy must be an expression (a string), not {kind(vn.v)}")
             return None, False
-        from .celpolicy import compile_cel_condition
+        from ..cel.policy import compile_cel_condition
         cond = compile_cel_condition(vn, cc)
         if cond is None:
             return None, False

@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import Decision, decide
-from .explain import build_request, final_path, final_url
-from .errors import Problem, RulesError
-from .matchers import as_text
-from .request import RequestView, parse_ip
-from .rules import Rules
-from .yamlpos import Y, load_file
+from ..engine import Decision, decide
+from ..explain import build_request, final_path, final_url
+from ..errors import Problem, RulesError
+from ..compile.matchers import as_text
+from ..request import RequestView, parse_ip
+from ..compile.rules import Rules
+from ..load.yamlpos import Y, load_file
 
 CASE_KEYS = ("name", "request", "expect")
 REQUEST_KEYS = ("method", "url", "headers", "cookies", "client_ip", "jwt")

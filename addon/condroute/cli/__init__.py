@@ -1,0 +1,1 @@
+"""The command line (main.py): validate, lint, explain, test, schema; and the demo backends."""
