@@ -25,30 +25,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "addon"))
-
-from condroute.cli.demo import start_echo  # noqa: E402
-from condroute.engine import decide  # noqa: E402
-from condroute.request import RequestView  # noqa: E402
-from condroute.compile.rules import load_rules, load_rules_text  # noqa: E402
-
-MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
-ADDON = str(ROOT / "addon" / "conditional_routing.py")
-
-
-def gen_rules(n: int, upstream: str = "http://127.0.0.1:9001", other: str = "http://127.0.0.1:9002") -> str:
-    out = ["version: 1", f"upstreams: {{a: '{upstream}', b: '{other}'}}", "routes:"]
-    for i in range(n):
-        out.append(
-            f"  - name: r{i}\n"
-            f"    match: {{path: '/svc{i}/{{id}}', methods: [GET, POST]}}\n"
-            f"    backends:\n"
-            f"      - {{name: by-header, when: {{header: {{X-Ab-Test: B}}}}, upstream: b}}\n"
-            f"      - {{name: by-cookie, when: {{cookie: {{ab: B}}}}, upstream: b}}\n"
-            f"      - {{name: by-ip, when: {{client_ip: 10.0.0.0/8}}, upstream: b}}\n"
-            f"      - {{name: default, fallback: true, upstream: a, path: '/svc{i}/{{id}}'}}")
-    return "\n".join(out) + "\n"
+from benchlib import ADDON, MITMDUMP, gen_rules  # also puts addon/ on sys.path
+from bench_instructions import section as instructions_section
+from condroute.cli.demo import start_echo
+from condroute.rules import load_rules, load_rules_text
+from condroute.engine import decide
+from condroute.request import RequestView
 
 
 def gen_host_rules(n: int) -> str:
@@ -470,8 +452,7 @@ def main() -> int:
             print("\n4. end to end, counted: instructions per request under valgrind (callgrind), which do not "
                   "depend on what else the machine runs\n   (reverse mode; (300 - 100 requests) / 200 on one "
                   "keep-alive connection, so start-up cancels out; takes ~15 minutes)")
-            from bench_instructions import section
-            section()
+            instructions_section()
         reload_section(5 if a.quick else 10)
     return 0
 

@@ -18,11 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "addon"), str(ROOT / "scripts")]
-
-from bench import ADDON, MITMDUMP, gen_rules  # noqa: E402
-from condroute.cli.demo import start_echo  # noqa: E402
+from benchlib import ADDON, MITMDUMP, gen_rules  # also puts addon/ on sys.path
+from condroute.cli.demo import start_echo
 
 EMPTY = "class Empty:\n    def requestheaders(self, flow):\n        pass\n\naddons = [Empty()]\n"
 
