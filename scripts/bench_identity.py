@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 from condroute.cel.engines import available_engines  # noqa: E402
 from condroute.cel.policy import compile_policy  # noqa: E402
 from condroute.request import RequestView  # noqa: E402
-from condroute.compile.rules import load_rules_text  # noqa: E402
+from condroute.rules import load_rules_text  # noqa: E402
 
 SECRET = "b" * 40
 TYPICAL = ("req_headers['X-Ab-Test'][0] == 'B' && req_headers.containsCookie('ab-test-xyz', '1') "

@@ -16,7 +16,7 @@ from condroute.boundcache import BoundedCache, sizeof
 from condroute.cel.policy import compile_policy
 from condroute.engine import decide
 from condroute.request import RequestView, _ip_cache, parse_ip
-from condroute.compile.rules import load_rules_text
+from condroute.rules import load_rules_text
 from test_identity_support import _b64
 
 pytestmark = pytest.mark.slow   # tracemalloc slows everything it traces

@@ -246,7 +246,7 @@ def test_a_costly_expression_is_a_located_load_error(tmp_path, text, col_of, mes
     p.write_text(f"version: 1\nroutes:\n  - name: r\n    backends:\n      - name: b\n        when: {{cel: \"{text}\"}}\n"
                  "        respond: {status: 200}\n")
     with pytest.raises(RulesError) as ei:
-        from condroute.compile.rules import load_rules
+        from condroute.rules import load_rules
         load_rules(str(p))
     assert f"rules.yaml:6:{21 + col_of(text)}: cel: " in str(ei.value)
 

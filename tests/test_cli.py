@@ -17,7 +17,7 @@ from condroute.cli.main import main
 from condroute.engine import decide
 from condroute.explain import build_request
 from condroute.cli.lint import route_covers
-from condroute.compile.rules import load_rules, load_rules_text
+from condroute.rules import load_rules, load_rules_text
 from helpers import ROOT
 
 CONDROUTE = Path(sys.executable).with_name("condroute")
@@ -733,9 +733,9 @@ def test_schema_is_draft_2020_12_json(capsys):
 
 
 def test_schema_keys_match_the_loaders_key_lists():
-    from condroute.compile import rules
-    from condroute.conditions.base import CONDITION_KEYS
-    from condroute.compile.matchers import MATCHER_KEYS
+    from condroute.load import condroute as rules
+    from condroute.conditions.registry import CONDITION_KEYS
+    from condroute.conditions.matchers import MATCHER_KEYS
     from condroute.cli.schema import build_schema
     s = build_schema()
     d = s["$defs"]

@@ -7,7 +7,7 @@ import pytest
 
 from condroute.engine import decide
 from condroute.request import RequestView, parse_cookie_header, parse_ip
-from condroute.compile.rules import load_rules_text
+from condroute.rules import load_rules_text
 
 
 def rules(text: str):

@@ -22,7 +22,7 @@ from condroute.errors import RulesError
 from condroute.explain import build_request, final_path
 from condroute.mitm.addon import ConditionalRouting, request_view
 from condroute.request import RequestView, normalize_path
-from condroute.compile.rules import load_rules
+from condroute.rules import load_rules
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

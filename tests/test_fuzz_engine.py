@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from condroute.engine import decide
 from condroute.request import RequestView
-from condroute.compile.rules import load_rules_text
+from condroute.rules import load_rules_text
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

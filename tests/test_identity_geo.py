@@ -8,7 +8,7 @@ from condroute.engine import decide
 from condroute.errors import RulesError
 from condroute.conditions.geo import go_style
 from condroute.request import RequestView
-from condroute.compile.rules import load_rules
+from condroute.rules import load_rules
 from test_identity_support import CA_IP6, GB_IP, REPRESENTED_IP, SE_IP, UNKNOWN_IP, US_IP, build_geo_db
 
 

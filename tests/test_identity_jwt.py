@@ -10,7 +10,7 @@ from condroute.conditions import jwtauth
 from condroute.engine import decide, split_key
 from condroute.errors import RulesError
 from condroute.request import RequestView
-from condroute.compile.rules import load_rules
+from condroute.rules import load_rules
 from test_identity_support import (EC_PUBLIC_PEM, ED_PUBLIC_PEM, OTHER_RSA_PRIVATE, RSA_PRIVATE, RSA_PUBLIC_PEM,
                                    SECRET, alg_none, claims, eddsa, es256, forged, hs256,
                                    hs256_with_rsa_public_key_as_secret, jwks, pem_private, rs256)
@@ -293,7 +293,7 @@ def test_verify_false_decodes_without_checking_and_warns_at_load(tmp_path):
 def test_verify_false_warning_reaches_the_addon_log():
     """mitm.py logs every rules warning at load: the warning is a plain located Problem."""
     from condroute.errors import Problem
-    from condroute.compile.rules import load_rules_text
+    from condroute.rules import load_rules_text
     rules = load_rules_text("version: 1\nsettings: {jwt: {verify: false}}\nroutes: []\n", "r.yaml")
     assert [type(w) for w in rules.warnings] == [Problem]
     assert str(rules.warnings[0]).startswith("r.yaml:2:26: settings.jwt.verify is false")

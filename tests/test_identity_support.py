@@ -164,7 +164,7 @@ def test_token_builders():
 def identity_env(d: Path):
     """Rules with every identity setting (trusted proxy, a GeoIP database written into ``d``, a
     verified HS256 JWT) and no routes: the environment CEL policies are compiled against."""
-    from condroute.compile.rules import load_rules_text
+    from condroute.rules import load_rules_text
     build_geo_db(d / "geo.mmdb")
     return load_rules_text(f"""version: 1
 settings:

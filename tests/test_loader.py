@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from condroute.errors import RulesError
-from condroute.compile.rules import load_rules, load_rules_text
+from condroute.rules import load_rules, load_rules_text
 
 HEAD = "version: 1\nupstreams: {a: 'http://127.0.0.1:9001'}\nroutes:\n"
 

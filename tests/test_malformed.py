@@ -15,7 +15,7 @@ from mitmproxy.test import taddons
 
 from condroute.errors import RulesError
 from condroute.mitm.addon import ConditionalRouting
-from condroute.compile.rules import load_rules
+from condroute.rules import load_rules
 from helpers import ADDON, MitmdumpForker, run_mitmdump_until_exit
 
 CORPUS = Path(__file__).parent / "malformed"

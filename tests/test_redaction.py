@@ -18,7 +18,7 @@ from condroute.engine import decide
 from condroute.explain import build_request
 from condroute.mitm.addon import ConditionalRouting
 from condroute.redact import redact_query_string, secret_name
-from condroute.compile.rules import load_rules_text
+from condroute.rules import load_rules_text
 from test_addon import make_flow
 
 TOKEN = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1c2VyLTQyIn0.c2VjcmV0LXNpZ25hdHVyZQ"   # what must never show

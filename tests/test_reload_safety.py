@@ -26,7 +26,7 @@ from condroute.mitm import addon as mitm
 from condroute.load import rulesfile
 from condroute.errors import RulesError
 from condroute.mitm.addon import ConditionalRouting
-from condroute.compile.rules import _no_gc, load_rules
+from condroute.rules import _no_gc, load_rules
 from helpers import ADDON, MITMDUMP, ROOT, run_mitmdump_until_exit
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")

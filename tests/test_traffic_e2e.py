@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from condroute.engine import choose_arm
-from condroute.compile.rules import load_rules
+from condroute.rules import load_rules
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "krakend"
 

@@ -14,7 +14,7 @@ from condroute.engine import choose_arm, decide
 from condroute.mitm.health import FRESH, Health
 from condroute.mitm.addon import ConditionalRouting
 from condroute.request import RequestView
-from condroute.compile.rules import load_rules_text
+from condroute.rules import load_rules_text
 from condroute.mitm.upstreams import Upstreams, describe_connect_error, parse_seconds
 
 PRIMARY, SECOND, FALLBACK = ("127.0.0.1", 9101), ("127.0.0.1", 9102), ("127.0.0.1", 9103)

@@ -15,7 +15,7 @@ from condroute.engine import decide
 from condroute.errors import RulesError
 from condroute.load.krakend import parse_duration
 from condroute.request import RequestView
-from condroute.compile.rules import load_rules, load_rules_text
+from condroute.rules import load_rules, load_rules_text
 from condroute.load.yamlpos import Y
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "krakend"

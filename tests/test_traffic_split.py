@@ -13,7 +13,7 @@ import pytest
 
 from condroute.engine import choose_arm, decide
 from condroute.request import RequestView
-from condroute.compile.rules import load_rules, load_rules_text
+from condroute.rules import load_rules, load_rules_text
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 10_000
@@ -75,7 +75,7 @@ def test_the_same_arms_in_another_process_with_another_hash_seed():
     code = textwrap.dedent("""
         import json, sys
         from condroute.engine import choose_arm
-        from condroute.compile.rules import load_rules_text
+        from condroute.rules import load_rules_text
         r = load_rules_text('''
         version: 1
         upstreams: {a: "http://127.0.0.1:9001", b: "http://127.0.0.1:9002"}

@@ -118,7 +118,7 @@ def test_upstream_faults_give_clear_answers_and_the_proxy_keeps_serving(echo, ru
 def test_rules_files_cannot_run_code_or_read_other_files(tmp_path: Path):
     """YAML tags that construct objects or include files are errors, and nothing is executed."""
     from condroute.errors import RulesError
-    from condroute.compile.rules import load_rules
+    from condroute.rules import load_rules
 
     marker = tmp_path / "pwned"
     for i, value in enumerate([f"!!python/object/apply:os.system ['touch {marker}']",

@@ -23,7 +23,7 @@ from condroute.engine import decide
 from condroute.errors import RulesError
 from condroute.mitm.addon import ConditionalRouting
 from condroute.request import RequestView
-from condroute.compile.rules import load_rules, load_rules_bytes, load_rules_text
+from condroute.rules import load_rules, load_rules_bytes, load_rules_text
 from condroute.load.yamlpos import parse_text
 
 FB = "http://127.0.0.1:9001"

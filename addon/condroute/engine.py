@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .request import RequestView
-from .compile.rules import Backend, Respond, Route, Rules, Split, Upstream
+from .compile.runtime import Backend, Respond, Route, Rules, Split, Upstream
 
 
 @dataclass
@@ -203,7 +203,7 @@ def split_key(split: Split, req: RequestView, rules: Rules) -> str | None:
         v = claim_values(req, rules, split.key)
     if not v:
         return None
-    from .compile.matchers import as_text
+    from .conditions.matchers import as_text
     s = as_text(v[0])
     return s if s != "" else None
 

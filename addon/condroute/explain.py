@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from .engine import Decision
 from .request import RequestView, parse_ip
-from .compile.rules import Rules
+from .compile.runtime import Rules
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 LABEL = 10   # width of the label column of the table

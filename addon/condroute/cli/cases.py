@@ -19,9 +19,9 @@ from typing import Any
 from ..engine import Decision, decide
 from ..explain import build_request, final_path, final_url
 from ..errors import Problem, RulesError
-from ..compile.matchers import as_text
+from ..conditions.matchers import as_text
 from ..request import RequestView, parse_ip
-from ..compile.rules import Rules
+from ..compile.runtime import Rules
 from ..load.yamlpos import Y, load_file
 
 CASE_KEYS = ("name", "request", "expect")

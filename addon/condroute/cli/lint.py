@@ -11,7 +11,7 @@ import re
 from typing import Iterator
 
 from ..errors import Problem
-from ..compile.rules import PathPattern, Route, Rules
+from ..compile.runtime import PathPattern, Route, Rules
 from ..load.yamlpos import Y, load_file
 
 

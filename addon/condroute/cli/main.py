@@ -16,7 +16,7 @@ import textwrap
 from ..engine import decide
 from ..errors import Problem, RulesError
 from ..explain import build_request, decision_data, render_decision
-from ..compile.rules import Rules, load_rules
+from ..rules import Rules, load_rules
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 

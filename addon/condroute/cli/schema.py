@@ -1,13 +1,16 @@
 """The JSON Schema (draft 2020-12) of a condroute rules file, for editors' YAML language servers.
 
-The loader (rules.py) is the authority: the schema only helps an editor complete keys and flag
-typos early. Its key sets are kept equal to the loader's key lists (BACKEND_KEYS etc.); a test
+The loader (load/condroute.py) and the condition kinds (conditions/, each with its own schema)
+are the authority: the schema only helps an editor complete keys and flag typos early. Its key sets are kept equal to the loader's key lists (BACKEND_KEYS etc.); a test
 checks that. KrakenD configuration files (top-level ``endpoints``) are not described here.
 """
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from ..conditions.registry import KINDS
+from ..httptext import TOKEN_PATTERN
 
 SCHEMA_ID = "urn:condroute:rules:v1"
 
@@ -17,26 +20,10 @@ _TEXT = ("compared as the text written: NO, yes, on, 0777, 1_000, 2026-12-01, ~ 
          "never a boolean, a number or null")
 _scalar = {"type": ["string", "number", "boolean"], "description": _TEXT}
 _name = {"type": ["string", "number", "boolean"], "description": "a non-empty name, " + _TEXT}
-_header_name = {"type": "string", "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"}
+_header_name = {"type": "string", "pattern": TOKEN_PATTERN}
 # a header value: visible text and tabs, no other control character (RFC 9110 §5.5)
 _header_value = {"type": ["string", "number", "boolean"], "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$",
                  "description": "a header value, " + _TEXT}
-_cidrs = {
-    "description": "a CIDR (10.0.0.0/8, ::1/128) or a list of them",
-    "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
-}
-
-
-def _codes(length: int, what: str) -> dict:
-    code = {"type": "string", "pattern": f"^\\s*[A-Za-z]{{{length}}}\\s*$"}
-    return {"description": f"a {what} or a list of them",
-            "oneOf": [code, {"type": "array", "items": code, "minItems": 1}]}
-
-
-def _named(what: str) -> dict:
-    return {"type": "object", "description": f"{{NAME: MATCHER}}: each named {what} must match",
-            "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/matcher"}}
-
 
 def build_schema() -> dict[str, Any]:
     matcher_object = {
@@ -56,28 +43,8 @@ def build_schema() -> dict[str, Any]:
             "gt": {"type": "number"}, "ge": {"type": "number"}, "lt": {"type": "number"}, "le": {"type": "number"},
         },
     }
-    condition_props = {
-        "header": _named("request header (names are case-insensitive)"),
-        "cookie": _named("cookie (parsed from Cookie)"),
-        "query": _named("query parameter"),
-        "jwt": {"type": "object", "description": "{CLAIM: MATCHER}; a.b reaches into nested claims",
-                "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/matcher"}},
-        "client_ip": _cidrs,
-        "geo": {"type": "object", "description": "{country: [US, GB], continent: [EU], eu: true}",
-                "minProperties": 1, "additionalProperties": False,
-                "properties": {"country": _codes(2, "ISO country code"),
-                               "continent": _codes(2, "continent code"),
-                               "eu": {"type": "boolean"}}},
-        "method": {"$ref": "#/$defs/matcher"},
-        "host": {"$ref": "#/$defs/matcher"},
-        "path": {"$ref": "#/$defs/matcher"},
-        "cel": {"type": "string", "description": "a CEL expression that must evaluate to true"},
-        "any": {"type": "array", "items": {"$ref": "#/$defs/condition"}, "minItems": 1,
-                "description": "at least one holds"},
-        "all": {"type": "array", "items": {"$ref": "#/$defs/condition"}, "minItems": 1,
-                "description": "every one holds"},
-        "not": {"$ref": "#/$defs/condition"},
-    }
+    # one entry per condition kind, from the kinds' own registrations
+    condition_props = {k.name: k.schema for k in KINDS.values()}
     host_list = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
                  "description": 'exact host, "*.example.com", or a list of those'}
     method_list = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
@@ -160,7 +127,7 @@ def build_schema() -> dict[str, Any]:
                 "type": "object", "additionalProperties": False,
                 "properties": {
                     "on_no_match": {"enum": ["passthrough", "error"]},
-                    "trusted_proxies": _cidrs,
+                    "trusted_proxies": KINDS["client_ip"].schema,
                     "jwt": {"type": "object", "required": ["verify"], "additionalProperties": False,
                             "description": "from: header:NAME, cookie:NAME or query:NAME; verify: false or a mapping",
                             "properties": {

@@ -15,7 +15,7 @@ import maxminddb
 
 from ..boundcache import BoundedCache
 from ..load.ctx import CompileCtx, kind
-from .base import Cond
+from .base import Cond, Kind, SubCompiler
 from ..request import IPAddr, RequestView
 from ..load.yamlpos import Y
 
@@ -255,7 +255,7 @@ def _codes(node: Y, cc: CompileCtx, what: str, length: int) -> frozenset[str] | 
     return frozenset(out) if len(out) == len(items) else None
 
 
-def compile_geo_condition(node: Y, cc: CompileCtx):
+def compile_geo_condition(node: Y, cc: CompileCtx, sub: SubCompiler | None = None) -> Cond | None:
     if not cc.expect_map(node, "geo"):
         return None
     ok = cc.check_keys(node, GEO_KEYS, "geo")
@@ -282,3 +282,17 @@ def compile_geo_condition(node: Y, cc: CompileCtx):
     if not ok:
         return None
     return GeoCond(countries, eu, continents)
+
+
+def _codes_schema(length: int, what: str) -> dict:
+    code = {"type": "string", "pattern": f"^\\s*[A-Za-z]{{{length}}}\\s*$"}
+    return {"description": f"a {what} or a list of them",
+            "oneOf": [code, {"type": "array", "items": code, "minItems": 1}]}
+
+
+_SCHEMA = {"type": "object", "description": "{country: [US, GB], continent: [EU], eu: true}",
+           "minProperties": 1, "additionalProperties": False,
+           "properties": {"country": _codes_schema(2, "ISO country code"),
+                          "continent": _codes_schema(2, "continent code"),
+                          "eu": {"type": "boolean"}}}
+KINDS = [Kind("geo", 60, compile_geo_condition, _SCHEMA, "the client's country (GeoIP)")]

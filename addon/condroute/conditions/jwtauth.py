@@ -26,8 +26,6 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from ..boundcache import BoundedCache
 from ..load.ctx import CompileCtx, kind
-from .base import AllCond, Cond
-from ..compile.matchers import Matcher, compile_matcher
 from ..request import RequestView
 from ..load.yamlpos import Y
 
@@ -277,50 +275,6 @@ def claim_values(req, env, claim: str) -> list:
 
 
 # -- conditions --------------------------------------------------------------------------------------
-class JwtClaimCond(Cond):
-    def __init__(self, claim: str, m: Matcher):
-        self.claim = claim
-        self.m = m
-        self.text = f"jwt {claim} {m.want}"
-
-    def fail(self, req: RequestView, env: Any) -> str | None:
-        st = token_state(req, env)
-        if st.error is not None:
-            return f"jwt {self.claim}: the token was rejected: {st.error}"
-        values = values_at(st.claims, self.claim)
-        if self.m.holds(values):
-            return None
-        if st.token is None:
-            return f"jwt {self.claim}: there is no token, wanted {self.m.want}"
-        if not values:
-            return f"jwt {self.claim} is missing from the token, wanted {self.m.want}"
-        # never show the claim's value: it is token content
-        return f"jwt {self.claim} does not match, wanted {self.m.want}"
-
-
-def compile_jwt_condition(node: Y, cc: CompileCtx):
-    if not cc.expect_map(node, "jwt"):
-        return None
-    if not node.v:
-        cc.error(node, "jwt: name at least one claim, e.g. {role: admin}")
-        return None
-    if getattr(getattr(cc, "settings", None), "jwt", None) is None and not getattr(cc, "jwt_declared", False):
-        cc.error(node, "jwt conditions need settings.jwt: where the token is and how it is verified "
-                       "(verify: {secret_env: VAR}, {public_key_file: F}, {jwks_file: F}, or false to only decode)")
-        return None
-    parts: list[Cond] = []
-    for claim, sub in node.v.items():
-        if not claim or claim.startswith(".") or claim.endswith("."):
-            cc.error_key(node, claim, f"jwt: bad claim path {claim!r}")
-            continue
-        m = compile_matcher(sub, cc, f"jwt {claim}")
-        if m is not None:
-            parts.append(JwtClaimCond(claim, m))
-    if len(parts) != len(node.v):
-        return None
-    return parts[0] if len(parts) == 1 else AllCond(parts)
-
-
 # -- settings ----------------------------------------------------------------------------------------
 def _algs_of(key: Any) -> tuple[frozenset[str], str]:
     if isinstance(key, rsa.RSAPublicKey):

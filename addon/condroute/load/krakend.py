@@ -30,13 +30,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from typing import Iterator
+
+from ..httptext import HTTP_METHODS
+from ..model import Backend, Never, Route, Settings, VisibleHeaders, When
+from ..node import Y, as_text
+from .common import parse_cidrs, parse_path_template, parse_route_path, parse_upstream_url
 from .ctx import CompileCtx, kind
-from ..conditions.base import Cond, compile_cidrs, compile_condition
-from ..compile.matchers import as_text
-from ..request import RequestView
-from ..compile.rules import (HTTP_METHODS, Backend, Route, Rules, Settings, compile_path_pattern, compile_path_template,
-                    parse_upstream_url)
-from .yamlpos import Y
+
 
 CONDITIONAL = "backend/conditional"
 STRATEGIES = ("header", "policy", "fallback")
@@ -46,11 +47,6 @@ _DURATIONS = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DYNAMIC = re.compile(r"\{\s*(input_headers|input_query_strings|JWT|jwt|resp\d+_)[^}]*\}")
 _METHOD = re.compile(r"^[A-Za-z]+$")
-
-
-def canonical(name: str) -> str:
-    """A header name as Go's textproto writes it: x-beta -> X-Beta."""
-    return "-".join(p[:1].upper() + p[1:].lower() for p in name.split("-"))
 
 
 def _meta(key: str) -> bool:
@@ -75,74 +71,17 @@ def parse_duration(node: Y, cc: CompileCtx, what: str) -> float | None:
     return secs
 
 
-# -- conditions --------------------------------------------------------------------------------------
-class NeverCond(Cond):
-    """A condition that cannot hold (a header KrakenD would not see)."""
-
-    def __init__(self, text: str, reason: str):
-        self.text = text
-        self.reason = reason
-
-    def fail(self, req: RequestView, env: Any) -> str | None:
-        return self.reason
-
-
-class _VisibleView(RequestView):
-    """The request as a KrakenD backend conditional sees it: only the declared headers. The client
-    IP is the real request's (KrakenD's router determines it before any header filtering)."""
-
-    def client_ip(self, trusted):  # type: ignore[override]
-        return self.__dict__["_orig"].client_ip(trusted)
-
-
-class VisibleHeadersCond(Cond):
-    """Evaluates ``inner`` against the request with only the ``allowed`` headers (lower-case)."""
-
-    def __init__(self, inner: Cond, allowed: frozenset[str], hidden: tuple[str, ...] = ()):
-        self.inner = inner
-        self.allowed = allowed
-        self.hidden = hidden        # headers the condition reads that are not declared
-        self.text = inner.text
-        self._memo = "krakend_visible:" + ",".join(sorted(allowed))
-
-    def view(self, req: RequestView) -> RequestView:
-        def make() -> RequestView:
-            # header_map, not req.headers: the addon hands the engine a one-shot iterator of headers
-            v = _VisibleView(req.method, req.scheme, req.host, req.port, req.path, req.query_string,
-                             [(k, val) for k, vals in req.header_map.items() if k in self.allowed for val in vals],
-                             req.peer, req.jwt_token)
-            v.__dict__["_orig"] = req
-            return v
-        v = req.memo(self._memo, make)
-        v.params, v.rest = req.params, req.rest
-        return v
-
-    def fail(self, req: RequestView, env: Any) -> str | None:
-        r = self.inner.fail(self.view(req), env)
-        if r is not None and self.hidden:
-            sent = [canonical(n) for n in self.hidden if req.header_map.get(n)]
-            if sent:
-                r += (f" ({', '.join(sent)} {'was' if len(sent) == 1 else 'were'} sent but "
-                      f"{'is' if len(sent) == 1 else 'are'} not in the endpoint's input_headers)")
-        return r
-
-
-def _policy_headers(cond: Any) -> tuple[set[str], bool]:
-    """Which headers (lower-case) a compiled CEL policy reads, and whether it reads all of them."""
-    atoms = getattr(getattr(cond, "policy", None), "atoms", ()) or ()
-    names, everything = set(), False
-    for a in atoms:
-        if isinstance(a, tuple) and a and a[0] == "H":
-            everything = True
-        elif isinstance(a, tuple) and len(a) == 2 and a[0] == "h" and isinstance(a[1], str):
-            names.add(a[1].lower())
-        elif isinstance(a, tuple) and len(a) == 2 and a[0] == "c":      # a cookie: the Cookie header
-            names.add("cookie")
-    return names, everything
-
-
 # -- the import --------------------------------------------------------------------------------------
-class _Importer:
+class KrakendLoader:
+    """Reads a parsed KrakenD configuration into the model: :meth:`head` (settings), then
+    :meth:`routes`, one endpoint at a time."""
+
+    format = "krakend"
+
+    @staticmethod
+    def claims(root: Y) -> bool:
+        return isinstance(root.v, dict) and "endpoints" in root.v and "routes" not in root.v
+
     def __init__(self, root: Y, cc: CompileCtx):
         self.root = root
         self.cc = cc
@@ -174,7 +113,7 @@ class _Importer:
                 tp = router.v.get("trusted_proxies")
                 fwd = router.v.get("forwarded_by_client_ip")
                 if tp is not None and fwd is not None and fwd.v is True:
-                    kw["trusted_proxies"] = tuple(compile_cidrs(tp, cc, "router.trusted_proxies"))
+                    kw["trusted_proxies"] = tuple(parse_cidrs(tp, cc, "router.trusted_proxies"))
                     rih = router.v.get("remote_ip_headers")
                     if rih is not None and isinstance(rih.v, list):
                         other = [h.v for h in rih.v if isinstance(h.v, str)
@@ -186,8 +125,7 @@ class _Importer:
                     cc.warn(tp, "router.trusted_proxies has no effect without forwarded_by_client_ip: true")
             db = self.geoip_path(extra)
             if db is not None:
-                from ..conditions.geo import open_geoip_db
-                kw["geoip"] = open_geoip_db(db, cc)
+                kw["geoip_db"] = db
         return Settings(**kw)
 
     def geoip_path(self, extra: Y) -> Y | None:
@@ -208,33 +146,30 @@ class _Importer:
                         return conf.v["citydb_path"]
         return None
 
-    def run(self) -> Rules:
+    def head(self) -> Settings:
         cc, v = self.cc, self.root.v
         self.root_hosts = self.hosts(v.get("host"), "host")
         if "timeout" in v:
             self.root_timeout = parse_duration(v["timeout"], cc, "timeout")
-        cc.settings = settings = self.settings()
-        routes: list[Route] = []
-        en = v["endpoints"]
-        if cc.expect_list(en, "endpoints"):
-            if not en.v:
-                cc.error(en, "endpoints is empty")
-            seen: dict[str, int] = {}
-            for i, node in enumerate(en.v):
-                r = self.endpoint(node, i)
-                if r is None:
-                    continue
-                if r.name in seen:
-                    cc.error(node, f"endpoint {r.name} is declared twice (first at line {seen[r.name]})")
-                    continue
-                seen[r.name] = node.line
-                routes.append(r)
-        cc.raise_if_errors()
-        rules = Rules(file=cc.file, routes=tuple(routes), upstreams=dict(cc.upstreams), settings=settings,
-                      warnings=tuple(cc.warnings), source_format="krakend")
-        from ..compile.index import build_index
-        object.__setattr__(rules, "index", build_index(rules.routes))
-        return rules
+        return self.settings()
+
+    def routes(self) -> Iterator[Route]:
+        cc = self.cc
+        en = self.root.v["endpoints"]
+        if not cc.expect_list(en, "endpoints"):
+            return
+        if not en.v:
+            cc.error(en, "endpoints is empty")
+        seen: dict[str, int] = {}
+        for i, node in enumerate(en.v):
+            r = self.endpoint(node, i)
+            if r is None:
+                continue
+            if r.name in seen:
+                cc.error(node, f"endpoint {r.name} is declared twice (first at line {seen[r.name]})")
+                continue
+            seen[r.name] = node.line
+            yield r
 
     # -- endpoints ----------------------------------------------------------------------------
     def endpoint(self, node: Y, i: int) -> Route | None:
@@ -257,7 +192,7 @@ class _Importer:
                 return None
             method = m.v.upper()
         name = f"{method} {path}"
-        pp = compile_path_pattern(pn, cc)
+        pp = parse_route_path(pn, cc)
         if pp is None:
             return None
         cc.route_params, cc.route_has_rest = pp.params, pp.has_rest
@@ -297,8 +232,7 @@ class _Importer:
                 fallback = be
             backends.append(be)
         self.merge_warning(node, name, backends, v.get("extra_config"))
-        return Route(name=name, line=node.line, methods=frozenset({method}), path=pp,
-                     backends=tuple(backends), fallback=fallback)
+        return Route(name=name, line=node.line, methods=frozenset({method}), path=pp, backends=tuple(backends))
 
     def merge_warning(self, node: Y, name: str, backends: list[Backend], extra: Y | None) -> None:
         """Where KrakenD would call several backends for one request and merge their responses."""
@@ -340,7 +274,7 @@ class _Importer:
                          "use the endpoint's {params}")
             return None
         up_text = un.v if un.v.startswith("/") else "/" + un.v
-        tmpl = compile_path_template(Y(up_text, un.line, un.col), cc)
+        tmpl = parse_path_template(Y(up_text, un.line, un.col), cc)
         hosts = self.hosts(v.get("host"), "host") if "host" in v else []
         if not hosts:
             hosts = self.root_hosts
@@ -381,7 +315,7 @@ class _Importer:
         return Backend(name=bname, line=node.line, upstream=up, path=tmpl, timeout=timeout, **kw)
 
     def conditional(self, node: Y, ep: str, bname: str, visible: frozenset[str] | None,
-                    header_conds: dict) -> tuple[Cond | None, bool]:
+                    header_conds: dict) -> tuple[When | None, bool]:
         cc = self.cc
         if not cc.expect_map(node, CONDITIONAL):
             return None, False
@@ -417,7 +351,7 @@ class _Importer:
                 cc.warn(nn, f"endpoint {ep}: {bname} checks header {nn.v} which is not in the endpoint's "
                             f"input_headers: KrakenD never passes it on, so this backend never holds "
                             f"(add \"{nn.v}\" to input_headers)")
-                return NeverCond(f"header {nn.v} is \"{value}\" (undeclared: never holds)",
+                return Never(f"header {nn.v} is \"{value}\" (undeclared: never holds)",
                                  f"header {nn.v} is not in the endpoint's input_headers, so KrakenD does not "
                                  f"see it: this condition never holds"), False
             key = (nn.v.lower(), value)
@@ -426,31 +360,14 @@ class _Importer:
                             f"calls both and merges the responses; condroute routes to {header_conds[key]}")
             else:
                 header_conds[key] = bname
-            cond = compile_condition(Y({"header": Y({nn.v: Y(value, vn.line, vn.col)}, nn.line, nn.col,
-                                                    {nn.v: (nn.line, nn.col)})},
-                                       node.line, node.col, {"header": (nn.line, nn.col)}), cc, CONDITIONAL)
-            return cond, False
+            return Y({"header": Y({nn.v: Y(value, vn.line, vn.col)}, nn.line, nn.col, {nn.v: (nn.line, nn.col)})},
+                     node.line, node.col, {"header": (nn.line, nn.col)}), False
         # policy
         if not isinstance(vn.v, str):
             cc.error(vn, f"{CONDITIONAL}: a policy must be an expression (a string), not {kind(vn.v)}")
             return None, False
-        from ..cel.policy import compile_cel_condition
-        cond = compile_cel_condition(vn, cc)
-        if cond is None:
-            return None, False
+        cel = Y({"cel": vn}, vn.line, vn.col, {"cel": (vn.line, vn.col)})
         if visible is None:
-            return cond, False
-        names, _ = _policy_headers(cond)
-        hidden = sorted(n for n in names if n not in visible)
-        if hidden:
-            shown = ", ".join(canonical(n) for n in hidden)
-            cc.warn(vn, f"endpoint {ep}: {bname}: the policy reads the header{'s' * (len(hidden) > 1)} {shown}, which "
-                        f"{'is' if len(hidden) == 1 else 'are'} not in the endpoint's input_headers: KrakenD "
-                        f"does not pass {'it' if len(hidden) == 1 else 'them'} on, so the policy sees "
-                        f"{'it' if len(hidden) == 1 else 'them'} as missing")
-        return VisibleHeadersCond(cond, visible, tuple(hidden)), False
-
-
-def import_krakend(root: Y, cc: CompileCtx) -> Rules:
-    """Compile a KrakenD configuration (a mapping with ``endpoints``) into condroute rules."""
-    return _Importer(root, cc).run()
+            return cel, False
+        # which headers the policy reads is known once it is compiled: the compiler warns then
+        return VisibleHeaders(cel, visible, f"endpoint {ep}: {bname}"), False

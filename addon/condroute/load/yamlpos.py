@@ -1,6 +1,6 @@
 """Load YAML or JSON into a tree of values that remember where they were written.
 
-Every node is a :class:`Y`: ``.v`` holds a ``dict[str, Y]``, a ``list[Y]`` or a plain scalar,
+Every node is a :class:`~condroute.node.Y`: ``.v`` holds a ``dict[str, Y]``, a ``list[Y]`` or a plain scalar,
 and ``.line``/``.col`` (1-based) say where it starts, so every validation error can point at
 the exact spot in the user's file.
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -28,6 +28,8 @@ from yaml.events import (AliasEvent, DocumentStartEvent, MappingEndEvent, Mappin
                          SequenceEndEvent, SequenceStartEvent, StreamEndEvent)
 
 from ..errors import RulesError
+from ..node import KeyPos, Y
+from .rulesfile import read_rules_file   # regular files only, size cap, one read
 
 # What aliases may add to the tree the compiler walks (nodes: keys, values, list items). A 10,000-route
 # file has ~530,000 nodes in all; a file that uses an alias per backend adds a fraction of that.
@@ -46,32 +48,6 @@ _BAD_CHAR = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _resolver = yaml.resolver.Resolver()
 _constructor = yaml.constructor.SafeConstructor()
-
-
-class KeyPos(Mapping):
-    """Where each key of a mapping was written, key -> (line, col), read from one flat tuple of
-    line, col pairs in the mapping's key order."""
-
-    __slots__ = ("_keys", "_pos")
-
-    def __init__(self, keys: dict, pos: tuple[int, ...]):
-        self._keys = keys
-        self._pos = pos
-
-    def __getitem__(self, key: str) -> tuple[int, int]:
-        if key not in self._keys:
-            raise KeyError(key)
-        i = 2 * list(self._keys).index(key)
-        return self._pos[i], self._pos[i + 1]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
 
 
 class _Source:
@@ -101,51 +77,6 @@ class _Source:
                     stack.extend(n.v)
             self._index = index
         return self._index.get((y.line, y.col))
-
-
-class Y:
-    """A value and where it was written. ``text`` is a scalar's text as written (None for a
-    mapping, a list, an empty value or JSON's null); ``key_pos`` says where a mapping's keys are."""
-
-    # one slot for a scalar's text or a mapping's key positions: 64 bytes a node, not 80
-    __slots__ = ("v", "line", "col", "_x")
-
-    def __init__(self, v: Any, line: int, col: int, key_pos: Mapping | _Source | None = None,
-                 text: str | None = None):
-        self.v = v
-        self.line = line
-        self.col = col
-        cls = v.__class__
-        if cls is dict:
-            self._x = key_pos
-        elif cls is list:
-            self._x = None
-        else:
-            self._x = v if text is None and cls is str else text
-
-    @property
-    def text(self) -> str | None:
-        """A scalar's text as written: ``yes`` is "yes" (while ``.v`` is True), ``0777`` is "0777"."""
-        cls = self.v.__class__
-        return None if cls is dict or cls is list else self._x
-
-    @property
-    def key_pos(self) -> Mapping[str, tuple[int, int]] | None:
-        if self.v.__class__ is not dict:
-            return None
-        kp = self._x
-        return kp.key_pos(self) if kp.__class__ is _Source else kp
-
-    def plain(self) -> Any:
-        """The value with all position information stripped."""
-        if isinstance(self.v, dict):
-            return {k: n.plain() for k, n in self.v.items()}
-        if isinstance(self.v, list):
-            return [n.plain() for n in self.v]
-        return self.v
-
-    def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        return f"Y({self.v!r}@{self.line}:{self.col})"
 
 
 class _Frame:
@@ -414,7 +345,6 @@ def parse_text(text: str, file: str) -> Y:
 
 def load_file(path: str) -> tuple[Y, str]:
     """Read and parse a rules file. Returns the tree and the text that was read."""
-    from .rulesfile import read_rules_file   # regular files only, size cap, one read
     return parse_bytes(read_rules_file(path).data, path)
 
 

@@ -20,7 +20,7 @@ from ..engine import Decision, decide
 from .upstreams import Upstreams
 from ..errors import RulesError
 from ..request import RequestView, lazy, normalize_path
-from ..compile.rules import Rules, load_rules_bytes
+from ..rules import Rules, load_rules_bytes
 from ..load.rulesfile import RulesBytes, not_regular, read_rules_file, stat_key
 
 log = logging.getLogger("condroute")

@@ -20,7 +20,7 @@ from typing import Any
 from ..engine import Decision, decide
 from ..explain import decision_data
 from ..request import RequestView
-from ..compile.rules import Rules
+from ..compile.runtime import Rules
 
 
 def flow_request(flow: Any) -> tuple[RequestView, bool]:

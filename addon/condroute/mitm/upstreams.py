@@ -57,7 +57,7 @@ from mitmproxy import ctx, http
 from mitmproxy.proxy import events
 
 from .health import DEFAULT_COOLDOWN, Health
-from ..compile.rules import IDEMPOTENT
+from ..httptext import IDEMPOTENT
 
 # mitmproxy internals (11 and 12), each pinned by tests/test_upstream_timeouts.py
 from mitmproxy.proxy.layers.http import (Http1Connection, HttpStream, ResponseData, ResponseEndOfMessage,

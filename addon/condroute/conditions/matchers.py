@@ -14,30 +14,11 @@ import re2
 
 from ..load.ctx import CompileCtx
 from ..load.yamlpos import Y
+from ..node import as_text  # noqa: F401 - re-exported: the text of a value as written
 
 STRING_FORMS = ("equals", "in", "prefix", "suffix", "contains", "regex")
 NUMBER_FORMS = ("gt", "ge", "lt", "le")
 MATCHER_KEYS = STRING_FORMS + NUMBER_FORMS + ("present", "not", "ignore_case")
-
-
-def as_text(v: Any) -> str:
-    """A value as text. Given a node, the text written in the file: `NO`, `0777`, `~` stay
-    "NO", "0777", "~" (YAML 1.1 would make them false, 511 and null)."""
-    if isinstance(v, str):
-        return v
-    if isinstance(v, Y):
-        return v.text if v.text is not None else as_text(v.v)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "null"
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() else repr(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "surrogateescape")
-    return json.dumps(v, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def show(v: Any, limit: int = 64) -> str:

@@ -1,0 +1,96 @@
+"""Conditions an importer needs that the rules format cannot write: one that never holds (and
+why), and one that sees only some request headers (KrakenD's ``input_headers``). Not kinds: a
+rules file cannot name them; the model's :class:`~condroute.model.Never` and
+:class:`~condroute.model.VisibleHeaders` compile to them."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..httptext import canonical_header
+from ..load.ctx import CompileCtx
+from ..model import VisibleHeaders
+from ..node import Y
+from ..request import RequestView
+from .base import Cond
+
+
+class NeverCond(Cond):
+    """A condition that cannot hold (a header KrakenD would not see)."""
+
+    def __init__(self, text: str, reason: str):
+        self.text = text
+        self.reason = reason
+
+    def fail(self, req: RequestView, env: Any) -> str | None:
+        return self.reason
+
+
+class _VisibleView(RequestView):
+    """The request as a KrakenD backend conditional sees it: only the declared headers. The client
+    IP is the real request's (KrakenD's router determines it before any header filtering)."""
+
+    def client_ip(self, trusted):  # type: ignore[override]
+        return self.__dict__["_orig"].client_ip(trusted)
+
+
+class VisibleHeadersCond(Cond):
+    """Evaluates ``inner`` against the request with only the ``allowed`` headers (lower-case)."""
+
+    def __init__(self, inner: Cond, allowed: frozenset[str], hidden: tuple[str, ...] = ()):
+        self.inner = inner
+        self.allowed = allowed
+        self.hidden = hidden        # headers the condition reads that are not declared
+        self.text = inner.text
+        self._memo = "krakend_visible:" + ",".join(sorted(allowed))
+
+    def view(self, req: RequestView) -> RequestView:
+        def make() -> RequestView:
+            # header_map, not req.headers: the addon hands the engine a one-shot iterator of headers
+            v = _VisibleView(req.method, req.scheme, req.host, req.port, req.path, req.query_string,
+                             [(k, val) for k, vals in req.header_map.items() if k in self.allowed for val in vals],
+                             req.peer, req.jwt_token)
+            v.__dict__["_orig"] = req
+            return v
+        v = req.memo(self._memo, make)
+        v.params, v.rest = req.params, req.rest
+        return v
+
+    def fail(self, req: RequestView, env: Any) -> str | None:
+        r = self.inner.fail(self.view(req), env)
+        if r is not None and self.hidden:
+            sent = [canonical_header(n) for n in self.hidden if req.header_map.get(n)]
+            if sent:
+                r += (f" ({', '.join(sent)} {'was' if len(sent) == 1 else 'were'} sent but "
+                      f"{'is' if len(sent) == 1 else 'are'} not in the endpoint's input_headers)")
+        return r
+
+
+def headers_read(cond: Cond) -> frozenset[str]:
+    """The request headers (lower-case) a compiled condition reads, as far as it says."""
+    read = getattr(cond, "headers_read", None)
+    if read is not None:
+        return frozenset(read())
+    # (interim, until cel exposes headers_read: the policy's input codes)
+    names = set()
+    for a in getattr(getattr(cond, "policy", None), "atoms", ()) or ():
+        if isinstance(a, tuple) and len(a) == 2 and a[0] == "h" and isinstance(a[1], str):
+            names.add(a[1].lower())
+        elif isinstance(a, tuple) and len(a) == 2 and a[0] == "c":
+            names.add("cookie")
+    return frozenset(names)
+
+
+def compile_visible(w: VisibleHeaders, cc: CompileCtx, compile_condition: Callable[..., Cond | None]) -> Cond | None:
+    cond = compile_condition(w.inner, cc, "backend/conditional")
+    if cond is None:
+        return None
+    hidden = sorted(n for n in headers_read(cond) if n not in w.headers)
+    if hidden:
+        shown = ", ".join(canonical_header(n) for n in hidden)
+        one = len(hidden) == 1
+        at: Y = next(iter(w.inner.v.values())) if isinstance(w.inner.v, dict) and w.inner.v else w.inner
+        cc.warn(at, f"{w.label}: the policy reads the header{'' if one else 's'} {shown}, which "
+                    f"{'is' if one else 'are'} not in the endpoint's input_headers: KrakenD "
+                    f"does not pass {'it' if one else 'them'} on, so the policy sees "
+                    f"{'it' if one else 'them'} as missing")
+    return VisibleHeadersCond(cond, w.headers, tuple(hidden))
