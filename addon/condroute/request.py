@@ -6,6 +6,8 @@ import re
 from typing import Any, Iterable, Sequence
 from urllib.parse import unquote_plus, urlsplit
 
+from .redact import redact_query_string   # secret-named parameters (access_token=...) are not shown in logs
+
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -286,9 +288,14 @@ class RequestView:
         return ip
 
     def describe(self) -> str:
-        from .redact import redact_query_string   # secret-named parameters (access_token=...) are not shown
         q = f"?{redact_query_string(self.query_string)}" if self.query_string else ""
         return f"{self.method} {self.scheme}://{self.host}{self.path}{q}"
+
+    @property
+    def dest_port(self) -> int:
+        """The destination port the client asked for (the ``port`` condition): ``port``, unless the
+        adapter set ``asked_port`` (reverse mode: the port of the Host header the host is read from)."""
+        return self.__dict__.get("asked_port", self.port)
 
     def memo(self, key: str, fn) -> Any:
         """Per-request memo for expensive values (JWT claims, GeoIP record)."""

@@ -166,7 +166,7 @@ def client_cel_record(req: RequestView, env: Any) -> tuple[dict | None, str | No
 def open_geoip_db(node: Y | None, cc: CompileCtx) -> Any:
     if node is None:
         return None
-    cc.geoip_declared = True  # type: ignore[attr-defined]  # so that geo conditions do not repeat the error
+    cc.geoip_declared = True   # so that geo conditions do not repeat the error
     path = cc.expect_str(node, "settings.geoip_db")
     if path is None:
         return None
@@ -276,7 +276,7 @@ def compile_geo_condition(node: Y, cc: CompileCtx, sub: SubCompiler | None = Non
             ok = False
         else:
             eu = e.v
-    if getattr(getattr(cc, "settings", None), "geoip", None) is None and not getattr(cc, "geoip_declared", False):
+    if getattr(cc.settings, "geoip", None) is None and not cc.geoip_declared:
         cc.error(node, "geo conditions need a GeoIP database: set settings.geoip_db to a MaxMind DB file")
         return None
     if not ok:

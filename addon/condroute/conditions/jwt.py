@@ -39,7 +39,7 @@ def compile_jwt_condition(node: Y, cc: CompileCtx, sub: SubCompiler | None = Non
     if not node.v:
         cc.error(node, "jwt: name at least one claim, e.g. {role: admin}")
         return None
-    if getattr(getattr(cc, "settings", None), "jwt", None) is None and not getattr(cc, "jwt_declared", False):
+    if getattr(cc.settings, "jwt", None) is None and not cc.jwt_declared:
         cc.error(node, "jwt conditions need settings.jwt: where the token is and how it is verified "
                        "(verify: {secret_env: VAR}, {public_key_file: F}, {jwks_file: F}, or false to only decode)")
         return None

@@ -93,10 +93,6 @@ class JwtSettings:
         self.verifications = 0                  # how many tokens were actually checked (not cached)
         self._options = {"verify_aud": audience is not None}
 
-    @property
-    def source(self) -> str:
-        return f"{self.source_kind}:{self.source_name}"
-
     # -- finding the token --------------------------------------------------------------------------
     def token_of(self, req: RequestView) -> str | None:
         if self.source_kind == "header":
@@ -395,7 +391,7 @@ def _str_or_list(node: Y, cc: CompileCtx, what: str) -> Any:
 def compile_jwt_settings(node: Y | None, cc: CompileCtx) -> Any:
     if node is None:
         return None
-    cc.jwt_declared = True  # type: ignore[attr-defined]  # so that jwt conditions do not repeat the error
+    cc.jwt_declared = True   # so that jwt conditions do not repeat the error
     if not cc.expect_map(node, "settings.jwt"):
         return None
     ok = cc.check_keys(node, SETTINGS_KEYS, "settings.jwt")

@@ -22,7 +22,10 @@ class CompileCtx:
         self.route_params: tuple[str, ...] = ()
         self.route_has_rest = False
         self.header_names: set[str] = set()   # header names the current route's conditions read
-        self.cel_used = False
+        # settings.jwt / settings.geoip_db were written (even when wrong: their conditions then do not
+        # repeat the error)
+        self.jwt_declared = False
+        self.geoip_declared = False
         # identical compiled parts (a matcher, a condition, a set of methods) are built once and
         # shared: generated files repeat them thousands of times (a 10,000-route file: ~20 MB)
         self.shared: dict[Any, Any] = {}
@@ -73,14 +76,6 @@ class CompileCtx:
             raise RulesError(uniq)
 
     # -- helpers ------------------------------------------------------------------------------
-    def quoted(self, node: Y) -> bool:
-        """Was this scalar written in quotes? (to place column numbers inside strings)"""
-        try:
-            ch = self.lines[node.line - 1][node.col - 1]
-        except IndexError:
-            return False
-        return ch in "'\""
-
     def resolve_path(self, path: str) -> str:
         """Paths inside the rules file are relative to the rules file."""
         path = os.path.expanduser(path)
