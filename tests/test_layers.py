@@ -56,6 +56,7 @@ FLOORS: list[tuple[str, int]] = [
     ("condroute.cel.*", 4),
     ("condroute.conditions.*", 5),       # the condition kinds and their registry
     ("condroute.compile.*", 6),
+    ("condroute.rules", 6),             # the pipeline: read, load, compile (what the adapters call)
     ("condroute.render", 7),
     ("condroute.engine", 8),
     ("condroute.explain", 9),
