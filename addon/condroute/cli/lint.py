@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Iterator
 
+from ..conditions.registry import KINDS
 from ..errors import Problem
 from ..compile.runtime import PathPattern, Route, Rules
 from ..load.yamlpos import Y, load_file
@@ -181,11 +182,9 @@ def _cond_names(node: Y, out: list[tuple[str, str, int, int]]) -> None:
             for name in sub.v:
                 line, col = (sub.key_pos or {}).get(name, (sub.line, sub.col))
                 out.append((k, name, line, col))
-        elif k in ("any", "all") and isinstance(sub.v, list):
-            for item in sub.v:
+        elif k in KINDS and KINDS[k].nests:
+            for item in sub.v if isinstance(sub.v, list) else [sub]:
                 _cond_names(item, out)
-        elif k == "not":
-            _cond_names(sub, out)
 
 
 def _keyed(kind_name: Y, out: list[tuple[str, str, int, int]]) -> None:

@@ -26,13 +26,15 @@ class Kind:
     ``compile(node, cc, sub)`` reads the value written under the key (errors go to ``cc``, located)
     and returns a :class:`Cond` whose ``fail`` gives the reason when it does not hold; ``sub``
     compiles a nested condition mapping. ``schema`` is the JSON Schema of the value (for
-    ``condroute schema``); ``rank`` orders the kinds wherever they are listed."""
+    ``condroute schema``); ``rank`` orders the kinds wherever they are listed; ``nests`` tells
+    tools that walk conditions as written (``condroute validate``'s lint) to look inside."""
     name: str
     rank: int
     compile: Callable[[Y, CompileCtx, SubCompiler], "Cond | None"]
     schema: dict = field(compare=False)
     doc: str = ""
     in_match: bool = True      # also allowed among a route's match keys (not when match has its own)
+    nests: bool = False        # its value holds conditions (a mapping, or a list of mappings): any, all, not
 
 
 def named_schema(what: str) -> dict:

@@ -34,7 +34,7 @@ def compile_not(node: Y, cc: CompileCtx, sub: SubCompiler) -> Cond | None:
 
 _LIST = {"type": "array", "items": {"$ref": "#/$defs/condition"}, "minItems": 1}
 KINDS = [
-    Kind("any", 110, compile_any, {**_LIST, "description": "at least one holds"}, "at least one holds"),
-    Kind("all", 120, compile_all, {**_LIST, "description": "every one holds"}, "every one holds"),
-    Kind("not", 130, compile_not, {"$ref": "#/$defs/condition"}, "does not hold"),
+    Kind("any", 110, compile_any, {**_LIST, "description": "at least one holds"}, "at least one holds", nests=True),
+    Kind("all", 120, compile_all, {**_LIST, "description": "every one holds"}, "every one holds", nests=True),
+    Kind("not", 130, compile_not, {"$ref": "#/$defs/condition"}, "does not hold", nests=True),
 ]
