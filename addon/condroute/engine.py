@@ -10,10 +10,9 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from . import render
 from .request import RequestView
 from .compile.runtime import Backend, Respond, Route, Rules, Split, Upstream
-from .conditions.jwtauth import claim_values
-from .node import as_text
 
 
 @dataclass
@@ -87,83 +86,25 @@ class Decision:
 
     def header_value(self) -> str:
         """The X-Condroute debug header."""
-        if self.outcome == "routed":
-            return f"{self.route}/{self.backend} -> {self.upstream or 'original destination'}"
-        if self.outcome == "respond":
-            return f"{self.route}/{self.backend} -> respond {self.status}"
-        if self.outcome == "no_match" and self.status:
-            return f"{self.route} -> error {self.status}"
-        if self.outcome == "unavailable":
-            return f"{self.route} -> error {self.status} (no upstream available)"
-        if self.outcome == "bad_request":
-            return f"{self.route or 'request'} -> refused {self.status}"
-        return "passthrough"
+        return render.header_value(self)
 
     def outcome_text(self) -> str:
         """What became of the request: the part of the log line after the request."""
-        if self.outcome == "routed":
-            return f"{self.route}/{self.backend} -> {self.upstream} ({self.url})"
-        if self.outcome == "respond":
-            return f"{self.route}/{self.backend} -> respond {self.status}"
-        if self.outcome == "no_match":
-            what = f"answered {self.status}" if self.status else "passthrough"
-            return f"{self.route}: no backend holds, {what}"
-        if self.outcome == "unavailable":
-            return f"{self.route}: no upstream available, answered {self.status}"
-        if self.outcome == "bad_request":
-            return f"{self.route + ': ' if self.route else ''}refused {self.status}: {self.reason}"
-        return "no route, passthrough"
+        return render.outcome_text(self)
 
     def summary(self) -> str:
         """One log line."""
-        return f"{self.request} -> {self.outcome_text()}"
+        return render.summary(self)
 
     def comment(self) -> str:
         """One line for flow.comment (shown by mitmweb)."""
-        s = "condroute: " + self.outcome_text()
-        skipped = [f"{b}: {why}" for b, held, why, _ in self.trail if not held]
-        if skipped:
-            s += " | skipped " + "; ".join(skipped)
-        return s
+        return render.comment(self)
 
     def error_body(self) -> str:
-        if self.outcome == "bad_request":
-            return f"condroute: bad request: {self.reason}\n"
-        lines = [f"condroute: no backend of route {self.route!r} holds for {self.request}"
-                 if self.outcome != "unavailable" else
-                 f"condroute: no upstream of route {self.route!r} can serve {self.request}; tried:"]
-        for b, _, why, _ in self.trail:
-            lines.append(f"  {b}: {why}")
-        if not self.trail:
-            lines.append("  (the route has no backends)")
-        return "\n".join(lines) + "\n"
+        return render.error_body(self)
 
     def to_dict(self) -> dict[str, Any]:
-        skipped, attempts = [], []
-        for b, held, why, fb in self.trail:
-            attempts.append({"backend": b, "held": held, "reason": why, "fallback": fb})
-            if not held:
-                skipped.append({"backend": b, "reason": why})
-        d: dict[str, Any] = {
-            "outcome": self.outcome, "route": self.route, "backend": self.backend,
-            "upstream": self.upstream, "url": self.url, "path": self.path, "status": self.status,
-            "skipped": skipped, "attempts": attempts,
-        }
-        if self.reason:
-            d["reason"] = self.reason
-        if self.split:
-            d["split"] = self.split
-        if self.timeout:
-            d["timeout"] = self.timeout
-        if self.retries:
-            d["retries"] = self.retries
-        if self.set_headers:
-            d["set_headers"] = dict(self.set_headers)
-        if self.remove_headers:
-            d["remove_headers"] = list(self.remove_headers)
-        if self.routes_passed:
-            d["routes_passed"] = [{"route": r, "reason": why} for r, why in self.routes_passed]
-        return d
+        return render.to_dict(self)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,9 +142,11 @@ def split_key(split: Split, req: RequestView, rules: Rules) -> str | None:
         ip = req.client_ip(rules.settings.trusted_proxies)
         return None if ip is None else str(ip)
     else:
+        from .conditions.jwtauth import claim_values
         v = claim_values(req, rules, split.key)
     if not v:
         return None
+    from .conditions.matchers import as_text
     s = as_text(v[0])
     return s if s != "" else None
 

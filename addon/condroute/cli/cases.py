@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import Decision, decide
-from ..explain import build_request, final_path, final_url
+from ..explain import build_request
+from ..render import final_path, final_url
 from ..errors import Problem, RulesError
 from ..conditions.matchers import as_text
 from ..request import RequestView, parse_ip

@@ -15,7 +15,8 @@ import textwrap
 
 from ..engine import decide
 from ..errors import Problem, RulesError
-from ..explain import build_request, decision_data, render_decision
+from ..explain import build_request
+from ..render import decision_data, render_decision
 from ..rules import Rules, load_rules
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
