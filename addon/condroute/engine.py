@@ -8,7 +8,7 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from . import render
 from .request import RequestView
@@ -43,7 +43,7 @@ class Decision:
     timeout: float | None = None
     retries: int = 0
     split: str | None = None          # "by=value -> arm" description when a split chose
-    routes_passed: list[tuple[str, str]] = []   # only with explain=True (then a list of its own)
+    routes_passed: Sequence[tuple[str, str]] = ()   # only with explain=True: then a list of its own
     upstream_obj: Upstream | None = None
     backend_obj: Backend | None = None
 
