@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from . import render
+from .httptext import authority
 from .request import RequestView
 from .compile.runtime import Backend, Respond, Route, Rules, Split, Upstream
 
@@ -75,10 +76,7 @@ class Decision:
         up = self.upstream_obj
         if up is not None and up.host == self.host and up.port == self.port:
             return up.origin + (self.path or "/")
-        h = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.scheme == "https" else 80
-        auth = h if self.port == default else f"{h}:{self.port}"
-        return f"{self.scheme}://{auth}{self.path or '/'}"
+        return f"{self.scheme}://{authority(self.scheme, self.host, self.port)}{self.path or '/'}"
 
     @property
     def skipped(self) -> list[Attempt]:
