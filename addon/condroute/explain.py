@@ -7,10 +7,10 @@ the addon logs, from one implementation.
 """
 from __future__ import annotations
 
-import re
 from typing import Sequence
 from urllib.parse import urlsplit
 
+from .httptext import TOKEN
 from .request import RequestView, parse_ip
 from .render import (LABEL, decision_data, final_path, final_url, not_tried, original_url,
                      passes_through, render_decision)
@@ -20,14 +20,12 @@ __all__ = ["build_request",
            "LABEL", "decision_data", "final_path", "final_url", "not_tried", "original_url",
            "passes_through", "render_decision"]
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
 
 def build_request(url: str, method: str = "GET", headers: Sequence[tuple[str, str]] = (),
                   cookies: Sequence[str] = (), client_ip: str | None = None,
                   jwt: str | None = None) -> RequestView:
     """A RequestView as the addon would build it for this request. Raises ValueError with a sentence."""
-    if not isinstance(method, str) or not _TOKEN.match(method):
+    if not isinstance(method, str) or not TOKEN.match(method):
         raise ValueError(f"{method!r} is not an HTTP method")
     full = url if "://" in url else "http://" + url.lstrip("/")
     try:

@@ -16,10 +16,9 @@ import textwrap
 from ..engine import decide
 from ..errors import Problem, RulesError
 from ..explain import build_request
+from ..httptext import TOKEN
 from ..render import decision_data, render_decision
 from ..rules import Rules, load_rules
-
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class UsageError(Exception):
@@ -96,7 +95,7 @@ def _explain_usage(msg: str) -> UsageError:
 def parse_header_arg(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     name = name.strip()
-    if not sep or not _TOKEN.match(name):
+    if not sep or not TOKEN.match(name):
         raise _explain_usage(f"-H {text!r} is not a header: write it as 'Name: value'")
     return name, value.strip()
 
