@@ -19,7 +19,8 @@ from typing import Any
 from ..engine import Decision, decide
 from ..explain import build_request
 from ..render import final_path, final_url
-from ..errors import Problem, RulesError
+from ..errors import RulesError
+from ..load.ctx import CompileCtx
 from ..conditions.matchers import as_text
 from ..request import RequestView, parse_ip
 from ..compile.runtime import Rules
@@ -43,99 +44,89 @@ class Case:
     expect: dict[str, Any] = field(default_factory=dict)
 
 
-class _Problems:
-    def __init__(self, file: str):
-        self.file = file
-        self.items: list[Problem] = []
-
-    def at(self, node: Y, msg: str) -> None:
-        self.items.append(Problem(self.file, node.line, node.col, msg))
-
-    def key(self, mapping: Y, key: str, msg: str) -> None:
-        line, col = (mapping.key_pos or {}).get(key, (mapping.line, mapping.col))
-        self.items.append(Problem(self.file, line, col, msg))
-
-    def keys(self, node: Y, allowed: tuple[str, ...], what: str) -> None:
-        for k in node.v:
-            if k not in allowed:
-                self.key(node, k, f"unknown key {k!r} in {what}; expected one of: {', '.join(allowed)}")
+def _unknown_keys(pr: CompileCtx, node: Y, allowed: tuple[str, ...], what: str) -> None:
+    """``CompileCtx.check_keys``, but naming the keys in the order this format lists them (that one
+    sorts them)."""
+    for k in node.v:
+        if k not in allowed:
+            pr.error_key(node, k, f"unknown key {k!r} in {what}; expected one of: {', '.join(allowed)}")
 
 
 def _is_scalar(v: Any) -> bool:
     return v is not None and not isinstance(v, (dict, list))
 
 
-def _request(node: Y, pr: _Problems) -> RequestView | None:
+def _request(node: Y, pr: CompileCtx) -> RequestView | None:
     if not isinstance(node.v, dict):
-        pr.at(node, "request must be a mapping such as {url: \"http://shop.example/cart\"}")
+        pr.error(node, "request must be a mapping such as {url: \"http://shop.example/cart\"}")
         return None
-    pr.keys(node, REQUEST_KEYS, "request")
+    _unknown_keys(pr, node, REQUEST_KEYS, "request")
     v = node.v
-    before = len(pr.items)
+    before = len(pr.problems)
     if "url" not in v:
-        pr.at(node, "request needs a url")
+        pr.error(node, "request needs a url")
     elif not isinstance(v["url"].v, str) or not v["url"].v:
-        pr.at(v["url"], "request.url must be a URL such as http://shop.example/cart")
+        pr.error(v["url"], "request.url must be a URL such as http://shop.example/cart")
     method = "GET"
     if "method" in v:
         if not isinstance(v["method"].v, str) or not v["method"].v:
-            pr.at(v["method"], "request.method must be an HTTP method such as GET")
+            pr.error(v["method"], "request.method must be an HTTP method such as GET")
         else:
             method = v["method"].v.upper()
     headers: list[tuple[str, str]] = []
     if "headers" in v:
         hn = v["headers"]
         if not isinstance(hn.v, dict):
-            pr.at(hn, "request.headers must be a mapping of header names to values")
+            pr.error(hn, "request.headers must be a mapping of header names to values")
         else:
             for name, val in hn.v.items():
                 items = val.v if isinstance(val.v, list) else [val]
                 for item in items:
                     if not _is_scalar(item.v):
-                        pr.at(item, f"request.headers: the value of {name} must be text (or a list of texts)")
+                        pr.error(item, f"request.headers: the value of {name} must be text (or a list of texts)")
                     else:
                         headers.append((name, as_text(item)))
     cookies: list[str] = []
     if "cookies" in v:
         cn = v["cookies"]
         if not isinstance(cn.v, dict):
-            pr.at(cn, "request.cookies must be a mapping of cookie names to values")
+            pr.error(cn, "request.cookies must be a mapping of cookie names to values")
         else:
             for name, val in cn.v.items():
                 if not _is_scalar(val.v):
-                    pr.at(val, f"request.cookies: the value of {name} must be text")
+                    pr.error(val, f"request.cookies: the value of {name} must be text")
                 else:
                     cookies.append(f"{name}={as_text(val)}")
     client_ip = None
     if "client_ip" in v:
         ipn = v["client_ip"]
         if not isinstance(ipn.v, str) or parse_ip(ipn.v) is None:
-            pr.at(ipn, f"request.client_ip must be an IP address, not {as_text(ipn.v)!r}")
+            pr.error(ipn, f"request.client_ip must be an IP address, not {as_text(ipn.v)!r}")
         else:
             client_ip = ipn.v
     jwt = None
     if "jwt" in v:
         jn = v["jwt"]
         if not isinstance(jn.v, str) or not jn.v:
-            pr.at(jn, "request.jwt must be a token (text)")
+            pr.error(jn, "request.jwt must be a token (text)")
         else:
             jwt = jn.v
-    if len(pr.items) > before:
+    if len(pr.problems) > before:
         return None
     try:
         return build_request(v["url"].v, method, headers, cookies, client_ip, jwt)
     except ValueError as e:
-        pr.at(v.get("method", v["url"]) if "method" in str(e) and "method" in v else v["url"], str(e))
+        pr.error(v.get("method", v["url"]) if "method" in str(e) and "method" in v else v["url"], str(e))
         return None
 
 
-def _expect(node: Y, pr: _Problems) -> dict[str, Any]:
+def _expect(node: Y, pr: CompileCtx) -> dict[str, Any]:
     if not isinstance(node.v, dict):
-        pr.at(node, "expect must be a mapping such as {route: checkout, backend: default}")
+        pr.error(node, "expect must be a mapping such as {route: checkout, backend: default}")
         return {}
     if not node.v:
-        pr.at(node, f"expect is empty: name at least one of {', '.join(EXPECT_KEYS)}")
-    pr.keys(node, EXPECT_KEYS, "expect")
+        pr.error(node, f"expect is empty: name at least one of {', '.join(EXPECT_KEYS)}")
+    _unknown_keys(pr, node, EXPECT_KEYS, "expect")
     out: dict[str, Any] = {}
     for k, sub in node.v.items():
         if k not in EXPECT_KEYS:
@@ -143,14 +134,14 @@ def _expect(node: Y, pr: _Problems) -> dict[str, Any]:
         val = sub.v
         if k == "status":
             if val is not None and (isinstance(val, bool) or not isinstance(val, int) or not 100 <= val <= 599):
-                pr.at(sub, f"expect.status must be an HTTP status code (100-599) or null, not {as_text(val)!r}")
+                pr.error(sub, f"expect.status must be an HTTP status code (100-599) or null, not {as_text(val)!r}")
                 continue
         elif k == "outcome":
             if val not in OUTCOMES:
-                pr.at(sub, f"expect.outcome must be one of {', '.join(OUTCOMES)}")
+                pr.error(sub, f"expect.outcome must be one of {', '.join(OUTCOMES)}")
                 continue
         elif isinstance(val, (dict, list)):
-            pr.at(sub, f"expect.{k} must be a single value or null")
+            pr.error(sub, f"expect.{k} must be a single value or null")
             continue
         out[k] = val if val is None or k == "status" else as_text(sub)
     return out
@@ -162,41 +153,41 @@ def load_cases(path: str) -> list[Case]:
         root, _ = load_file(path)
     except RulesError as e:
         raise CasesError(e.problems) from None
-    pr = _Problems(path)
+    pr = CompileCtx(path)
     if not isinstance(root.v, list):
-        pr.at(root, "a cases file must be a list of cases, each {name, request, expect}")
-        raise CasesError(pr.items)
+        pr.error(root, "a cases file must be a list of cases, each {name, request, expect}")
+        raise CasesError(pr.problems)
     if not root.v:
-        pr.at(root, "the cases file has no cases")
+        pr.error(root, "the cases file has no cases")
     cases: list[Case] = []
     for i, node in enumerate(root.v):
         if not isinstance(node.v, dict):
-            pr.at(node, "a case must be a mapping with request and expect")
+            pr.error(node, "a case must be a mapping with request and expect")
             continue
-        pr.keys(node, CASE_KEYS, "a case")
+        _unknown_keys(pr, node, CASE_KEYS, "a case")
         v = node.v
         req = None
         if "request" not in v:
-            pr.at(node, "a case needs a request (at least {url: ...})")
+            pr.error(node, "a case needs a request (at least {url: ...})")
         else:
             req = _request(v["request"], pr)
         expect: dict[str, Any] = {}
         if "expect" not in v:
-            pr.at(node, "a case needs expect (route, backend, upstream, path, url, status or outcome)")
+            pr.error(node, "a case needs expect (route, backend, upstream, path, url, status or outcome)")
         else:
             expect = _expect(v["expect"], pr)
         name = f"case {i + 1}"
         if "name" in v:
             if not _is_scalar(v["name"].v):
-                pr.at(v["name"], "a case name must be text")
+                pr.error(v["name"], "a case name must be text")
             else:
                 name = as_text(v["name"])
         elif req is not None:
             name = f"case {i + 1}: {req.describe()}"
         if req is not None:
             cases.append(Case(name, node.line, req, expect))
-    if pr.items:
-        raise CasesError(sorted(pr.items, key=lambda p: (p.line, p.col)))
+    if pr.problems:   # sorted, each kept (CompileCtx.raise_if_errors would drop repeats)
+        raise CasesError(sorted(pr.problems, key=lambda p: (p.line, p.col)))
     return cases
 
 
