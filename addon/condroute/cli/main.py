@@ -17,8 +17,12 @@ from ..engine import decide
 from ..errors import Problem, RulesError
 from ..explain import build_request
 from ..httptext import TOKEN
+from ..mitm.flows import explain_flows
 from ..render import decision_data, render_decision
 from ..rules import Rules, load_rules
+from .cases import CasesError, load_cases, run_case
+from .lint import lint
+from .schema import schema_json
 
 
 class UsageError(Exception):
@@ -67,7 +71,6 @@ def _warning(p: Problem) -> str:
 
 # -- validate -------------------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .lint import lint
     status = 0
     for file in args.files:
         rules = _load(file)
@@ -117,7 +120,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         rules = _load(args.file)
         if rules is None:
             return 1
-        from ..mitm.flows import explain_flows
         return explain_flows(rules, args.flows, args.json)
     if args.url is None:
         raise _explain_usage("missing URL (or --flows DUMP)")
@@ -142,7 +144,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 # -- check ----------------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
-    from .cases import CasesError, load_cases, run_case
     try:
         with open(args.cases, "rb"):
             pass
@@ -173,7 +174,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # -- schema ---------------------------------------------------------------------------------------
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .schema import schema_json
     sys.stdout.write(schema_json())
     return 0
 
