@@ -14,6 +14,8 @@ from . import render
 from .httptext import authority
 from .request import RequestView
 from .compile.runtime import Backend, Respond, Route, Rules, Split, Upstream
+from .conditions.jwtauth import claim_values
+from .node import as_text
 
 
 @dataclass
@@ -140,11 +142,9 @@ def split_key(split: Split, req: RequestView, rules: Rules) -> str | None:
         ip = req.client_ip(rules.settings.trusted_proxies)
         return None if ip is None else str(ip)
     else:
-        from .conditions.jwtauth import claim_values
         v = claim_values(req, rules, split.key)
     if not v:
         return None
-    from .conditions.matchers import as_text
     s = as_text(v[0])
     return s if s != "" else None
 
