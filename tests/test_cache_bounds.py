@@ -9,7 +9,7 @@ import tracemalloc
 
 import pytest
 
-from condroute.cel import engines as celengines
+from condroute.cel import engine_celpy as celengines
 from condroute.cel import policy as celpolicy
 from condroute.conditions import jwtauth
 from condroute.boundcache import BoundedCache, sizeof
