@@ -209,9 +209,6 @@ class CelPolicy:
         self.cache = BoundedCache(RESULT_CACHE_SIZE, RESULT_CACHE_BYTES, RESULT_ENTRY_BYTES)
         self.evaluations = 0            # how many times the engine actually ran
 
-    def key(self, req: RequestView, env: Any) -> tuple:
-        return tuple([f(req, env) for f in self._keyfns])
-
     def evaluate(self, req: RequestView, env: Any) -> str | None:
         if self.cost_per_u:
             u = max([f(req, env) for f in self._u_fns], default=0)
