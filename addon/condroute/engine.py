@@ -291,9 +291,10 @@ def decide(rules: Rules, req: RequestView, explain: bool = False, health: Any = 
     """Decide for one request. Never raises for any request input. ``health`` (optional, e.g. a
     :class:`~condroute.health.Health`) passes over backends whose upstream is cooling down."""
     d = Decision("passthrough", req=req)
+    passed: list[tuple[str, str]] = []
     if explain:
         candidates = rules.routes
-        d.routes_passed = []
+        d.routes_passed = passed
     elif rules.index is not None:
         candidates = rules.index.candidates(req.path, req.host)
     else:
@@ -307,7 +308,7 @@ def decide(rules: Rules, req: RequestView, explain: bool = False, health: Any = 
             select(route, req, rules, d, health)
             return d
         if explain:
-            d.routes_passed.append((route.name, why))
+            passed.append((route.name, why))
     if req.refused is not None:
         # Read as a server that decodes %2e/%2f/%5c would read it, would a route own the path? Then it
         # is refused: a route is never walked around by spelling its path another way. A path that no
