@@ -291,9 +291,9 @@ def decide(rules: Rules, req: RequestView, explain: bool = False, health: Any = 
     """Decide for one request. Never raises for any request input. ``health`` (optional, e.g. a
     :class:`~condroute.health.Health`) passes over backends whose upstream is cooling down."""
     d = Decision("passthrough", req=req)
-    passed: list[tuple[str, str]] = []
     if explain:
         candidates = rules.routes
+        passed: list[tuple[str, str]] = []
         d.routes_passed = passed
     elif rules.index is not None:
         candidates = rules.index.candidates(req.path, req.host)
