@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from condroute.cel import policy as celpolicy
 from condroute.cel.engines import available_engines
-from condroute.cel.policy import CEL_MAX_ITERATIONS, compile_policy
+from condroute.cel.cost import CEL_MAX_ITERATIONS
 from condroute.errors import RulesError
 from condroute.request import RequestView
+from cel_support import compile_policy
 from test_identity_support import identity_env, GB_IP, SE_IP, UNKNOWN_IP, US_IP, claims, hs256
 
 BOTH = ["cel-python", "cel-expr-python"]

@@ -9,10 +9,10 @@ import pytest
 
 from condroute.cel import policy as celpolicy
 from condroute.cel.engines import available_engines
-from condroute.cel.policy import compile_policy
 from condroute.errors import RulesError
 from condroute.request import RequestView
 from condroute.rules import load_rules, load_rules_text
+from cel_support import compile_policy
 from test_identity_support import (identity_env, GB_IP, REPRESENTED_IP, SE_IP, UNKNOWN_IP, US_IP, build_geo_db, claims,
                                    forged, hs256)
 

@@ -280,7 +280,8 @@ def compile_policy(text: str, engine: str | None = None, geo: bool = True, jwt: 
                    lookups: IdentityLookups | None = None) -> tuple[CelPolicy | None, list[CelLoadProblem]]:
     """Check and compile one expression. Problems are located in the expression (1-based line and
     column). ``geo``/``jwt``: whether geoIP() and the jwt variable can have data (settings.geoip_db,
-    settings.jwt). ``lookups``: where the token's claims and the GeoIP record come from."""
+    settings.jwt). ``lookups``: where the token's claims and the GeoIP record come from; needed
+    (TypeError without) when the expression reads jwt or calls geoIP()."""
     eng = get_engine(engine)
     if not text.strip():
         return None, [CelLoadProblem(1, 1, "cel: the expression is empty")]
@@ -310,8 +311,8 @@ def compile_policy(text: str, engine: str | None = None, geo: bool = True, jwt: 
                                        "jwt needs settings.jwt: where the token is and how it is verified"))
     if problems:
         return None, problems
-    if lookups is None:
-        lookups = _interim_lookups()
+    if lookups is None and (an.uses_geo is not None or an.uses_jwt is not None):
+        raise TypeError("compile_policy: this expression reads jwt or calls geoIP(): pass lookups=IdentityLookups(...)")
     pkey = (eng.name, text)
     program = _programs.get(pkey)
     if program is None:
@@ -358,6 +359,8 @@ def compile_cel_condition(node: Y, cc: CompileCtx, lookups: IdentityLookups | No
     if not isinstance(node.v, str):
         cc.error(node, f"cel must be a CEL expression (a string), not {kind(node.v)}")
         return None
+    if lookups is None:
+        lookups = _interim_lookups()
     geo = getattr(cc.settings, "geoip", None) is not None or cc.geoip_declared
     jwt = getattr(cc.settings, "jwt", None) is not None or cc.jwt_declared
     try:
