@@ -10,7 +10,7 @@ import pytest
 from condroute.cel import context
 from condroute.cel.engines import available_engines
 from condroute.cel.helpers import HELPERS
-from condroute.cel.policy import IdentityLookups, compile_policy
+from condroute.cel.policy import CelCond, IdentityLookups, compile_policy
 from condroute.request import RequestView
 from condroute.rules import load_rules_text
 
@@ -155,3 +155,42 @@ def test_every_helper_runs_on_both_forms(engine, env, name):
         pol, problems = compile_policy(text, engine)
         assert not problems, [p.message for p in problems]
         assert pol.evaluate(req([("X-A", "1"), ("Cookie", "c=1")]), env) is None, text
+
+
+# -- which headers a policy reads ----------------------------------------------------------------------
+HEADERS_READ = [
+    ("req_headers['X-Ab'][0] == 'B' && hasHeader('X-Test')", {"x-ab", "x-test"}, False),
+    ("'X-B' in req_headers && request.headers['x-c'] == '1'", {"x-b", "x-c"}, False),
+    ("req_headers.getHeader('X-D') == '' && request.headers.getHeader('X-E') == ''", {"x-d", "x-e"}, False),
+    ("hasCookie('uid') && request.cookies.ab == '1'", {"cookie"}, False),
+    ("req_headers.containsCookie('ab', '1')", {"cookie"}, False),
+    ("getCookie(getHeader('X-Name')) == ''", {"cookie", "x-name"}, False),     # a computed cookie name
+    ("size(req_headers) > 2", set(), True),
+    ("getHeader(req_path) == ''", set(), True),                                 # a computed header name
+    ("request.headers.exists(h, h == 'x')", set(), True),
+    ("request.method == 'GET' && req_path.startsWith('/a') && getQuery('a') == '1'", set(), False),
+    ("jwt.role == 'admin' && geoIP().Country.IsoCode == 'SE'", set(), False),   # via the lookups: not counted
+]
+
+
+def _policy_headers_as_krakend_had_it(pol) -> tuple[set[str], bool]:
+    """load/krakend.py's _policy_headers before issue #12, over the policy's input codes."""
+    names, everything = set(), False
+    for a in pol.atoms:
+        if isinstance(a, tuple) and a and a[0] == "H":
+            everything = True
+        elif isinstance(a, tuple) and len(a) == 2 and a[0] == "h" and isinstance(a[1], str):
+            names.add(a[1].lower())
+        elif isinstance(a, tuple) and len(a) == 2 and a[0] == "c":
+            names.add("cookie")
+    return names, everything
+
+
+@pytest.mark.parametrize("text, names, everything", HEADERS_READ)
+def test_headers_read(text, names, everything):
+    pol, problems = compile_policy(text, "cel-python", lookups=FakeLookups().lookups())
+    assert not problems, [p.message for p in problems]
+    got = pol.headers_read()
+    assert got == (frozenset(names), everything)
+    assert (set(got[0]), got[1]) == _policy_headers_as_krakend_had_it(pol)
+    assert CelCond(pol).headers_read() == frozenset(names)     # a condition's answer: the names

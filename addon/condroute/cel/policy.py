@@ -209,6 +209,21 @@ class CelPolicy:
         self.cache = BoundedCache(RESULT_CACHE_SIZE, RESULT_CACHE_BYTES, RESULT_ENTRY_BYTES)
         self.evaluations = 0            # how many times the engine actually ran
 
+    def headers_read(self) -> tuple[frozenset[str], bool]:
+        """The request headers the expression reads (lower-case names; a cookie counts as the
+        Cookie header), and whether it reads every header (``req_headers`` or ``request.headers``
+        as a whole, ``size(req_headers)``, a header named by a computed value...). The header a
+        token is taken from (settings.jwt) is not counted: it is read by the token lookup."""
+        names, everything = set(), False
+        for a in self.atoms:
+            if a[0] == "H":
+                everything = True
+            elif a[0] == "h":
+                names.add(a[1])
+            elif a[0] == "c":
+                names.add("cookie")
+        return frozenset(names), everything
+
     def evaluate(self, req: RequestView, env: Any) -> str | None:
         if self.cost_per_u:
             u = max([f(req, env) for f in self._u_fns], default=0)
@@ -267,6 +282,11 @@ class CelCond(Cond):
 
     def fail(self, req: RequestView, env: Any) -> str | None:
         return self.policy.evaluate(req, env)
+
+    def headers_read(self) -> frozenset[str]:
+        """The request headers (lower-case) the policy reads by name (see CelPolicy.headers_read,
+        which also says whether it reads them all)."""
+        return self.policy.headers_read()[0]
 
 
 class CelLoadProblem:
