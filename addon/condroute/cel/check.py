@@ -34,7 +34,6 @@ class Analysis:
         self.literals: set[str] = set()
         self.uses_geo: N | None = None
         self.uses_jwt: N | None = None
-        self.uses_now = False
 
     def error(self, n: N, msg: str) -> None:
         self.errors.append((n.line, n.col, msg))
@@ -75,8 +74,6 @@ class Checker:
         an.atoms.update(atoms)
         if root in ("jwt", "JWT"):
             an.uses_jwt = an.uses_jwt or n
-        if root == "now":
-            an.uses_now = True
 
     def _keyed(self, n: N, scope: frozenset) -> bool:
         """``X.key`` or ``X['key']`` where X is a root map, request.headers or request.cookies:

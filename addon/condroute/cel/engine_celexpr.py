@@ -20,7 +20,6 @@ class CelExprEngine:
         """``variables``: name -> CEL type ("dyn" or "timestamp") of every variable an expression may read."""
         from cel_expr_python import cel   # an optional extra: imported only when this engine is chosen
 
-        self._cel = cel
         T = cel.Type
         self._BOOL, self._ERROR = T.BOOL, T.ERROR
         types = {"S": T.STRING, "B": T.BOOL, "D": T.DYN}                 # the helper table's letters
@@ -55,9 +54,6 @@ class CelExprEngine:
         # Type checking is off: our own checker has already validated names, and both engines then
         # treat a type mismatch the same way, as an evaluation error (the backend is skipped).
         return self.env.compile(text, disable_check=True)
-
-    def convert(self, value: Any) -> Any:
-        return value
 
     def run(self, program: Any, variables: dict[str, Any]) -> tuple[str, Any]:
         r = program.eval(data=variables)

@@ -5,7 +5,7 @@
   ``condroute[fast-cel]``; chosen automatically when installed, or with ``CONDROUTE_CEL_ENGINE``.
 
 Both have one interface: ``compile(text, lark_tree) -> program``, ``run(program, variables) ->
-(code, info)`` (see :mod:`.outcome`), ``convert(value)``, ``name``. Both are given plain Python
+(code, info)`` (see :mod:`.outcome`), ``name``. Both are given plain Python
 values (dicts, lists, strings, numbers, datetimes) and the same helper functions (:mod:`.helpers`).
 One engine of each kind is made, on first use, and shared by every policy.
 """
@@ -28,11 +28,11 @@ _ALIASES = {"celpy": "cel-python", "cel-python": "cel-python", "python": "cel-py
             "cpp": "cel-expr-python"}
 
 
-
 def available_engines() -> list[str]:
+    """The engines installed here, the fastest last."""
     out = ["cel-python"]
     try:
-        import cel_expr_python.cel  # noqa: F401
+        import cel_expr_python.cel  # noqa: F401 - an optional extra: probed here, not imported with condroute
     except Exception:  # noqa: BLE001 - not installed, or not loadable on this platform
         pass
     else:

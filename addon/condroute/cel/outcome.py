@@ -11,7 +11,7 @@ from __future__ import annotations
 
 
 def a_type(type_name: str) -> str:
-    """"a string", "an int"."""
+    """The type's name with its article: "a string", "an int"."""
     return ("an " if type_name[:1] in "aeiou" else "a ") + type_name
 
 

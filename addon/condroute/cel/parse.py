@@ -40,7 +40,7 @@ def parse(text: str) -> tuple[Any, N]:
 
 def _lark_parse(text: str) -> Any:
     # lark and celpy are imported when the first expression is parsed, not with condroute: together
-    # they take ~0.3 s to import, which rules without CEL need not pay
+    # they take about half a second to import, which rules without CEL need not pay
     import lark
     from celpy.celparser import CELParser
     if CELParser.CEL_PARSER is None:

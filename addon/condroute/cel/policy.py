@@ -119,15 +119,16 @@ def _key_fn(atom: tuple, token: Callable[[RequestView, Any], TokenLike] | None) 
     raise AssertionError(atom)  # pragma: no cover
 
 
-def canonical_header(name_lower: str) -> str:
-    """Go's textproto.CanonicalMIMEHeaderKey for a lower-case name: x-ab-test -> X-Ab-Test."""
+def _canonical_header(name_lower: str) -> str:
+    """Go's textproto.CanonicalMIMEHeaderKey for a lower-case name: x-ab-test -> X-Ab-Test; a name
+    with a space, tab or colon stays as it is (as in Go; httptext.canonical_header capitalises it)."""
     if not name_lower or any(c in name_lower for c in " \t:"):
         return name_lower
     return "-".join(p[:1].upper() + p[1:] for p in name_lower.split("-"))
 
 
 def _v_req_headers(r: RequestView, e: Any) -> dict:
-    return {canonical_header(k): list(v) for k, v in r.header_map.items()}
+    return {_canonical_header(k): list(v) for k, v in r.header_map.items()}
 
 
 def _v_params(r: RequestView, e: Any) -> dict:
