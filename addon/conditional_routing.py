@@ -7,27 +7,15 @@ import sys
 
 try:
     from condroute.mitm.addon import ConditionalRouting
+    from condroute.mitm.compat import answer_every_hook_name
 except ImportError:  # not installed: use the package beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from condroute.mitm.addon import ConditionalRouting
+    from condroute.mitm.compat import answer_every_hook_name
 
 addons = [ConditionalRouting()]
 
-
-def _answer_every_hook_name() -> None:
-    """mitmproxy asks this module, like every addon, for a handler of each event it dispatches: eight
-    per request (requestheaders, request, responseheaders, response, each followed by update). On
-    Python 3.11 a module attribute that is missing costs a formatted AttributeError every time
-    (1.1 µs here; 0.17 µs on 3.12), about 0.7% of mitmdump's own work per request (callgrind). A
-    module attribute that is None means "no handler" at no such cost; the handlers are on the
-    ConditionalRouting object above."""
-    try:
-        from mitmproxy import hooks
-    except ImportError:  # pragma: no cover - not running under mitmproxy
-        return
-    names = globals()
-    for name in list(hooks.all_hooks):
-        names.setdefault(name, None)
-
-
-_answer_every_hook_name()
+# mitmproxy asks this module, like every addon, for a handler of each event it dispatches (eight per
+# request): every hook name is given an attribute of None, which costs less than a missing one (see
+# answer_every_hook_name). The handlers are on the ConditionalRouting object above.
+answer_every_hook_name(globals())

@@ -10,7 +10,8 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from mitmproxy.test import tflow
 
 from condroute.engine import decide
-from condroute.mitm.addon import authority_host, request_view, set_host_header
+from condroute.mitm.compat import set_host_header
+from condroute.mitm.view import authority_host, request_view
 from condroute.request import RequestView
 from test_fuzz_engine import RULES
 

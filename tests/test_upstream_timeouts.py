@@ -304,7 +304,7 @@ def test_mitmproxy_internals_used_by_timeouts_are_still_there():
     from mitmproxy.proxy.layers import http as mhttp
     from mitmproxy.proxy.server import ConnectionHandler
 
-    from condroute.mitm import upstreams
+    from condroute.mitm import compat as upstreams
 
     # 1. HttpLayer routes a MessageInjected to the stream of flow.server_conn's HTTP/1 client layer:
     #    connections[server_conn].context.layers[-1].stream_id (mitmproxy's inject.websocket path).
@@ -360,7 +360,7 @@ def test_mitmproxy_internals_used_by_timeouts_are_still_there():
 def test_the_stream_of_a_flow_is_found_through_nested_layers():
     from mitmproxy.test import tflow
 
-    from condroute.mitm.upstreams import find_stream
+    from condroute.mitm.compat import find_stream
 
     f, other = tflow.tflow(), tflow.tflow()
 

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import errno
-import operator
 import os
 import sys
 import threading
@@ -14,13 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import ctx, http
-from mitmproxy.proxy.mode_specs import RegularMode, ReverseMode, UpstreamMode
 
 from ..engine import Decision, decide
-from .upstreams import Upstreams
 from ..errors import RulesError
-from ..request import RequestView, lazy, normalize_path
+from ..httptext import parse_seconds
 from ..rules import Rules, load_rules_bytes
+from . import compat
+from .compat import set_host_header
+from .upstreams import Upstreams
+from .view import H2_H3, FlowView, host_header_text, request_view
+
+__all__ = ["ConditionalRouting", "FlowView", "request_view"]
 from ..load.rulesfile import RulesBytes, not_regular, read_rules_file, stat_key
 
 log = logging.getLogger("condroute")
@@ -29,7 +31,6 @@ LOG_LEVELS = ("off", "decisions", "verbose")
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off", "")
 RELOAD_INTERVAL = 1.0
-H2_H3 = (b"HTTP/2.0", b"HTTP/3")
 
 
 class BadOption(Exception):
@@ -137,254 +138,16 @@ def load_version(path: str) -> Loaded:
     return Loaded(path, read, None, err, read_at)
 
 
-def authority_host(authority: str) -> str:
-    """The host part of a Host header or :authority ("[::1]:80" -> "::1", "a.example:8080" -> "a.example")."""
-    if authority.startswith("["):
-        end = authority.find("]")
-        return authority[1:end] if end > 0 else authority
-    if authority.count(":") == 1:
-        return authority.split(":", 1)[0]
-    return authority
+def answered(flow: http.HTTPFlow) -> bool:
+    """Does condroute answer ``flow`` itself (respond, on_no_match: error)? Then its request body
+    stays local (compat.keep_answered_bodies_local)."""
+    md = flow.metadata.get("condroute")
+    return bool(md and md.get("answer"))
 
 
-def authority_text(raw: bytes) -> str:
-    """:authority as mitmproxy's Request.authority decodes it (IDNA only where there is any)."""
-    if b"xn--" in raw.lower() or not raw.isascii():
-        try:
-            return raw.decode("idna")
-        except UnicodeError:
-            pass
-    return raw.decode("utf-8", "surrogateescape")
-
-
-class FlowView(RequestView):
-    """The engine's view of a mitmproxy request, read from mitmproxy's request data directly (its
-    public properties re-parse the Host header and re-decode headers on every access), with the
-    header text decoded only when a rule reads a header."""
-
-    bad_host: str | None = None     # why the request gets 400 (Host headers that lie about the target)
-    fix_host: bytes | None = None   # the Host header an absolute-form request must carry (RFC 9112 §3.2.2)
-
-    @lazy
-    def headers(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
-        return tuple((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-                     for k, v in self.__dict__["fields"])
-
-    def header(self, name_lower: str) -> list[str]:
-        """The values of one header: found in the raw fields without decoding the others, while no
-        rule has asked for all of them (then RequestView's header_map answers)."""
-        d = self.__dict__
-        if "header_map" in d or not name_lower.isascii():
-            return self.header_map.get(name_lower, [])
-        found = d["found"]
-        if found is None:
-            # bytes.lower() folds ASCII only, str.lower() more (KELVIN SIGN -> k): with a non-ASCII
-            # header name, only the decoded map answers as mitmproxy's own headers would
-            if not b"".join(map(_name, d["fields"])).isascii():
-                return self.header_map.get(name_lower, [])
-            found = d["found"] = {}
-        vals = found.get(name_lower)
-        if vals is None:
-            nb = name_lower.encode()
-            n = len(nb)
-            vals = found[name_lower] = [v.decode("utf-8", "surrogateescape") for k, v in d["fields"]
-                                        if len(k) == n and k.lower() == nb]
-        return vals
-
-
-_name = operator.itemgetter(0)
-
-
-def host_of(raw: bytes) -> str:
-    """The host a Host header or :authority names, as mitmproxy writes ``request.host``."""
-    return authority_host(authority_text(raw)).lower().rstrip(".")
-
-
-def header_host(raw: bytes) -> str:
-    """The host a Host header names, as text (IDNA is decoded for :authority only, as mitmproxy's
-    ``Request.host_header`` does)."""
-    return authority_host(raw.decode("utf-8", "surrogateescape")).lower().rstrip(".")
-
-
-def names(raw: bytes, host: str) -> bool:
-    """Whether a Host header or :authority names ``host`` (a ``request.host``, lower-cased, without
-    a trailing dot); the usual "host" and "host:port" are answered without parsing."""
-    if raw.isascii():
-        s = raw.decode().lower()
-        if s == host:
-            return True
-        n = len(host)
-        if ":" not in host and s.startswith(host) and s[n:n + 1] == ":" and s[n + 1:].isdigit():
-            return True
-    return host_of(raw) == host
-
-
-def target_authority(data: Any) -> bytes:
-    """The authority of the request's target (what an absolute-form request's Host must be)."""
-    h = data.host
-    if ":" in h:
-        h = f"[{h}]"
-    try:
-        hb = h.encode() if h.isascii() else h.encode("idna")
-    except UnicodeError:
-        hb = h.encode("utf-8", "surrogateescape")
-    return hb if data.port == (443 if data.scheme == b"https" else 80) else b"%s:%d" % (hb, data.port)
-
-
-def _authority_text(raw: bytes | None, h2: bool) -> str | None:
-    if raw is None:
-        return None
-    return authority_text(raw) if h2 else raw.decode("utf-8", "surrogateescape")
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def request_view(flow: http.HTTPFlow) -> FlowView:
-    """What the engine sees of ``flow``'s request (see FlowView).
-
-    ``host`` is the host the request really goes to ("What is matched" in rules-format.md): by the
-    time of ``requestheaders`` mitmproxy has put it in ``data.host``, from the absolute-form target,
-    the CONNECT (or SOCKS) tunnel's target, or, for an origin-form request, the Host header. Only in
-    reverse mode is the Host header (:authority) the name to route on (virtual hosts), and in
-    transparent modes, where the destination is an address, the client's name is the only one.
-    A Host header or :authority that names another host than the target inside a tunnel, or two
-    Host headers, make ``bad_host``; the Host of an absolute-form request is ignored and replaced
-    (``fix_host``), as RFC 9112 §3.2.2 says."""
-    data = flow.request.data
-    fields = data.headers.fields
-    v = FlowView.__new__(FlowView)
-    v.method = data.method.decode("ascii", "replace").upper()
-    v.scheme = data.scheme.decode("ascii", "replace").lower()
-    full = data.path.decode("utf-8", "surrogateescape")
-    path, _, v.query_string = full.partition("?")
-    if not path:
-        path = "/"
-    elif "/." in path or "//" in path or "%" in path or "\\" in path:   # request.needs_normalizing
-        norm, refused = normalize_path(path)
-        if refused is not None:
-            v.refused = refused
-        if norm != path:
-            v.raw_path, path = path, norm
-    v.path = path
-    v.port = data.port
-    # No non-ASCII name lower-cases to "host", so comparing bytes is exact here.
-    host_at = [i for i, f in enumerate(fields) if len(f[0]) == 4 and f[0].lower() == b"host"]
-    hh = fields[host_at[0]][1] if host_at else None
-    h2 = data.http_version in H2_H3
-    au = data.authority   # :authority, or the target of an absolute-form request where mitmproxy keeps it
-    conn = flow.client_conn
-    mode = conn.proxy_mode
-    if type(mode) is ReverseMode:
-        # virtual hosts: the name the client asked for (mitmproxy rewrote it to the target unless
-        # keep_host_header)
-        if au and hh is not None and not names(hh, host_of(au)):
-            v.bad_host = ":authority and Host name different hosts"
-        v.host = host_of(au) if au else header_host(hh) if hh else data.host.lower().rstrip(".")
-    else:
-        host = v.host = data.host.lower().rstrip(".")
-        target = flow.server_conn.address   # the tunnel's (or transparent/reverse) target; None for absolute-form
-        if target is not None and not isinstance(mode, (RegularMode, UpstreamMode)) and _is_ip(target[0]):
-            # transparent, local, WireGuard, SOCKS5 by address: the destination is an address and
-            # the client's name the only one there is; it must agree with the TLS server name
-            if au or hh:
-                host = v.host = host_of(au) if au else header_host(hh)
-                if au and hh is not None and not names(hh, host):
-                    v.bad_host = ":authority and Host name different hosts"
-            sni = conn.sni
-            if sni and sni.lower().rstrip(".") != host:
-                v.bad_host = f"the Host header names {host!r}, the TLS server name {sni!r}"
-        else:
-            if au and not names(au, host):
-                v.bad_host = f"the request names {host_of(au)!r} but goes to {host!r}"
-            if hh is not None and (target is not None or h2):
-                if hh.lower() != data.host.encode("utf-8", "surrogateescape").lower() and not names(hh, host):
-                    v.bad_host = f"the Host header names {host_of(hh)!r} but the request goes to {host!r}"
-            elif target is None and not h2:
-                # absolute-form: the Host header is ignored and replaced with the target's authority
-                # (the usual Host, equal to it, is left alone without formatting one to compare)
-                port = data.port
-                want = data.host if port == (443 if v.scheme == "https" else 80) else f"{data.host}:{port}"
-                if hh is None or hh.decode("latin-1").lower() != want.lower():
-                    v.fix_host = target_authority(data)
-    if len(host_at) > 1:
-        v.bad_host = "two Host headers"
-    v.peer = conn.peername[0] if conn and conn.peername else None
-    v.jwt_token = None
-    d = v.__dict__
-    # the client's Host (:authority), decoded only for a routed request's metadata (route())
-    d["fields"], d["found"], d["full_path"], d["authority"] = fields, None, full, au if au and h2 else hh
-    d["host_at"] = host_at[0] if len(host_at) == 1 else None
-    d["params"], d["rest"] = {}, None
-    return v
-
-
-def set_host_header(data: Any, h2: bool, value: bytes, host_at: int | None = None) -> None:
-    """What ``Request.host_header = value`` does, on the request data: for HTTP/2 and 3 :authority
-    is set and a Host header only replaced; for HTTP/1 the first Host header is replaced (its name
-    kept as written), others removed, and one added when there was none. ``host_at``: the index of
-    the only Host field, when that is known."""
-    if h2:
-        data.authority = value
-    fields = data.headers.fields
-    if host_at is not None:
-        data.headers.fields = (*fields[:host_at], (fields[host_at][0], value), *fields[host_at + 1:])
-        return
-    out = []
-    found = False
-    for f in fields:
-        k = f[0]
-        if len(k) == 4 and k.lower() == b"host":
-            if not found:
-                out.append((k, value))
-                found = True
-        else:
-            out.append(f)
-    if not found:
-        if h2:
-            return
-        out.append((b"Host", value))
-    data.headers.fields = tuple(out)
-
-
-def keep_answered_bodies_local() -> None:
-    """Never stream the body of a request that condroute answers itself (respond, on_no_match: error).
-
-    With ``stream_large_bodies`` set, mitmproxy (11 and 12) starts streaming a request body to the
-    request's destination as soon as more than that many bytes have arrived, even when an addon
-    cleared ``flow.request.stream`` in ``requestheaders``: a blocked request's body would reach the
-    very host it was blocked from, and that host's response would replace the answer. There is no
-    hook for this, so the proxy core's size check is wrapped: for answered flows, the body beyond
-    the limit is drained and dropped instead. Idempotent; does nothing if mitmproxy's internals differ.
-    """
-    try:
-        from mitmproxy.proxy.layers.http import HttpStream
-        from mitmproxy.utils import human
-    except ImportError:  # pragma: no cover - another mitmproxy layout
-        return
-    orig = getattr(HttpStream, "check_body_size", None)
-    if orig is None or getattr(orig, "_condroute", False):
-        return
-
-    def check_body_size(self, request: bool):
-        f = getattr(self, "flow", None)
-        md = f.metadata.get("condroute") if request and f is not None else None
-        buf = getattr(self, "request_body_buf", None)
-        if md and md.get("answer") and buf:
-            limit = human.parse_size(self.context.options.stream_large_bodies)
-            if limit is not None and len(buf) > limit:
-                buf.clear()
-                md["body_dropped"] = True
-                return False
-        return (yield from orig(self, request))
-
-    check_body_size._condroute = True  # type: ignore[attr-defined]
-    HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
+def body_dropped(flow: http.HTTPFlow) -> None:
+    """Part of the answered request's body was dropped: the request keeps no body (_answer_or_fix)."""
+    flow.metadata["condroute"]["body_dropped"] = True
 
 
 class ConditionalRouting:
@@ -406,11 +169,11 @@ class ConditionalRouting:
         # retries, failover, passive health, timeouts. Called from this addon's own hooks rather than
         # registered as a sub-addon: mitmproxy walks an addon's children and dispatches each hook for
         # every event, which cost more per request than condroute's whole decision (callgrind).
-        self.upstreams = Upstreams(self)
+        self.upstreams = Upstreams(self.route)
 
     # -- options --------------------------------------------------------------------------------
     def load(self, loader: Any) -> None:
-        keep_answered_bodies_local()
+        compat.keep_answered_bodies_local(answered, body_dropped)
         loader.add_option("condroute_rules", str, "",
                           "condroute: path to the rules file (YAML, JSON or KrakenD); empty = inactive.")
         loader.add_option("condroute_debug_header", str, "false",
@@ -440,12 +203,10 @@ class ConditionalRouting:
     def _sync_hooks(self) -> None:
         """Register ``responseheaders`` only while it has work: mitmproxy dispatches every hook an
         addon has on every request, and this one is needed only for the debug header and for
-        response timeouts. (mitmproxy looks hooks up on the object each time; None means none.)"""
+        response timeouts (see compat.show_hook)."""
         rules = self.rules
-        if self.debug_header or self.upstreams.timers or (rules is not None and rules.has_timeouts):
-            self.__dict__.pop("responseheaders", None)
-        else:
-            self.responseheaders = None  # type: ignore[assignment]
+        compat.show_hook(self, "responseheaders",
+                         self.debug_header or bool(self.upstreams.timers) or (rules is not None and rules.has_timeouts))
 
     def _configure(self, updated: set[str]) -> None:
         if "condroute_log" in updated:
@@ -454,14 +215,10 @@ class ConditionalRouting:
                 raise BadOption(f"condroute_log must be one of off, decisions, verbose, not {ctx.options.condroute_log!r}")
             self.log_level = LOG_LEVELS.index(v)
         if "condroute_reload_interval" in updated:
-            raw = ctx.options.condroute_reload_interval.strip()
             try:
-                secs = float(raw)
-            except ValueError:
-                secs = -1.0
-            if not 0 <= secs <= 3600 or secs != secs:
-                raise BadOption(f"condroute_reload_interval must be a number of seconds from 0 to 3600, not {raw!r}")
-            self.reload_interval = secs
+                self.reload_interval = parse_seconds("condroute_reload_interval", ctx.options.condroute_reload_interval)
+            except ValueError as e:
+                raise BadOption(str(e)) from None
         if "condroute_debug_header" in updated:
             self.debug_header = parse_bool("condroute_debug_header", ctx.options.condroute_debug_header)
         if "condroute_rules" in updated:
@@ -670,8 +427,8 @@ class ConditionalRouting:
             else:
                 if view.fix_host is not None:
                     data = flow.request.data
-                    set_host_header(data, False, view.fix_host, view.__dict__["host_at"])
-                    view.__dict__["fields"] = data.headers.fields
+                    set_host_header(data, False, view.fix_host, view.host_at)
+                    view.fields = data.headers.fields
                 d = decide(rules, view, health=self.upstreams.health)
         except Exception as e:  # a bug must not become a silent passthrough
             log.error(f"condroute: internal error while deciding for {flow.request.method} "
@@ -689,12 +446,12 @@ class ConditionalRouting:
         md["header"] = d.header_value()
         if d.outcome == "routed":
             # what apply() rewrites, so that `condroute explain --flows` can decide again
-            vd = view.__dict__
-            md["original"] = {"scheme": view.scheme, "host": view.host, "port": view.port, "path": vd["full_path"],
-                              "host_header": _authority_text(vd["authority"], flow.request.data.http_version in H2_H3),
+            data = flow.request.data
+            md["original"] = {"scheme": view.scheme, "host": view.host, "port": view.port, "path": view.full_path,
+                              "host_header": host_header_text(view.authority, data.http_version in H2_H3),
                               "headers": self._original_headers(flow, d)}
             self.upstreams.remember(flow, d)   # before apply: a failover starts from the original
-            self.apply(flow, d, vd["host_at"] if vd["fields"] is flow.request.data.headers.fields else None)
+            self.apply(flow, d, view.host_at if view.fields is data.headers.fields else None)
         elif d.status is not None:  # respond, or no match with on_no_match: error
             if d.respond is not None:
                 md["answer"] = {"status": d.respond.status, "body": d.respond.body, "headers": dict(d.respond.headers)}

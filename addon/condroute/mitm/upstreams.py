@@ -41,7 +41,8 @@ and enforces ``retries`` and ``timeout`` with what mitmproxy (11 and 12) offers 
   connection never reused. An event is only injected into a stream that is in the state it
   expects and not paused in a hook (else it is tried again 50 ms later), after checking that
   mitmproxy will route it to that stream. HTTP/2 and HTTP/3 upstream connections: not enforced
-  (said once in the log). tests/test_upstream_timeouts.py pins each mitmproxy internal used here.
+  (said once in the log). The internals of mitmproxy this relies on are in compat.py (FlowStream),
+  pinned by tests/test_mitm_compat.py and tests/test_upstream_timeouts.py.
 """
 from __future__ import annotations
 
@@ -51,101 +52,24 @@ import socket
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from mitmproxy import ctx, http
-from mitmproxy.proxy import events
 
+from ..httptext import IDEMPOTENT, parse_seconds
+from . import compat
 from .health import DEFAULT_COOLDOWN, Health
-from ..httptext import IDEMPOTENT
 
-# mitmproxy internals (11 and 12), each pinned by tests/test_upstream_timeouts.py
-from mitmproxy.proxy.layers.http import (Http1Connection, HttpStream, ResponseData, ResponseEndOfMessage,
-                                         ResponseHeaders, ResponseProtocolError)
-try:  # mitmproxy 12 types the error code of a ResponseProtocolError; 11 takes the status code itself
-    from mitmproxy.proxy.layers.http._events import ErrorCode as _ErrorCode
-except ImportError:
-    _ErrorCode = None
+__all__ = ["Upstreams", "describe_connect_error", "parse_seconds", "tcp_probe"]
 
 log = logging.getLogger("condroute")
 
 DEFAULT_CONNECT_TIMEOUT = 3.0
 RETRY_BACKOFF = 0.05          # seconds before the 2nd try, doubling, at most 1 s
 
-
-class _GatewayTimeoutCode:
-    """For mitmproxy 12, whose ErrorCode has no 504: answers its one question, the status code.
-    Only used while nothing has been sent to the client (mitmproxy 12 resets an HTTP/2 stream whose
-    headers went out by matching the code against its ErrorCode members)."""
-
-    def http_status_code(self) -> int:
-        return 504
-
-
-def timeout_code(sent: bool) -> Any:
-    """The code of the protocol error that ends a timed-out stream: a 504 while nothing has been
-    sent to the client; once something has, the status no longer matters (the connection is cut
-    or the stream reset), and a plain server error is what mitmproxy 12 knows how to reset."""
-    if _ErrorCode is None:
-        return 502 if sent else 504
-    return _ErrorCode.GENERIC_SERVER_ERROR if sent else _GatewayTimeoutCode()
-
-
-# Events injected into the flow's HTTP stream. mitmproxy's HttpLayer routes a MessageInjected to the
-# stream of the flow's server connection; the stream then handles it as the response event it also is.
-# (Only headers and errors: a CONNECT stream in between turns response data and end-of-message events
-# into its tunnel's connection events, so those are queued on the stream itself; see _timed_out.)
-class _Headers(ResponseHeaders, events.MessageInjected):  # type: ignore[misc]
-    def __init__(self, flow: http.HTTPFlow, stream_id: int, response: http.Response):
-        self.flow, self.message, self.stream_id, self.response, self.end_stream = flow, None, stream_id, response, False
-
-
-class _Error(ResponseProtocolError, events.MessageInjected):  # type: ignore[misc]
-    def __init__(self, flow: http.HTTPFlow, stream_id: int, message: str, code: Any):
-        self.flow, self.stream_id, self.message, self.code = flow, stream_id, message, code
-
-
-def find_stream(layer: Any, flow: http.HTTPFlow, depth: int = 0) -> list[tuple[Any, Any]] | None:
-    """The (HttpLayer, HttpStream) pairs that lead to the stream of ``flow``, outermost first (more
-    than one through CONNECT tunnels), found by looking (only looking) through the connection's
-    layers: HTTP layers keep their streams in ``streams``; layers nest through ``layer`` (NextLayer),
-    ``child_layer``, or a ``_handle_event`` bound to the child (the proxy-mode layers); CONNECT
-    tunnels through their stream's ``child_layer``."""
-    if layer is None or depth > 32:
-        return None
-    streams = getattr(layer, "streams", None)
-    if isinstance(streams, dict):
-        for st in list(streams.values()):
-            if getattr(st, "flow", None) is flow:
-                return [(layer, st)]
-            found = find_stream(getattr(st, "child_layer", None), flow, depth + 1)
-            if found is not None:
-                return [(layer, st), *found]
-    children = [getattr(layer, "layer", None), getattr(layer, "child_layer", None),
-                getattr(getattr(layer, "_handle_event", None), "__self__", None)]   # HttpProxy delegates so
-    for child in children:
-        if child is not None and child is not layer:
-            found = find_stream(child, flow, depth + 1)
-            if found is not None:
-                return found
-    return None
-
-
-def routes_to(path: list[tuple[Any, Any]], flow: http.HTTPFlow) -> bool:
-    """Will mitmproxy route a MessageInjected of ``flow`` along ``path``? Each HttpLayer takes the
-    layer of the flow's server connection (else, for a tunnel, of its client connection) and, unless
-    that is a stream itself, the stream id of the HTTP/1 layer at the end of its context's layers
-    (an HTTP/2 or HTTP/3 layer there would fail an assertion inside mitmproxy)."""
-    for http_layer, stream in path:
-        conns = getattr(http_layer, "connections", {})
-        conn = conns.get(flow.server_conn if flow.server_conn in conns else flow.client_conn)
-        if not isinstance(conn, HttpStream):
-            conn = conn.context.layers[-1] if conn is not None and conn.context.layers else None
-            if not isinstance(conn, Http1Connection):
-                return False
-        if conn.stream_id != stream.stream_id or http_layer.streams.get(conn.stream_id) is not stream:
-            return False
-    return True
+# What Upstreams calls to decide for a flow again (after its upstream failed to connect):
+# ConditionalRouting.route, which decides, rewrites the request and records the decision.
+Reroute = Callable[[http.HTTPFlow], None]
 
 
 class _Counted:
@@ -182,16 +106,6 @@ async def tcp_probe(host: str, port: int, timeout: float) -> str | None:
     return None
 
 
-def parse_seconds(name: str, value: str) -> float:
-    try:
-        v = float(value.strip().rstrip("s"))
-    except ValueError:
-        v = -1.0
-    if not 0 <= v <= 3600:
-        raise ValueError(f"{name} must be a number of seconds from 0 to 3600, not {value!r}")
-    return v
-
-
 @dataclass
 class _Pending:
     snapshot: Any          # flow.request.data before condroute rewrote it
@@ -199,11 +113,12 @@ class _Pending:
 
 
 class Upstreams:
-    """Part of ConditionalRouting (``parent``), which calls these methods from its own hooks (they
-    keep mitmproxy's hook names and signatures): see the module docstring."""
+    """Part of ConditionalRouting, which calls these methods from its own hooks (they keep
+    mitmproxy's hook names and signatures): see the module docstring. ``reroute(flow)`` decides
+    for a flow again, once its upstream has been marked down (ConditionalRouting.route)."""
 
-    def __init__(self, parent: Any):
-        self.parent = parent
+    def __init__(self, reroute: Reroute):
+        self.reroute = reroute
         self.health = Health()
         self.connect_timeout = DEFAULT_CONNECT_TIMEOUT
         self.probe = tcp_probe            # replaceable in tests
@@ -241,9 +156,7 @@ class Upstreams:
 
     def _live(self, flow: http.HTTPFlow) -> bool:
         """Is this flow on a client connection of the running proxy (not a replay, not a test flow)?"""
-        ps = self._proxyserver()
-        conns = getattr(ps, "connections", None)
-        return bool(conns) and flow.client_conn.id in conns
+        return compat.connection_handler(flow, self._proxyserver()) is not None
 
     # -- connection failures, retries, failover --------------------------------------------------
     def remember(self, flow: http.HTTPFlow, d: Any) -> None:
@@ -287,7 +200,7 @@ class Upstreams:
             earlier = (flow.metadata.get("condroute") or {}).get("failed_over", [])
             flow.request.data = p.snapshot                   # as the client sent it
             flow.metadata.pop("condroute", None)
-            self.parent.route(flow)                          # decides again, now without that upstream
+            self.reroute(flow)                               # decides again, now without that upstream
             md = flow.metadata.get("condroute")
             if md is not None:
                 md["failed_over"] = [*earlier, failed]
@@ -393,26 +306,24 @@ class Upstreams:
         if sc.alpn in (b"h2", b"h3"):
             self._not_enforced(flow)
             return
-        handler = getattr(self._proxyserver(), "connections", {}).get(flow.client_conn.id)
-        path = find_stream(getattr(handler, "layer", None), flow) if handler is not None else None
-        if path is None:
+        fs = compat.stream_of(flow, self._proxyserver())
+        if fs is None:
             log.warning("condroute: the timed-out request's HTTP stream was not found; not answered")
             self._body.pop(flow.id, None)
             return
-        stream = path[-1][1]
-        if stream._paused is not None:
+        if fs.paused:
             # waiting on a hook of some addon: events would queue behind it; look again shortly
             self._arm(flow, 0.05, timeout)
             return
-        state = getattr(stream.server_state, "__name__", "")
+        state = fs.state
         if resp is None:
-            if state != "state_wait_for_response_headers":
+            if state != "headers":
                 return
             phase, sent = "headers", False
         else:
-            if state == "state_consume_response_body":          # buffered: nothing sent yet
-                seen, sent = len(stream.response_body_buf), False
-            elif state == "state_stream_response_body":         # the headers went out already
+            if state == "buffering":                            # nothing sent yet
+                seen, sent = fs.buffered, False
+            elif state == "streaming":                          # the headers went out already
                 if not isinstance(resp.stream, _Counted):
                     # streaming began mid-body (stream_large_bodies on a chunked body): what came
                     # before is unknown, so the pause starts now
@@ -432,7 +343,7 @@ class Upstreams:
                 return
             self._body.pop(flow.id, None)
             phase = "body"
-        if not routes_to(path, flow):
+        if not fs.routable():
             self._not_enforced(flow, "connections whose HTTP layers mitmproxy would not route the answer "
                                      "through (an HTTP/2 or HTTP/3 connection on the way)")
             return
@@ -449,24 +360,15 @@ class Upstreams:
                 # reports an error to the stream later on; on a connection that went on to the next
                 # request, mitmproxy would hand that error to the wrong request.
                 answer.headers["connection"] = "close"
-            events_in: list[Any] = [_Headers(flow, stream.stream_id, answer)]
         else:
             text = (f"condroute: upstream {md.get('upstream')} ({md.get('url')}) stopped sending the response "
                     f"body for {timeout:g}s; route {md.get('route')!r}, backend {md.get('backend')!r}")
-            events_in = [_Error(flow, stream.stream_id, text, timeout_code(sent))]
         try:
-            for ev in events_in:
-                await handler.server_event(ev)
             if phase == "headers":
-                # The stream now waits on the responseheaders hook, and queues what comes meanwhile
-                # as it would the upstream's body: the body and the end of the message go there,
-                # in order, before anything else can (the closed upstream connection reports later).
-                if stream._paused is None or flow.response is not answer:
-                    raise RuntimeError("the stream did not take the 504's headers")
-                stream._paused_event_queue.extend([ResponseData(stream.stream_id, body),
-                                                   ResponseEndOfMessage(stream.stream_id)])
-            if sc in getattr(handler, "transports", {}):
-                handler.close_connection(sc)      # the late answer is never read, the connection never reused
+                await fs.answer(answer, body)
+            else:
+                await fs.fail(text, sent)
+            fs.close_upstream()      # the late answer is never read, the connection never reused
         except Exception as e:  # pragma: no cover - the connection went away meanwhile
             log.error(f"condroute: could not answer the timed-out request: {type(e).__name__}: {e}")
 
