@@ -67,17 +67,8 @@ class VisibleHeadersCond(Cond):
 
 def headers_read(cond: Cond) -> frozenset[str]:
     """The request headers (lower-case) a compiled condition reads, as far as it says."""
-    read = getattr(cond, "headers_read", None)
-    if read is not None:
-        return frozenset(read())
-    # (interim, until cel exposes headers_read: the policy's input codes)
-    names = set()
-    for a in getattr(getattr(cond, "policy", None), "atoms", ()) or ():
-        if isinstance(a, tuple) and len(a) == 2 and a[0] == "h" and isinstance(a[1], str):
-            names.add(a[1].lower())
-        elif isinstance(a, tuple) and len(a) == 2 and a[0] == "c":
-            names.add("cookie")
-    return frozenset(names)
+    read = getattr(cond, "headers_read", None)     # a CEL policy says which headers it reads
+    return frozenset(read()) if read is not None else frozenset()
 
 
 def compile_visible(w: VisibleHeaders, cc: CompileCtx, compile_condition: Callable[..., Cond | None]) -> Cond | None:
