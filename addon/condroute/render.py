@@ -249,3 +249,62 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
     if extra:
         lines.append(_row("limits", ", ".join(extra)))
     return lines
+
+
+# -- what the mitmproxy adapter says about upstreams (condroute.mitm) ------------------------------
+def skipped_lines(d: Decision) -> list[str]:
+    """The verbose log's lines under a decision: each backend passed over, and why."""
+    return [f"skipped {b}: {why}" for b, held, why, _ in d.trail if not held]
+
+
+def connect_failed(d: Decision, address: str, error: str, attempts: int, cooldown: float) -> str:
+    """The log line when a routed request's upstream cannot be connected to (it is decided again)."""
+    tries = f" ({attempts} attempts)" if attempts > 1 else ""
+    return (f"{d.route}/{d.backend}: upstream {d.upstream} ({address}) {error}{tries}; passing it over for "
+            f"{cooldown:g}s and deciding again")
+
+
+def failed_over(d: Decision, address: str, error: str, attempts: int) -> dict[str, Any]:
+    """The metadata's record of an upstream passed over after it could not be connected to."""
+    return {"upstream": d.upstream, "address": address, "error": error, "attempts": attempts}
+
+
+def timeout_reason(phase: str, timeout: float) -> str:
+    """Why a routed request timed out (the decision's reason): ``phase`` "headers" or "body"."""
+    if phase == "headers":
+        return f"no response headers within {timeout:g}s"
+    return f"the response body stalled for {timeout:g}s"
+
+
+def _timeout_what(phase: str, timeout: float) -> str:
+    if phase == "headers":
+        return f"did not respond within {timeout:g}s"
+    return f"stopped sending the response body for {timeout:g}s"
+
+
+def timeout_body(d: Decision, timeout: float) -> str:
+    """The body of condroute's 504 when an upstream sent no response headers in time."""
+    return (f"condroute: upstream {d.upstream} ({d.url}) did not respond within {timeout:g}s\n"
+            f"  route {d.route!r}, backend {d.backend!r}\n")
+
+
+def timeout_error(d: Decision, timeout: float) -> str:
+    """The protocol error that ends a response whose body stalled."""
+    return (f"condroute: upstream {d.upstream} ({d.url}) stopped sending the response body for {timeout:g}s; "
+            f"route {d.route!r}, backend {d.backend!r}")
+
+
+def timeout_header(d: Decision, timeout: float) -> str:
+    """The X-Condroute debug header of condroute's 504."""
+    return f"{d.route}/{d.backend} -> {d.upstream} (timeout {timeout:g}s: 504)"
+
+
+def timeout_comment(d: Decision, phase: str, timeout: float, sent: bool) -> str:
+    """What is added to flow.comment when the request timed out."""
+    return f"upstream {d.upstream} {_timeout_what(phase, timeout)}: {'cutting the response' if sent else 'answering 504'}"
+
+
+def timeout_line(d: Decision, request: str, phase: str, timeout: float, sent: bool) -> str:
+    """The log line when the request timed out (``request``: "METHOD URL" as forwarded)."""
+    outcome = "cutting the response (it had started)" if sent else "answering 504"
+    return f"{request}: {d.route}/{d.backend}: upstream {d.upstream} {_timeout_what(phase, timeout)}, {outcome}"

@@ -56,11 +56,14 @@ from typing import Any, Callable
 
 from mitmproxy import ctx, http
 
+from .. import render
+from ..engine import Decision
 from ..httptext import IDEMPOTENT, parse_seconds
+from ..render import timeout_reason
 from . import compat
 from .health import DEFAULT_COOLDOWN, Health
 
-__all__ = ["Upstreams", "describe_connect_error", "parse_seconds", "tcp_probe"]
+__all__ = ["Upstreams", "describe_connect_error", "parse_seconds", "record_timeout", "tcp_probe", "timeout_reason"]
 
 log = logging.getLogger("condroute")
 
@@ -70,6 +73,17 @@ RETRY_BACKOFF = 0.05          # seconds before the 2nd try, doubling, at most 1 
 # What Upstreams calls to decide for a flow again (after its upstream failed to connect):
 # ConditionalRouting.route, which decides, rewrites the request and records the decision.
 Reroute = Callable[[http.HTTPFlow], None]
+
+
+def record_timeout(d: Decision, reason: str, sent: bool) -> None:
+    """A timeout, in the decision like every other reason a backend did not serve: a trail entry
+    for the backend (not held: it did not answer in time), the decision's reason, and status 504
+    when condroute answers (nothing had been sent to the client)."""
+    fallback = any(fb for b, held, _, fb in d.trail if held and b == d.backend)
+    d.trail.append((d.backend or "", False, reason, fallback))
+    d.reason = reason
+    if not sent:
+        d.status = 504
 
 
 class _Counted:
@@ -127,6 +141,8 @@ class Upstreams:
         self._warned_h2 = False
         self._tasks: set[asyncio.Task] = set()
         self._body: dict[str, tuple[int, float]] = {}   # flow id -> (body bytes seen, since when)
+        # the decisions of flows with a timeout, while it may fire (held by the flow, weakly)
+        self.decisions: weakref.WeakKeyDictionary[http.HTTPFlow, Decision] = weakref.WeakKeyDictionary()
 
     # -- options --------------------------------------------------------------------------------
     def load(self, loader: Any) -> None:
@@ -159,9 +175,12 @@ class Upstreams:
         return compat.connection_handler(flow, self._proxyserver()) is not None
 
     # -- connection failures, retries, failover --------------------------------------------------
-    def remember(self, flow: http.HTTPFlow, d: Any) -> None:
+    def remember(self, flow: http.HTTPFlow, d: Decision) -> None:
         """Called by ConditionalRouting.requestheaders for a routed flow, before it rewrites the
-        request. Keeps what a failover needs when the upstream is to be tried first."""
+        request. Keeps the decision of a flow with a timeout (the timeout is recorded in it), and
+        what a failover needs when the upstream is to be tried first."""
+        if d.timeout:
+            self.decisions[flow] = d
         up = d.upstream_obj
         if up is None or flow.server_conn.via is not None:   # upstream-proxy mode: mitmproxy connects to the proxy
             return
@@ -191,12 +210,10 @@ class Upstreams:
                 return
             addr = f"{d.host}:{d.port}"
             self.health.mark_down(d.host, d.port, err, tries)
-            log.warning(f"condroute: {d.route}/{d.backend}: upstream {d.upstream} ({addr}) {err}"
-                        f"{f' ({tries} attempts)' if tries > 1 else ''}; passing it over for "
-                        f"{self.health.cooldown:g}s and deciding again")
+            log.warning(f"condroute: {render.connect_failed(d, addr, err, tries, self.health.cooldown)}")
             if flow.response is not None or flow.error is not None or not flow.live:
                 return
-            failed = {"upstream": d.upstream, "address": addr, "error": err, "attempts": tries}
+            failed = render.failed_over(d, addr, err, tries)
             earlier = (flow.metadata.get("condroute") or {}).get("failed_over", [])
             flow.request.data = p.snapshot                   # as the client sent it
             flow.metadata.pop("condroute", None)
@@ -246,7 +263,7 @@ class Upstreams:
         md = flow.metadata.get("condroute")
         if not md or md.get("outcome") != "routed" or not md.get("timeout") or flow.response is not None:
             return
-        if not self._live(flow):
+        if flow not in self.decisions or not self._live(flow):
             return
         self._arm(flow, float(md["timeout"]), float(md["timeout"]))
 
@@ -260,6 +277,7 @@ class Upstreams:
         if t is not None:
             t.cancel()
         self._body.pop(flow.id, None)
+        self.decisions.pop(flow, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The headers are in: from now on the timeout is the longest pause in the body. The timer
@@ -284,6 +302,8 @@ class Upstreams:
         resp = flow.response if flow is not None else None
         if flow is None or not flow.live or (resp is not None and resp.timestamp_end is not None):
             self._body.pop(flow_id, None)
+            if flow is not None:
+                self.decisions.pop(flow, None)
             return              # the common case: the response is complete (no task needed)
         task = asyncio.get_running_loop().create_task(self._timed_out(flow, timeout))
         self._tasks.add(task)
@@ -347,12 +367,12 @@ class Upstreams:
             self._not_enforced(flow, "connections whose HTTP layers mitmproxy would not route the answer "
                                      "through (an HTTP/2 or HTTP/3 connection on the way)")
             return
-        self._record(flow, timeout, phase, sent)
-        md = flow.metadata.get("condroute") or {}
+        d = self.decisions.pop(flow, None)
+        if d is None:           # pragma: no cover - armed only for a flow whose decision is kept
+            return
+        self._record(flow, d, timeout, phase, sent)
         if phase == "headers":
-            text = (f"condroute: upstream {md.get('upstream')} ({md.get('url')}) did not respond within {timeout:g}s\n"
-                    f"  route {md.get('route')!r}, backend {md.get('backend')!r}\n")
-            body = b"" if flow.request.method.upper() == "HEAD" else text.encode()
+            body = b"" if flow.request.method.upper() == "HEAD" else render.timeout_body(d, timeout).encode()
             answer = http.Response.make(504, body, {"content-type": "text/plain; charset=utf-8"})
             answer.reason = "Gateway Timeout"                   # RFC 9110's name (mitmproxy: "Time-out")
             if not (flow.request.is_http2 or flow.request.is_http3):
@@ -360,40 +380,31 @@ class Upstreams:
                 # reports an error to the stream later on; on a connection that went on to the next
                 # request, mitmproxy would hand that error to the wrong request.
                 answer.headers["connection"] = "close"
-        else:
-            text = (f"condroute: upstream {md.get('upstream')} ({md.get('url')}) stopped sending the response "
-                    f"body for {timeout:g}s; route {md.get('route')!r}, backend {md.get('backend')!r}")
         try:
             if phase == "headers":
                 await fs.answer(answer, body)
             else:
-                await fs.fail(text, sent)
+                await fs.fail(render.timeout_error(d, timeout), sent)
             fs.close_upstream()      # the late answer is never read, the connection never reused
         except Exception as e:  # pragma: no cover - the connection went away meanwhile
             log.error(f"condroute: could not answer the timed-out request: {type(e).__name__}: {e}")
 
-    def _record(self, flow: http.HTTPFlow, timeout: float, phase: str, sent: bool) -> None:
-        """Says what happened in the decision's metadata, the flow's comment and the log."""
+    def _record(self, flow: http.HTTPFlow, d: Decision, timeout: float, phase: str, sent: bool) -> None:
+        """Says what happened in the decision (and its metadata), the flow's comment and the log."""
+        reason = timeout_reason(phase, timeout)
+        record_timeout(d, reason, sent)
         md = flow.metadata.get("condroute")
         if md is None:
             md = flow.metadata["condroute"] = {}
-        route, backend, upstream = md.get("route"), md.get("backend"), md.get("upstream")
-        if phase == "headers":
-            what = f"did not respond within {timeout:g}s"
-            reason = f"no response headers within {timeout:g}s"
-        else:
-            what = f"stopped sending the response body for {timeout:g}s"
-            reason = f"the response body stalled for {timeout:g}s"
-        outcome = "cutting the response (it had started)" if sent else "answering 504"
+        md.update(render.to_dict(d))
         md["timed_out"] = timeout
         md["timeout_reason"] = reason
         if not sent:
-            md["status"] = 504
-            md["header"] = f"{route}/{backend} -> {upstream} (timeout {timeout:g}s: 504)"
+            md["header"] = render.timeout_header(d, timeout)
         flow.comment = (flow.comment + " | " if flow.comment else "condroute: ") + \
-            f"upstream {upstream} {what}: {outcome.split(' (')[0]}"
-        log.warning(f"condroute: {flow.request.method} {flow.request.pretty_url.split('?')[0]}: "
-                    f"{route}/{backend}: upstream {upstream} {what}, {outcome}")
+            render.timeout_comment(d, phase, timeout, sent)
+        request = f"{flow.request.method} {flow.request.pretty_url.split('?')[0]}"
+        log.warning(f"condroute: {render.timeout_line(d, request, phase, timeout, sent)}")
 
     def _not_enforced(self, flow: http.HTTPFlow, where: str = "HTTP/2 or HTTP/3 upstream connections") -> None:
         self._body.pop(flow.id, None)
