@@ -13,6 +13,7 @@ from typing import Any
 
 from mitmproxy import ctx, http
 
+from .. import render
 from ..engine import Decision, decide
 from ..errors import RulesError
 from ..httptext import parse_seconds
@@ -440,10 +441,10 @@ class ConditionalRouting:
             return
         if d.route is None and d.status is None:
             if self.log_level == 2:
-                log.info(f"condroute: {d.summary()}")
+                log.info(f"condroute: {render.summary(d)}")
             return
-        md = d.to_dict()
-        md["header"] = d.header_value()
+        md = render.to_dict(d)
+        md["header"] = render.header_value(d)
         if d.outcome == "routed":
             # what apply() rewrites, so that `condroute explain --flows` can decide again
             data = flow.request.data
@@ -456,15 +457,16 @@ class ConditionalRouting:
             if d.respond is not None:
                 md["answer"] = {"status": d.respond.status, "body": d.respond.body, "headers": dict(d.respond.headers)}
             else:
-                md["answer"] = {"status": d.status, "body": d.error_body(), "headers": {"Content-Type": "text/plain; charset=utf-8"}}
+                md["answer"] = {"status": d.status, "body": render.error_body(d),
+                                "headers": {"Content-Type": "text/plain; charset=utf-8"}}
             flow.request.stream = False   # answered in `request`: the body must not be streamed anywhere
         flow.metadata["condroute"] = md
-        flow.comment = d.comment()
+        flow.comment = render.comment(d)
         if self.log_level:
-            log.info(f"condroute: {d.summary()}")
+            log.info(f"condroute: {render.summary(d)}")
             if self.log_level == 2:
-                for a in d.skipped:
-                    log.info(f"condroute:   skipped {a.backend}: {a.reason}")
+                for line in render.skipped_lines(d):
+                    log.info(f"condroute:   {line}")
 
     @staticmethod
     def _original_headers(flow: http.HTTPFlow, d: Decision) -> dict[str, list[str]]:
