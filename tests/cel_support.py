@@ -2,12 +2,9 @@
 claims for ``jwt``, the GeoIP record for ``geoIP()``), for tests that compile expressions directly."""
 from __future__ import annotations
 
-from condroute.cel.policy import CelLoadProblem, CelPolicy, IdentityLookups
+from condroute.cel.policy import CelLoadProblem, CelPolicy
 from condroute.cel.policy import compile_policy as _compile_policy
-from condroute.conditions.geo import client_cel_record
-from condroute.conditions.jwtauth import token_state
-
-LOOKUPS = IdentityLookups(token=token_state, geo_record=client_cel_record)
+from condroute.conditions.cel import LOOKUPS
 
 
 def compile_policy(text: str, engine: str | None = None, geo: bool = True,

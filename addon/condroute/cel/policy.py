@@ -374,14 +374,13 @@ def _locate(node: Y, cc: CompileCtx, eline: int, ecol: int) -> tuple[int, int, s
     return node.line, node.col, f" (at line {eline}, column {ecol} of the expression)"
 
 
-def compile_cel_condition(node: Y, cc: CompileCtx, lookups: IdentityLookups | None = None) -> CelCond | None:
+def compile_cel_condition(node: Y, cc: CompileCtx, lookups: IdentityLookups) -> CelCond | None:
     """The ``cel:`` condition written at ``node``; problems are recorded in ``cc``, located in the
-    file. ``lookups``: the token and GeoIP lookups (see IdentityLookups)."""
+    file. ``lookups``: the token and GeoIP lookups (see IdentityLookups; the ``cel`` condition
+    kind, conditions/cel.py, passes those of the jwt and geo kinds)."""
     if not isinstance(node.v, str):
         cc.error(node, f"cel must be a CEL expression (a string), not {kind(node.v)}")
         return None
-    if lookups is None:
-        lookups = _interim_lookups()
     geo = getattr(cc.settings, "geoip", None) is not None or cc.geoip_declared
     jwt = getattr(cc.settings, "jwt", None) is not None or cc.jwt_declared
     try:
@@ -395,13 +394,6 @@ def compile_cel_condition(node: Y, cc: CompileCtx, lookups: IdentityLookups | No
     if policy is None:
         return None
     return CelCond(policy)
-
-
-def _interim_lookups() -> IdentityLookups:
-    # INTERIM (issue #12), until conditions/cel.py passes the lookups: an upward import, to delete
-    from ..conditions.geo import client_cel_record
-    from ..conditions.jwtauth import token_state
-    return IdentityLookups(token=token_state, geo_record=client_cel_record)
 
 
 __all__ = ["compile_cel_condition", "compile_policy", "CelPolicy", "CelCond", "CelLoadProblem", "IdentityLookups",
