@@ -16,7 +16,7 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.layers.http import HttpResponseHeadersHook
 from mitmproxy.test import taddons, tflow
 
-from condroute.mitm import addon as mitm
+from condroute.mitm import reload as mitm
 from condroute.load import rulesfile
 from condroute.mitm.addon import ConditionalRouting
 

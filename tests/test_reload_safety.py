@@ -22,7 +22,7 @@ from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
 
-from condroute.mitm import addon as mitm
+from condroute.mitm import reload as mitm
 from condroute.load import rulesfile
 from condroute.errors import RulesError
 from condroute.mitm.addon import ConditionalRouting

@@ -1,14 +1,13 @@
-"""The mitmproxy addon: a thin adapter between mitmproxy flows and the pure engine."""
+"""The mitmproxy addon: a thin adapter between mitmproxy flows and the pure engine.
+
+ConditionalRouting reads its options, decides for each request (engine.decide on a
+view.FlowView) and rewrites or answers it. The rules in force and the watcher of their file are
+in reload.py (LiveRules, which it extends); retries, failover, passive health and timeouts in
+upstreams.py; every use of mitmproxy's internals in compat.py.
+"""
 from __future__ import annotations
 
-import asyncio
 import logging
-import errno
-import os
-import sys
-import threading
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -17,21 +16,19 @@ from .. import render
 from ..engine import Decision, decide
 from ..errors import RulesError
 from ..httptext import parse_seconds
-from ..rules import Rules, load_rules_bytes
 from . import compat
 from .compat import set_host_header
+from .reload import LiveRules, file_signature, load_version
 from .upstreams import Upstreams
 from .view import H2_H3, FlowView, host_header_text, request_view
 
 __all__ = ["ConditionalRouting", "FlowView", "request_view"]
-from ..load.rulesfile import RulesBytes, not_regular, read_rules_file, stat_key
 
 log = logging.getLogger("condroute")
 
 LOG_LEVELS = ("off", "decisions", "verbose")
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off", "")
-RELOAD_INTERVAL = 1.0
 
 
 class BadOption(Exception):
@@ -47,98 +44,6 @@ def parse_bool(name: str, value: str) -> bool:
     raise BadOption(f"{name} must be true or false, not {value!r}")
 
 
-# mtime granularity to allow for (FAT: 2 s; HFS+: 1 s; ext4 with a jiffy clock: 4-10 ms)
-RACY_SECONDS = 2.0
-# A new version is installed only once it has settled: seen unchanged by two checks and last
-# modified longer ago than the reload interval, and never less than this: a writer that truncates,
-# writes part of the file and pauses (1.5 s in issue 11) must not get its half installed at the
-# default 1 s interval, and on FAT an mtime cannot tell times less than 2 s apart.
-SETTLE_SECONDS = 2.0
-_clock = time.monotonic       # tests replace it to drive settling without sleeping
-LOAD_SWITCH_INTERVAL = 0.0005   # seconds; see _load_in_thread
-
-
-@dataclass(frozen=True)
-class FileSignature:
-    """What identifies one version of the rules file: mtime, ctime, size and inode, plus a hash of
-    the content read, which catches a same-size edit made within the same mtime tick as the read (a
-    coarse filesystem clock). Comparison ignores ``racy``."""
-    mtime_ns: int
-    size: int
-    ino: int
-    digest: bytes
-    racy: bool = field(default=False, compare=False)   # modified so recently that mtime can't be trusted yet
-    ctime_ns: int = 0
-
-    @property
-    def key(self) -> tuple[int, int, int, int]:
-        return (self.mtime_ns, self.ctime_ns, self.size, self.ino)
-
-    @staticmethod
-    def of(key: tuple[int, int, int, int], digest: bytes, racy: bool) -> "FileSignature":
-        mtime_ns, ctime_ns, size, ino = key
-        return FileSignature(mtime_ns, size, ino, digest, racy, ctime_ns)
-
-    def describe(self) -> str:
-        """The version, for the log: content hash and modification time."""
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.mtime_ns / 1e9))
-        return f"content {self.digest.hex()[:12] or 'unread'}, modified {when}.{self.mtime_ns // 1_000_000 % 1000:03d} UTC"
-
-
-def file_signature(read: RulesBytes, read_at: float) -> FileSignature:
-    """The signature of the bytes read (hashed and parsed from that same read). *Racy* when the
-    file was modified less than RACY_SECONDS before it was read (git's "racily clean" rule): an
-    edit right after may keep the same mtime, so that version is read and hashed once more later."""
-    racy = abs(read_at - read.mtime_ns / 1e9) < RACY_SECONDS
-    return FileSignature.of(read.key, read.digest, racy)
-
-
-def retire(rules: Rules) -> None:
-    """Free replaced rules in a daemon thread, one route at a time. Freeing a large rules file's
-    hundreds of thousands of objects at once is one C-level cascade that holds the GIL throughout
-    (0.1-0.4 s for 5 MB, measured): on the event loop, traffic would wait for it. Route by route,
-    the loop gets the GIL back between routes. (Flows still using a route keep it alive.)"""
-    routes = list(rules.routes)
-    box = [rules]
-    del rules
-
-    def run() -> None:
-        box.clear()
-        while routes:
-            routes.pop()
-
-    threading.Thread(target=run, name="condroute-retire", daemon=True).start()
-
-
-@dataclass
-class Loaded:
-    """The outcome of one load of the rules file (made in a worker thread at reload)."""
-    path: str
-    read: RulesBytes | None
-    rules: Rules | None
-    error: RulesError | None
-    read_at: float
-
-
-def load_version(path: str) -> Loaded:
-    """Read the file once, then compile those bytes. Never raises: any exception becomes a located
-    error (a MemoryError or RecursionError at reload must not kill the watcher)."""
-    read_at = time.time()
-    read: RulesBytes | None = None
-    try:
-        read = read_rules_file(path)
-        return Loaded(path, read, load_rules_bytes(read.data, path), None, read_at)
-    except RulesError as e:
-        err = e
-    except MemoryError:
-        err = RulesError.at(path, 1, 1, "out of memory while loading the file")
-    except RecursionError:
-        err = RulesError.at(path, 1, 1, "the file is nested too deeply")
-    except Exception as e:  # noqa: BLE001 - reported with its place, never as a traceback
-        err = RulesError.at(path, 1, 1, f"the file does not load: {type(e).__name__}: {e}")
-    return Loaded(path, read, None, err, read_at)
-
-
 def answered(flow: http.HTTPFlow) -> bool:
     """Does condroute answer ``flow`` itself (respond, on_no_match: error)? Then its request body
     stays local (compat.keep_answered_bodies_local)."""
@@ -151,22 +56,13 @@ def body_dropped(flow: http.HTTPFlow) -> None:
     flow.metadata["condroute"]["body_dropped"] = True
 
 
-class ConditionalRouting:
+class ConditionalRouting(LiveRules):
+    """The addon (see the module docstring); the rules and their watcher come from LiveRules."""
+
     def __init__(self) -> None:
-        self.rules: Rules | None = None
-        self.path: str = ""
-        self.signature: FileSignature | None = None   # the version whose rules are live
-        self.generation = 0              # bumped on every successful (re)load
-        self._seen: FileSignature | None = None       # the version last loaded, live or failed: not retried
-        self._pending: tuple[tuple[int, int, int, int], float] | None = None   # a new version settling, first seen when
-        self._loading: asyncio.Future | None = None   # the reload running in a worker thread
-        self._file_problem: str | None = None         # logged once
-        self.last_error: str | None = None
+        super().__init__()
         self.log_level = 1               # index into LOG_LEVELS
         self.debug_header = False
-        self.reload_interval = RELOAD_INTERVAL
-        self._watcher: asyncio.Task | None = None
-        self._running = False
         # retries, failover, passive health, timeouts. Called from this addon's own hooks rather than
         # registered as a sub-addon: mitmproxy walks an addon's children and dispatches each hook for
         # every event, which cost more per request than condroute's whole decision (callgrind).
@@ -253,161 +149,6 @@ class ConditionalRouting:
         if modes and uses_host and not getattr(ctx.options, "keep_host_header", False):
             log.warning("condroute: in reverse mode mitmproxy rewrites the Host header before condroute sees it; "
                         "rules that match on host need --set keep_host_header=true")
-
-    def _install(self, rules: Rules, path: str, sig: FileSignature, verb: str) -> None:
-        old, self.rules, self.path, self.signature = self.rules, rules, path, sig   # one assignment: atomic swap
-        if old is not None and old is not rules:
-            retire(old)
-            del old
-        self._seen, self._pending = sig, None
-        self._sync_hooks()
-        self.generation += 1
-        self.last_error = None
-        log.info(f"condroute: {verb} {path}: {rules.summary()} [generation {self.generation}, {sig.describe()}]")
-        for w in rules.warnings:
-            log.warning(f"condroute: warning: {w}")
-
-    # -- hot reload -----------------------------------------------------------------------------
-    def running(self) -> None:
-        self._running = True
-        self._sync_watcher()
-
-    def done(self) -> None:
-        self._running = False
-        self._sync_watcher()
-
-    def _sync_watcher(self) -> None:
-        """The watcher runs only while there is a file to watch and an interval to watch it at."""
-        want = self._running and bool(self.path) and self.reload_interval > 0
-        if want and self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        elif not want and self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.reload_interval or RELOAD_INTERVAL)
-            try:
-                if self._loading is not None and not self._loading.done():
-                    continue              # one load at a time; this file is checked again once it is done
-                due = self._due()
-                if due is not None:
-                    # read, hash, parse and compile in a worker thread: a 5 MB file takes seconds,
-                    # and traffic must flow meanwhile. Installing is one assignment, here on the loop.
-                    log.info(f"condroute: {due[0]} changed; loading it in the background "
-                             f"(generation {self.generation} stays live meanwhile)")
-                    self._loading = self._load_in_thread(due[0])
-                    self._finish(due, await asyncio.shield(self._loading))
-            except Exception as e:  # never let the watcher die
-                log.error(f"condroute: reload check failed: {type(e).__name__}: {e}")
-
-    @staticmethod
-    def _load_in_thread(path: str) -> asyncio.Future:
-        """load_version() in a daemon thread (not an executor's: a load in progress must not
-        delay mitmdump's exit)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
-
-        def done(got: Loaded) -> None:
-            if not fut.done():
-                fut.set_result(got)
-
-        def run() -> None:
-            # The loader holds the GIL except every "switch interval": the event loop, back from
-            # each wait for I/O, waits that long for it (5 ms by default, several times per
-            # request). A shorter interval while the load runs keeps request latency close to normal.
-            was = sys.getswitchinterval()
-            sys.setswitchinterval(min(was, LOAD_SWITCH_INTERVAL))
-            try:
-                got = load_version(path)
-            finally:
-                sys.setswitchinterval(was)
-            try:
-                loop.call_soon_threadsafe(done, got)
-            except RuntimeError:  # the loop has closed: mitmdump is exiting
-                pass
-
-        threading.Thread(target=run, name="condroute-reload", daemon=True).start()
-        return fut
-
-    def check_reload(self) -> bool:
-        """One check of the watcher, loading in this thread. Returns True when new rules were installed."""
-        due = self._due()
-        return due is not None and self._finish(due, load_version(due[0]))
-
-    def _problem(self, msg: str | None) -> None:
-        """Log a problem with the file (gone, unreadable, not a regular file) once, not on every check."""
-        if msg is not None and self._file_problem != msg:
-            log.error(f"condroute: {msg}; keeping the last good rules")
-            self.last_error = msg
-        self._file_problem = msg
-
-    def _due(self) -> tuple[str, tuple[int, int, int, int], int] | None:
-        """A stat, on the event loop: is a new version of the file there and settled, i.e. seen
-        unchanged by two checks and modified longer ago than the reload interval (and
-        SETTLE_SECONDS)? Then (path, its stat key, the generation now) for _finish."""
-        path = self.path
-        if not path:
-            return None
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            self._pending = None
-            if e.errno in (errno.ENOENT, errno.ENOTDIR):
-                self._problem(f"{path}: the rules file is gone")
-            else:
-                self._problem(f"{path}:1:1: cannot read the file: {e.strerror or e}")
-            return None
-        why = not_regular(st.st_mode)
-        if why is not None:
-            self._pending = None
-            self._problem(f"{path}:1:1: {why}")
-            return None
-        self._problem(None)
-        key = stat_key(st)
-        seen = self._seen
-        if seen is not None and seen.key == key and not seen.racy:
-            self._pending = None          # the version last loaded (live, or failed: not retried)
-            return None
-        now = _clock()
-        if self._pending is None or self._pending[0] != key:
-            self._pending = (key, now)    # first seen: let it settle (a writer may be half-way through)
-            return None
-        settle = max(self.reload_interval, SETTLE_SECONDS)
-        # "modified long ago" by mtime, or by how long this watcher has seen it unchanged, which can
-        # only understate it (a file with an mtime in the future, from another machine's clock)
-        if time.time() - st.st_mtime_ns / 1e9 < settle and now - self._pending[1] < settle:
-            return None
-        return path, key, self.generation
-
-    def _finish(self, due: tuple[str, tuple[int, int, int, int], int], got: Loaded) -> bool:
-        """On the event loop: install what was loaded, or remember that this version fails."""
-        path, key, generation = due
-        if path != self.path or generation != self.generation:
-            return False                  # rules were set meanwhile (the option changed): stale
-        self._pending = None
-        read = got.read
-        if read is not None and (read.changed or read.key != key):
-            return False                  # changed since it settled: load again once it settles again
-        sig = file_signature(read, got.read_at) if read is not None else FileSignature.of(key, b"", False)
-        if self._seen == sig:
-            # the same version read again because it was racy: nothing new (an error was logged already)
-            self._seen = sig
-            if self.signature == sig:
-                self.signature = sig
-            return False
-        self._seen = sig                  # a failed version is not loaded again until the file changes
-        if got.error is not None:
-            self.last_error = str(got.error)
-            kept = (f"generation {self.generation}, {self.rules.summary()}, {self.signature.describe()}"
-                    if self.rules is not None and self.signature is not None else "none")
-            log.error(f"condroute: reload failed ({sig.describe()}); not loading it again until the file "
-                      f"changes; keeping the last good rules ({kept}):\n{got.error}")
-            return False
-        assert got.rules is not None
-        self._install(got.rules, path, sig, "reloaded")
-        return True
 
     # -- traffic --------------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> Any:
