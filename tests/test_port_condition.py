@@ -120,3 +120,76 @@ def test_port_routes_through_a_real_mitmdump(echo, rules_file, proxy):
         r = c.get(f"{b}/y")
         assert r.json()["backend"] == "svc-b"
         assert r.headers["X-Condroute"] == "passthrough"
+
+
+# -- through the addon, with mitmproxy's own test harness ------------------------------------------
+PORT_RULES = """
+version: 1
+routes:
+  - name: by-port
+    backends:
+      - {name: admin, when: {port: 8443}, respond: {status: 201, body: admin}}
+      - {name: plain, when: {port: 80}, respond: {status: 202, body: plain}}
+"""
+
+
+def _flow(host: str, port: int, fields, mode: str, authority: bytes = b"", h2: bool = False, tls: bool = False):
+    from mitmproxy import http
+    from mitmproxy.proxy.mode_specs import ProxyMode
+    from mitmproxy.test import tflow
+    f = tflow.tflow()
+    f.request = http.Request(host, port, b"GET", b"http", authority, b"/", b"HTTP/2.0" if h2 else b"HTTP/1.1",
+                             http.Headers(fields), b"", None, 0, 0)
+    f.client_conn.proxy_mode = ProxyMode.parse(mode)
+    f.client_conn.timestamp_tls_setup = f.client_conn.timestamp_tls_setup or 1.0 if tls else None
+    f.server_conn.address = (host, port) if mode.startswith("reverse") else None
+    return f
+
+
+@pytest.fixture
+def port_addon(tmp_path):
+    from mitmproxy.test import taddons
+
+    from condroute.mitm.addon import ConditionalRouting
+    p = tmp_path / "ports.yaml"
+    p.write_text(PORT_RULES)
+    a = ConditionalRouting()
+    with taddons.context(a) as tctx:
+        tctx.configure(a, condroute_rules=str(p))
+        yield a
+
+
+def _status(f) -> int | None:
+    return ((f.metadata.get("condroute") or {}).get("answer") or {}).get("status")
+
+
+def test_regular_mode_port_is_the_targets(port_addon):
+    f = _flow("shop.example", 8443, [(b"Host", b"shop.example:8443")], "regular")
+    port_addon.route(f)
+    assert _status(f) == 201
+    f = _flow("shop.example", 80, [(b"Host", b"shop.example")], "regular")
+    port_addon.route(f)
+    assert _status(f) == 202
+
+
+@pytest.mark.parametrize("fields, authority, h2, status", [
+    ([(b"Host", b"shop.example:8443")], b"", False, 201),       # the port the client wrote in Host
+    ([(b"Host", b"[::1]:8443")], b"", False, 201),
+    ([(b"Host", b"shop.example")], b"", False, 202),             # none: the connection's default (80)
+    ([], b"shop.example:8443", True, 201),                       # HTTP/2 :authority
+    ([(b"Host", b"shop.example:9999")], b"", False, None),      # another port: no backend holds
+])
+def test_reverse_mode_port_is_the_host_headers(port_addon, fields, authority, h2, status):
+    # the target is 10.1.1.1:9001 whatever the client asked for; the rule reads what it asked for
+    f = _flow("10.1.1.1", 9001, fields, "reverse:http://10.1.1.1:9001", authority, h2)
+    port_addon.route(f)
+    assert _status(f) == status
+
+
+def test_reverse_mode_over_tls_defaults_to_443(port_addon):
+    f = _flow("10.1.1.1", 9001, [(b"Host", b"shop.example")], "reverse:https://10.1.1.1:9001", tls=True)
+    port_addon.route(f)
+    assert _status(f) is None          # 443: neither 8443 nor 80
+    f = _flow("10.1.1.1", 9001, [(b"Host", b"shop.example:80")], "reverse:https://10.1.1.1:9001", tls=True)
+    port_addon.route(f)
+    assert _status(f) == 202

@@ -29,6 +29,19 @@ def authority_host(authority: str) -> str:
     return authority
 
 
+def authority_port(authority: str, default: int) -> int:
+    """The port of a Host header or :authority ("[::1]:8443" -> 8443), or ``default`` when it names none."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        rest = authority[end + 1:] if end > 0 else ""
+    else:
+        rest = authority[authority.index(":"):] if authority.count(":") == 1 else ""
+    digits = rest[1:]
+    if rest[:1] == ":" and digits.isascii() and digits.isdigit() and 0 < int(digits) < 65536:
+        return int(digits)
+    return default
+
+
 def authority_text(raw: bytes) -> str:
     """:authority as mitmproxy's Request.authority decodes it (IDNA only where there is any)."""
     if b"xn--" in raw.lower() or not raw.isascii():
@@ -110,6 +123,16 @@ class FlowView(RequestView):
     host_at: int | None                        # the index of the only Host field (None: none, or several)
     bad_host: str | None = None     # why the request gets 400 (Host headers that lie about the target)
     fix_host: bytes | None = None   # the Host header an absolute-form request must carry (RFC 9112 §3.2.2)
+    reverse_default_port: int | None = None   # reverse mode: the port the client's connection implies
+
+    @property
+    def dest_port(self) -> int:  # type: ignore[override]
+        """The port the client asked for: in reverse mode the Host header's (:authority's), as the
+        host is (or the default port of the client's connection when it names none); else the target's."""
+        default = self.reverse_default_port
+        if default is None:
+            return self.port
+        return authority_port(authority_text(self.authority), default) if self.authority else default
 
     @lazy
     def headers(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
@@ -181,6 +204,7 @@ def request_view(flow: http.HTTPFlow) -> FlowView:
         if au and hh is not None and not names(hh, host_of(au)):
             v.bad_host = ":authority and Host name different hosts"
         v.host = host_of(au) if au else header_host(hh) if hh else host_name(data.host)
+        v.reverse_default_port = 443 if conn.tls_established else 80
     else:
         host = v.host = host_name(data.host)
         target = flow.server_conn.address   # the tunnel's (or transparent/reverse) target; None for absolute-form
