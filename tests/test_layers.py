@@ -37,7 +37,6 @@ ROOT_NAME = "condroute"
 MAX_LINES = 500
 LONG_MARK = "Why this module is long:"
 BODIES = ("body", "orelse", "finalbody", "handlers", "cases")    # the fields of a node holding statements
-IN_PROGRESS = "issue #12 in progress"
 
 # (module-name pattern, floor). A name matches "x.*" when it is x or below x; an exact row wins over
 # a pattern, and the longest pattern wins over a shorter one.
@@ -369,13 +368,11 @@ def test_the_modules_are_found():
 
 # -- the layers ---------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=False, reason=IN_PROGRESS)
 def test_no_import_cycles():
     cycles = find_cycles(edges(code()))
     report([show_cycle(cy) for cy in cycles], "import cycles between condroute modules")
 
 
-@pytest.mark.xfail(strict=False, reason=IN_PROGRESS)
 def test_every_module_has_a_floor():
     c = code()
     problems = [f"{n} ({rel(c, n)}) has no floor: add it to FLOORS in tests/test_layers.py"
@@ -385,7 +382,6 @@ def test_every_module_has_a_floor():
     report(problems, "problems with the table of floors")
 
 
-@pytest.mark.xfail(strict=False, reason=IN_PROGRESS)
 def test_modules_import_only_their_floor_or_lower():
     c = code()
     problems = []
@@ -404,7 +400,6 @@ def test_modules_import_only_their_floor_or_lower():
     report(problems, "imports from a higher floor")
 
 
-@pytest.mark.xfail(strict=False, reason=IN_PROGRESS)
 def test_no_lazy_imports_of_condroute_modules():
     c = code()
     problems = []
@@ -448,7 +443,6 @@ def test_the_model_loads_no_parser_no_re2_no_mitmproxy():
     report(problems, f"imports {MODEL} must not make")
 
 
-@pytest.mark.xfail(strict=False, reason=IN_PROGRESS)
 def test_long_modules_say_why():
     c = code()
     problems = []
