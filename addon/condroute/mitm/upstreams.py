@@ -123,7 +123,7 @@ async def tcp_probe(host: str, port: int, timeout: float) -> str | None:
 @dataclass
 class _Pending:
     snapshot: Any          # flow.request.data before condroute rewrote it
-    decision: Any          # the engine's Decision
+    decision: Decision     # the engine's Decision
 
 
 class Upstreams:
