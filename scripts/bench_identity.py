@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 
 from condroute.cel.engines import available_engines  # noqa: E402
 from condroute.cel.policy import compile_policy  # noqa: E402
+from condroute.conditions.cel import LOOKUPS  # noqa: E402 - where a policy reads the token and GeoIP
 from condroute.request import RequestView  # noqa: E402
 from condroute.rules import load_rules_text  # noqa: E402
 
@@ -70,7 +71,7 @@ def bench_cel(rules, engine: str, text: str, n: int) -> dict[str, str]:
     tok = token()
     # cold: a fresh result cache for every evaluation (the token's verification stays cached: that is
     # the JWT figure below)
-    pol, problems = compile_policy(text, engine)
+    pol, problems = compile_policy(text, engine, lookups=LOOKUPS)
     assert not problems, problems
     assert pol.evaluate(request(tok), rules) is None, "the policy should hold"
     samples = []
@@ -82,7 +83,7 @@ def bench_cel(rules, engine: str, text: str, n: int) -> dict[str, str]:
         samples.append(time.perf_counter_ns() - t)
     out["cold"] = stats(samples)
     # repeated traffic: identical inputs, a fresh request object each time
-    pol, _ = compile_policy(text, engine)
+    pol, _ = compile_policy(text, engine, lookups=LOOKUPS)
     pol.evaluate(request(tok), rules)
     samples = []
     for _ in range(n):
@@ -98,7 +99,7 @@ def bench_cel(rules, engine: str, text: str, n: int) -> dict[str, str]:
 def bench_distinct_users(rules, engine: str, text: str, n: int) -> str:
     """Every request a different user: each token is verified (JWT cost included) and, for a policy
     that reads the whole claims map or a per-user claim, every evaluation misses the cache."""
-    pol, _ = compile_policy(text + " && jwt.sub != ''", engine)
+    pol, _ = compile_policy(text + " && jwt.sub != ''", engine, lookups=LOOKUPS)
     toks = [token(sub=f"user-{i}") for i in range(n)]
     samples = []
     for tk in toks:
