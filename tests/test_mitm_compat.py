@@ -86,16 +86,25 @@ def drive(root: layer.Layer, *evs: events.Event, hooks_done: bool = True) -> lis
     while pending:
         for cmd in root.handle_event(pending.pop(0)):
             out.append(cmd)
-            if isinstance(cmd, lh.GetHttpConnection):
-                srv = Server(address=cmd.address)
-                srv.state, srv.timestamp_start = ConnectionState.OPEN, 1
-                pending.append(lh.GetHttpConnectionCompleted(cmd, (srv, None)))
-            elif isinstance(cmd, commands.OpenConnection):
-                cmd.connection.state = ConnectionState.OPEN
-                pending.append(events.OpenConnectionCompleted(cmd, None))
-            elif isinstance(cmd, commands.StartHook) and cmd.blocking and hooks_done:
+            if connect(cmd, pending):
+                continue
+            if isinstance(cmd, commands.StartHook) and cmd.blocking and hooks_done:
                 pending.append(events.HookCompleted(cmd, None))
     return out
+
+
+def connect(cmd: commands.Command, pending: list[events.Event]) -> bool:
+    """Complete a command asking for a server connection (opened at once); False for any other."""
+    if isinstance(cmd, lh.GetHttpConnection):
+        srv = Server(address=cmd.address)
+        srv.state, srv.timestamp_start = ConnectionState.OPEN, 1
+        pending.append(lh.GetHttpConnectionCompleted(cmd, (srv, None)))
+        return True
+    if isinstance(cmd, commands.OpenConnection):
+        cmd.connection.state = ConnectionState.OPEN
+        pending.append(events.OpenConnectionCompleted(cmd, None))
+        return True
+    return False
 
 
 def names(cmds: list[commands.Command]) -> list[str]:

@@ -12,7 +12,6 @@ import logging
 
 import pytest
 from mitmproxy.addons.proxyserver import Proxyserver
-from mitmproxy.connection import ConnectionState, Server
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import http as lh
 from mitmproxy.test import taddons
@@ -23,7 +22,7 @@ from condroute.mitm.upstreams import record_timeout, timeout_reason
 from condroute.request import RequestView
 from condroute.rules import load_rules_text
 
-from test_mitm_compat import Handler, names, open_client, sent_to_client
+from test_mitm_compat import Handler, connect, names, open_client, sent_to_client
 
 RULES = """
 version: 1
@@ -57,14 +56,9 @@ async def drive_addon(addon: ConditionalRouting, root, *evs: events.Event) -> li
     while pending:
         for cmd in root.handle_event(pending.pop(0)):
             out.append(cmd)
-            if isinstance(cmd, lh.GetHttpConnection):
-                srv = Server(address=cmd.address)
-                srv.state, srv.timestamp_start = ConnectionState.OPEN, 1
-                pending.append(lh.GetHttpConnectionCompleted(cmd, (srv, None)))
-            elif isinstance(cmd, commands.OpenConnection):
-                cmd.connection.state = ConnectionState.OPEN
-                pending.append(events.OpenConnectionCompleted(cmd, None))
-            elif isinstance(cmd, commands.StartHook) and cmd.blocking:
+            if connect(cmd, pending):
+                continue
+            if isinstance(cmd, commands.StartHook) and cmd.blocking:
                 handler = getattr(addon, cmd.name, None)
                 if handler:
                     got = handler(*cmd.args())
