@@ -88,6 +88,11 @@ class Proxy:
                 self.proc.wait()
 
 
+def logs_status(output: str, status: int) -> bool:
+    """Does mitmdump's output show this status code? Not inside a timestamp ("[01:57:47.504]")."""
+    return re.search(rf"(?<![\d.:]){status}(?!\d)", output) is not None
+
+
 def read_head(sock: socket.socket) -> bytes:
     """Read up to and including the blank line that ends an HTTP head (a request's, or a proxy's
     answer to CONNECT); what was read so far if the peer closes first."""
