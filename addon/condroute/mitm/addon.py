@@ -19,6 +19,7 @@ from ..httptext import parse_seconds
 from . import compat
 from .compat import set_host_header
 from .reload import LiveRules, file_signature, load_version
+from .status import Status
 from .upstreams import Upstreams
 from .view import H2_H3, FlowView, host_header_text, request_view
 
@@ -67,6 +68,7 @@ class ConditionalRouting(LiveRules):
         # registered as a sub-addon: mitmproxy walks an addon's children and dispatches each hook for
         # every event, which cost more per request than condroute's whole decision (callgrind).
         self.upstreams = Upstreams(self.route)
+        self.status = Status(self, self.upstreams)
 
     # -- options --------------------------------------------------------------------------------
     def load(self, loader: Any) -> None:
@@ -80,6 +82,7 @@ class ConditionalRouting(LiveRules):
         loader.add_option("condroute_log", str, "decisions",
                           "condroute: off | decisions (a line per routed request) | verbose (also skipped backends).")
         self.upstreams.load(loader)
+        self.status.load(loader)
 
     def configure(self, updated: set[str]) -> None:
         self.upstreams.configure(updated)
@@ -106,6 +109,10 @@ class ConditionalRouting(LiveRules):
                          self.debug_header or bool(self.upstreams.timers) or (rules is not None and rules.has_timeouts))
 
     def _configure(self, updated: set[str]) -> None:
+        try:
+            self.status.configure(updated)
+        except ValueError as e:
+            raise BadOption(str(e)) from None
         if "condroute_log" in updated:
             v = ctx.options.condroute_log.strip().lower()
             if v not in LOG_LEVELS:
@@ -159,10 +166,17 @@ class ConditionalRouting(LiveRules):
     def route(self, flow: http.HTTPFlow) -> None:
         """Decide for a flow and reroute it (or prepare the direct answer)."""
         rules = self.rules
-        if rules is None or flow.response is not None or flow.error is not None or not flow.live:
+        if flow.response is not None or flow.error is not None or not flow.live:
+            return
+        if rules is None:
+            if self.status.host and flow.request.pretty_host.lower() == self.status.host:
+                self._status_flow(flow)
             return
         try:
             view = request_view(flow)
+            if view.host == self.status.host and view.host:
+                self._status_flow(flow)
+                return
             if view.bad_host is not None:
                 d = Decision("bad_request", req=view)
                 d.status, d.reason = 400, view.bad_host
@@ -180,6 +194,7 @@ class ConditionalRouting(LiveRules):
                                                      "body": "condroute: internal error while routing\n"}}
             flow.request.stream = False
             return
+        self.status.record(d)
         if d.route is None and d.status is None:
             if self.log_level == 2:
                 log.info(f"condroute: {render.summary(d)}")
@@ -208,6 +223,12 @@ class ConditionalRouting(LiveRules):
             if self.log_level == 2:
                 for line in render.skipped_lines(d):
                     log.info(f"condroute:   {line}")
+
+    @staticmethod
+    def _status_flow(flow: http.HTTPFlow) -> None:
+        """A request for the status page: answered in `request`, never forwarded, not traffic."""
+        flow.metadata["condroute_status"] = True
+        flow.request.stream = False
 
     @staticmethod
     def _original_headers(flow: http.HTTPFlow, d: Decision) -> dict[str, list[str]]:
@@ -247,6 +268,9 @@ class ConditionalRouting(LiveRules):
                 req.headers[name] = value
 
     def request(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get("condroute_status") and flow.response is None:
+            flow.response = self.status.response(flow)
+            return
         self._answer_or_fix(flow)
         self.upstreams.request(flow)
 

@@ -126,6 +126,7 @@ class LiveRules:
         self.path: str = ""
         self.signature: FileSignature | None = None   # the version whose rules are live
         self.generation = 0              # bumped on every successful (re)load
+        self.loaded_at: float | None = None   # time.time() of that (re)load
         self._seen: FileSignature | None = None       # the version last loaded, live or failed: not retried
         self._pending: tuple[tuple[int, int, int, int], float] | None = None   # a new version settling, first seen when
         self._loading: asyncio.Future | None = None   # the reload running in a worker thread
@@ -146,6 +147,7 @@ class LiveRules:
         self._seen, self._pending = sig, None
         self._sync_hooks()
         self.generation += 1
+        self.loaded_at = time.time()
         self.last_error = None
         log.info(f"condroute: {verb} {path}: {rules.summary()} [generation {self.generation}, {sig.describe()}]")
         for w in rules.warnings:
