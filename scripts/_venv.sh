@@ -1,24 +1,84 @@
 # shellcheck shell=bash
-# ensure_venv PYTHON VENV EXTRAS — create VENV if missing and (re)install the project when
-# pyproject.toml changed since the last install. Quiet unless something fails.
+# Set-up helpers for scripts/run and scripts/test (sourced, not run).
+#
+# ensure_venv PYTHON VENV SPEC — create VENV if missing and install the project (SPEC: "." or
+# ".[test]") unless an install already there serves: one made from the same pyproject.toml with
+# at least SPEC's extras. So ./scripts/test (".[test]") and ./scripts/run (".") can take turns
+# without reinstalling; an edit of pyproject.toml reinstalls, keeping every extra installed before.
+# Quiet unless something is installed or fails.
+
+# spec_extras SPEC — the extras of ".[a,B_c]" one a line, normalised as pip does ("a", "b-c").
+spec_extras() {
+  local s="$1"
+  case "$s" in *\[*\]) s="${s#*\[}"; s="${s%\]}" ;; *) return 0 ;; esac
+  printf '%s\n' "${s//,/$'\n'}" | tr 'A-Z_.' 'a-z--' | sed -e 's/^ *//' -e 's/ *$//' -e '/^$/d' | sort -u
+}
+
+# spec_satisfies HAVE WANT — true when an install of HAVE (".[test]") provides WANT (".").
+spec_satisfies() {
+  [ -n "$1" ] && [ "${1%%\[*}" = "${2%%\[*}" ] || return 1
+  [ -z "$(comm -13 <(spec_extras "$1") <(spec_extras "$2"))" ]
+}
+
+# spec_union HAVE WANT — the spec to install so that both are provided (WANT alone when HAVE is
+# empty or names another project path).
+spec_union() {
+  local extras
+  if [ -z "$1" ] || [ "${1%%\[*}" != "${2%%\[*}" ]; then echo "$2"; return; fi
+  extras="$( { spec_extras "$1"; spec_extras "$2"; } | sort -u | paste -sd, -)"
+  if [ -n "$extras" ]; then echo "${2%%\[*}[$extras]"; else echo "${2%%\[*}"; fi
+}
+
 ensure_venv() {
-  local py="$1" venv="$2" spec="$3" stamp want log
+  local py="$1" venv="$2" spec="$3" stamp sum have log
+  stamp="$venv/.condroute-installed"   # "SPEC CKSUM-OF-PYPROJECT" of the last install
   if [ ! -x "$venv/bin/python" ]; then
     echo "creating $venv with $("$py" --version 2>&1)"
     "$py" -m venv "$venv"
+    rm -f "$stamp"
   fi
-  stamp="$venv/.condroute-installed"
-  want="$spec $(cksum < pyproject.toml)"
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "installing the project ($spec) into $venv (the first run takes a minute)"
-    log="$(mktemp)"
-    if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q -e "$spec" >"$log" 2>&1; then
-      grep -v '^WARNING: Location' "$log" >&2 || true
-      rm -f "$log"
-      echo "installing the project failed" >&2
-      return 1
-    fi
+  sum="$(cksum < pyproject.toml)"
+  have=""
+  [ -f "$stamp" ] && have="$(cat "$stamp")"
+  if [ "${have#* }" = "$sum" ] && spec_satisfies "${have%% *}" "$spec"; then
+    return 0
+  fi
+  spec="$(spec_union "${have%% *}" "$spec")"
+  echo "installing the project ($spec) into $venv (the first run takes a minute)"
+  log="$(mktemp)"
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q -e "$spec" >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" >&2 || true
     rm -f "$log"
-    echo "$want" > "$stamp"
+    echo "installing the project failed" >&2
+    return 1
   fi
+  rm -f "$log"
+  echo "$spec $sum" > "$stamp"
+}
+
+# ensure_chromium — the status-page browser tests drive /usr/bin/chromium (headless). When it is
+# missing, install Debian's chromium package if apt-get can (as root); otherwise say so in one line
+# and go on (those tests skip with their reason). Silent when it is already there.
+ensure_chromium() {
+  local log why
+  [ -x /usr/bin/chromium ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "no /usr/bin/chromium and not root, so not installing it: the browser tests will be skipped (sudo apt-get install chromium)"
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "no /usr/bin/chromium and no apt-get to install it with: the browser tests will be skipped"
+    return 0
+  fi
+  echo "installing Debian's chromium package for the browser tests (once; about a minute)"
+  log="$(mktemp)"
+  # the package lists may be missing (a fresh image) or stale: update them only when needed
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >"$log" 2>&1 \
+         || { apt-get update -q >>"$log" 2>&1 \
+              && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >>"$log" 2>&1; }; } \
+     || [ ! -x /usr/bin/chromium ]; then
+    why="$(grep -E '^(E|W): ' "$log" | tail -n 1)"
+    echo "installing chromium failed (${why:-see apt-get install chromium}): the browser tests will be skipped"
+  fi
+  rm -f "$log"
 }
