@@ -701,7 +701,7 @@ def test_the_script_module_names_every_hook_so_mitmproxy_finds_no_missing_attrib
         mod = script.load_script(str(ADDON))
     assert mod is not None
     missing = [name for name in hooks.all_hooks if name not in vars(mod)]
-    assert missing == []
+    assert missing == ["add_log"]     # deprecated: mitmproxy warns about an addon having it (test_mitm_compat)
     assert all(vars(mod)[name] is None for name in ("requestheaders", "request", "response", "update"))
     (addon,) = mod.addons
     assert type(addon).__name__ == "ConditionalRouting" and callable(addon.requestheaders)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import subprocess
 import sys
 import types
 
 import pytest
 from mitmproxy import hooks, http, options
+from mitmproxy.addonmanager import AddonManager
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.connection import ConnectionState, Server
 from mitmproxy.proxy import context, commands, events, layer
@@ -194,7 +196,8 @@ def test_a_hook_is_looked_up_on_every_event_and_none_means_no_handler():
 def test_a_script_module_answering_every_hook_name_with_none_gets_no_call():
     mod = types.ModuleType("script")
     compat.answer_every_hook_name(vars(mod))
-    assert set(hooks.all_hooks) <= set(vars(mod)) and mod.requestheaders is None
+    assert set(hooks.all_hooks) - compat.DEPRECATED_HOOKS <= set(vars(mod)) and mod.requestheaders is None
+    assert not compat.DEPRECATED_HOOKS & set(vars(mod))
     mod.request = lambda flow: flow.marked.append("x")          # a real handler is not overwritten
     compat.answer_every_hook_name(vars(mod))
     f = tflow.tflow()
@@ -203,6 +206,20 @@ def test_a_script_module_answering_every_hook_name_with_none_gets_no_call():
         for hook in (lh.HttpRequestHeadersHook(f), lh.HttpRequestHook(f), lh.HttpResponseHook(f)):
             tctx.master.addons.invoke_addon_sync(mod, hook)
     assert f.marked == ["x"]
+
+
+def test_loading_the_script_warns_about_no_deprecated_hook(caplog):
+    # issue 13: "The add_log event has been deprecated..." at every start came from condroute itself.
+    # The names mitmproxy warns about are the keys of a dict inside AddonManager.register:
+    assert all(f'"{n}"' in inspect.getsource(AddonManager.register) for n in compat.DEPRECATED_HOOKS)
+    with caplog.at_level(logging.INFO), taddons.context() as tctx:
+        sc = tctx.script(str(ADDON))
+        assert type(sc.addons[0]).__name__ == "ConditionalRouting"
+        assert "deprecated" not in caplog.text.lower()
+        control = types.ModuleType("control")          # the warning is seen when it is given
+        control.add_log = None
+        tctx.master.addons.register(control)
+        assert "The add_log event has been deprecated" in caplog.text
 
 
 # -- Request.host_header, re-done on the request data -----------------------------------------------------
