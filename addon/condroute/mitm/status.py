@@ -1,46 +1,253 @@
 """The status page: ``http://condroute.mitm.it/`` (option ``condroute_status_host``) and
 ``/api/status``, answered by the addon itself, never forwarded and never counted as traffic.
 
-STUB: the API the addon calls (filled in by the status-page work of issue 13):
+The addon (mitm/addon.py) flags a request whose host is :attr:`Status.host` and answers it in its
+``request`` hook with :meth:`Status.response`; it calls :meth:`Status.record` for every decision
+it makes (routed, answered, passthrough), not for status-page requests.
 
-* ``Status(live, upstreams)`` — ``live`` is the addon (a reload.LiveRules: ``rules``, ``path``,
-  ``generation``, ``loaded_at``, ``last_error``); ``upstreams`` its Upstreams (``health``).
-* ``load(loader)`` / ``configure(updated)`` — its option; ``configure`` raises ``ValueError`` with
-  a sentence for a bad value (the addon turns it into an OptionsError or a start-up error).
-* ``host`` — the status host (lower case), or "" when the page is off.
-* ``record(d)`` — called for every decision made (routed, answered, passthrough): hit counts and
-  the recent decisions. Must stay cheap: it runs on every request.
-* ``response(flow)`` — the http.Response for a request to the status host.
+* ``GET /`` (and ``HEAD``): the page (status_page.py), which draws itself from ``/api/status``
+  every two seconds. ``GET /api/status``: the JSON below. Any other path: 404; any other method
+  on these paths: 405. Every answer has ``Cache-Control: no-store``.
+* **Cost per request**: :meth:`record` keeps the Decision and a timestamp in a 50-entry deque and
+  adds one to a per-name count; nothing is rendered until the page is asked for.
+* **Counts** are per route name and backend name within it, since the proxy started. A reload
+  keeps the counts of names that are still in the rules; the counts of names a reload removed are
+  dropped when the status is next asked for. A request decided again after a failed connection
+  (failover) is counted again: counts are decisions.
+
+``/api/status``::
+
+    {"rules": {"path", "generation", "loaded_at", "error", "summary", "format"},
+     "routes": [{"name", "line", "hits", "unserved",
+                 "backends": [{"name", "hits", "target"}]}],
+     "upstreams": [{"name", "url", "state", ...}],
+     "recent": [{"time", "method", "url", "outcome", "route", "backend", "upstream", "target",
+                 "status", "reason", "skipped": [{"backend", "reason"}], "split"?}],
+     "passthrough", "decisions", "recent_max", "cooldown", "status_host", "now"}
+
+``path`` is null (``generation`` 0) while no rules are loaded; ``loaded_at`` and ``time`` are Unix
+times in seconds; ``error`` is the last reload's error (null once a reload succeeds). A route's
+``hits`` counts every request it owned, ``unserved`` those no backend served (no match,
+unavailable, refused before a backend was chosen); a backend's ``hits`` the requests it was chosen
+for. ``state`` is one of ``up`` (a connection is open, ``connections``, or the last one succeeded,
+``ok_ago`` seconds ago), ``down`` (it refused or timed out a connection: passed over for
+``cooldown_left`` more seconds; ``error``, ``failed_ago``, ``attempts``), ``retrying`` (the
+cool-down is over: the next request tries it; ``error``, ``failed_ago``) or ``unknown`` (no
+connection to it seen). ``recent`` is newest first; ``url`` is the request as the log line shows
+it (secret-named query parameters redacted), ``target`` where it was sent (likewise redacted) or
+null, ``reason`` why: the held backend's condition, or why nothing served.
 """
 from __future__ import annotations
 
+import json
+import re
+import time
+from collections import deque
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from ..engine import Decision
+from ..redact import redact_query_string
+from .status_page import CSP, PAGE
 
 DEFAULT_HOST = "condroute.mitm.it"
+RECENT = 50
+PATHS = ("/", "/api/status")
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+_NO_REASON = {
+    "passthrough": "no route matched: the request went on unchanged",
+    "no_match": "no backend of the route holds",
+    "unavailable": "no upstream of the route is available",
+}
+
+_time = time.time
+
+
+def check_host(value: str) -> str:
+    """The status host an option value names (lower case, no trailing dot; "" = off), or ValueError."""
+    v = value.strip().lower()
+    if v.endswith("."):
+        v = v[:-1]
+    if v and (len(v) > 253 or not _HOST.fullmatch(v)):
+        raise ValueError(f"condroute_status_host must be a host name such as {DEFAULT_HOST} (no scheme, port "
+                         f"or path), or empty for no status page; not {value!r}")
+    return v
+
+
+def _redact_url(url: str | None) -> str | None:
+    if url is None or "?" not in url:
+        return url
+    base, _, q = url.partition("?")
+    return f"{base}?{redact_query_string(q)}"
+
+
+def _target(b: Any) -> str:
+    """What a backend serves with, for the page."""
+    if b.respond is not None:
+        return f"respond {b.respond.status}"
+    if b.split is not None:
+        return f"split by {b.split.by}: " + ", ".join(f"{up.name} {w:g}" for up, w in b.split.arms)
+    if b.upstream is not None:
+        return b.upstream.name
+    return "original destination"
+
+
+def _reason(d: Decision) -> str:
+    if d.reason:
+        return d.reason
+    if d.outcome in ("routed", "respond"):
+        for _b, held, why, _ in reversed(d.trail):
+            if held:
+                return why + (f"; split {d.split}" if d.split else "")
+    if d.outcome == "no_match" and d.status:
+        return _NO_REASON["no_match"] + f": answered {d.status}"
+    return _NO_REASON.get(d.outcome, "")
+
+
+def recent_entry(at: float, d: Decision) -> dict[str, Any]:
+    """One decision of ``recent`` (see the module docstring)."""
+    method, _, url = d.request.partition(" ")
+    out: dict[str, Any] = {
+        "time": at, "method": method, "url": url, "outcome": d.outcome, "route": d.route, "backend": d.backend,
+        "upstream": d.upstream, "target": _redact_url(d.url) if d.outcome == "routed" else None,
+        "status": d.status, "reason": _reason(d),
+        "skipped": [{"backend": b, "reason": why} for b, held, why, _ in d.trail if not held],
+    }
+    if d.split:
+        out["split"] = d.split
+    return out
 
 
 class Status:
-    def __init__(self, live: Any, upstreams: Any) -> None:
-        self.live = live
-        self.upstreams = upstreams
-        self.host = DEFAULT_HOST
+    """The status page's state and answers (see the module docstring)."""
 
+    def __init__(self, live: Any, upstreams: Any) -> None:
+        self.live = live              # reload.LiveRules: rules, path, generation, loaded_at, last_error
+        self.upstreams = upstreams    # upstreams.Upstreams: health
+        self.host = DEFAULT_HOST
+        self.hits: dict[tuple[str | None, str | None], int] = {}
+        self.recent: deque[tuple[float, Decision]] = deque(maxlen=RECENT)
+        self._counted_for: Any = None   # the rules the counts were last pruned for
+
+    # -- the option -----------------------------------------------------------------------------
     def load(self, loader: Any) -> None:
         loader.add_option("condroute_status_host", str, DEFAULT_HOST,
                           "condroute: the host of the status page answered by the proxy (http://HOST/ and "
                           "http://HOST/api/status); empty = no status page.")
 
     def configure(self, updated: set[str]) -> None:
-        from mitmproxy import ctx
         if "condroute_status_host" in updated:
-            self.host = ctx.options.condroute_status_host.strip().lower()
+            self.host = check_host(ctx.options.condroute_status_host)
 
+    # -- per request: cheap ---------------------------------------------------------------------
     def record(self, d: Decision) -> None:
-        pass
+        """Count a decision and keep it among the recent ones (rendered only when asked for)."""
+        self.recent.append((_time(), d))
+        k = (d.route, d.backend)
+        h = self.hits
+        h[k] = h.get(k, 0) + 1
+
+    # -- when asked -----------------------------------------------------------------------------
+    def _prune(self, rules: Any) -> None:
+        """Drop the counts of route and backend names the rules in force no longer have."""
+        if rules is None or rules is self._counted_for:
+            return
+        names = {r.name: {b.name for b in r.backends} for r in rules.routes}
+        self.hits = {k: n for k, n in self.hits.items()
+                     if k[0] is None or (k[0] in names and (k[1] is None or k[1] in names[k[0]]))}
+        self._counted_for = rules
+
+    def _upstreams(self, rules: Any) -> list[dict[str, Any]]:
+        ups: dict[tuple[str, str], Any] = {}
+        for up in rules.upstreams.values():
+            ups.setdefault((up.name, up.url), up)
+        for r in rules.routes:
+            for b in r.backends:
+                for up in ([b.upstream] if b.upstream is not None else []) + \
+                          ([u for u, _ in b.split.arms] if b.split is not None else []):
+                    ups.setdefault((up.name, up.url), up)
+        health = self.upstreams.health
+        now = health.clock()
+        out = []
+        for up in ups.values():
+            k = (up.host.lower().strip("[]"), int(up.port))
+            e: dict[str, Any] = {"name": up.name, "url": up.url}
+            f = health.failures.get(k)
+            opened = health.open.get(k, 0)
+            ok = health.last_ok.get(k)
+            if f is not None:
+                age = now - f.at
+                e["state"] = "down" if age < health.cooldown else "retrying"
+                e.update(error=f.error, failed_ago=round(age, 3), attempts=f.attempts)
+                if age < health.cooldown:
+                    e["cooldown_left"] = round(health.cooldown - age, 3)
+            elif opened > 0 or ok is not None:
+                e["state"] = "up"
+                e["connections"] = opened
+                if ok is not None:
+                    e["ok_ago"] = round(now - ok, 3)
+            else:
+                e["state"] = "unknown"
+            out.append(e)
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status as plain data: the JSON of ``/api/status``."""
+        live = self.live
+        rules = live.rules
+        self._prune(rules)
+        hits = self.hits
+        routes = []
+        if rules is not None:
+            for r in rules.routes:
+                backends = [{"name": b.name, "hits": hits.get((r.name, b.name), 0), "target": _target(b)}
+                            for b in r.backends]
+                unserved = hits.get((r.name, None), 0)
+                routes.append({"name": r.name, "line": r.line, "hits": unserved + sum(b["hits"] for b in backends),
+                               "unserved": unserved, "backends": backends})
+        return {
+            "rules": {"path": live.path or None, "generation": live.generation, "loaded_at": live.loaded_at,
+                      "error": live.last_error, "summary": rules.summary() if rules is not None else None,
+                      "format": rules.source_format if rules is not None else None},
+            "routes": routes,
+            "upstreams": self._upstreams(rules) if rules is not None else [],
+            "recent": [recent_entry(at, d) for at, d in reversed(self.recent)],
+            "passthrough": hits.get((None, None), 0),
+            "decisions": sum(hits.values()),
+            "recent_max": RECENT,
+            "cooldown": self.upstreams.health.cooldown,
+            "status_host": self.host,
+            "now": _time(),
+        }
 
     def response(self, flow: http.HTTPFlow) -> http.Response:
-        return http.Response.make(200, b"condroute status\n", {"Content-Type": "text/plain"})
+        """The answer to a request for the status host (never forwarded)."""
+        req = flow.request
+        path = req.path.partition("?")[0]
+        method = req.method.upper()
+        flow.comment = "condroute: status page (answered by the proxy)"
+        headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                   "Referrer-Policy": "no-referrer"}
+        if path not in PATHS:
+            return http.Response.make(404, f"condroute: no such page; the status page is http://{self.host}/ "
+                                           f"and its data http://{self.host}/api/status\n",
+                                      {**headers, "Content-Type": "text/plain; charset=utf-8"})
+        if method not in ("GET", "HEAD"):
+            return http.Response.make(405, f"condroute: the status page answers GET and HEAD, not {method}\n",
+                                      {**headers, "Allow": "GET, HEAD", "Content-Type": "text/plain; charset=utf-8"})
+        if path == "/":
+            body = PAGE
+            headers.update({"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": CSP,
+                            "X-Frame-Options": "DENY"})
+        else:
+            body = json.dumps(self.snapshot(), indent=1).encode("ascii") + b"\n"
+            headers["Content-Type"] = "application/json"
+        resp = http.Response.make(200, body, headers)
+        if method == "HEAD":
+            resp.content = b""
+            resp.headers["Content-Length"] = str(len(body))
+        return resp
