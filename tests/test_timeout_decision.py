@@ -73,7 +73,7 @@ async def test_a_timed_out_request_says_why_in_its_decision_comment_header_and_l
     rules.write_text(RULES)
     addon, ps = ConditionalRouting(), Proxyserver()
     with taddons.context(ps, addon) as tctx:
-        tctx.configure(addon, condroute_rules=str(rules), condroute_debug_header="true")
+        tctx.configure(addon, condroute_rules=str(rules), condroute_debug_header=True)
 
         async def reachable(host: str, port: int, timeout: float) -> None:
             return None

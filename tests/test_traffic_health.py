@@ -212,7 +212,7 @@ def addon(tmp_path: Path, monkeypatch):
     p = tmp_path / "rules.yaml"
     p.write_text(textwrap.dedent(RULES))
     with taddons.context(Proxyserver(), a) as tctx:
-        tctx.configure(a, condroute_rules=str(p), condroute_debug_header="true")
+        tctx.configure(a, condroute_rules=str(p), condroute_debug_header=True)
         a.upstreams.health = Health(cooldown=5, clock=Clock())
         yield tctx, a
 

@@ -11,39 +11,21 @@ import logging
 from typing import Any
 
 from mitmproxy import ctx, http
+from mitmproxy.exceptions import OptionsError
 
 from .. import render
 from ..engine import Decision, decide
 from ..errors import RulesError
-from ..httptext import parse_seconds
-from . import compat
+from . import compat, options
 from .compat import set_host_header
 from .reload import LiveRules, file_signature, load_version
 from .status import Status
-from .upstreams import Upstreams
+from .upstreams import DEFAULT_CONNECT_TIMEOUT, Upstreams
 from .view import H2_H3, FlowView, host_header_text, request_view
 
 __all__ = ["ConditionalRouting", "FlowView", "request_view"]
 
 log = logging.getLogger("condroute")
-
-LOG_LEVELS = ("off", "decisions", "verbose")
-TRUE = ("true", "1", "yes", "on")
-FALSE = ("false", "0", "no", "off", "")
-
-
-class BadOption(Exception):
-    pass
-
-
-def parse_bool(name: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in TRUE:
-        return True
-    if v in FALSE:
-        return False
-    raise BadOption(f"{name} must be true or false, not {value!r}")
-
 
 def answered(flow: http.HTTPFlow) -> bool:
     """Does condroute answer ``flow`` itself (respond, on_no_match: error)? Then its request body
@@ -70,35 +52,40 @@ class ConditionalRouting(LiveRules):
         self.upstreams = Upstreams(self.route)
         self.status = Status(self, self.upstreams)
 
-    # -- options --------------------------------------------------------------------------------
+    # -- options (their types and checks: options.py) -------------------------------------------
     def load(self, loader: Any) -> None:
         compat.keep_answered_bodies_local(answered, body_dropped)
-        loader.add_option("condroute_rules", str, "",
-                          "condroute: path to the rules file (YAML, JSON or KrakenD); empty = inactive.")
-        loader.add_option("condroute_debug_header", str, "false",
-                          "condroute: 'true' adds the response header X-Condroute: ROUTE/BACKEND -> UPSTREAM.")
-        loader.add_option("condroute_reload_interval", str, "1",
-                          "condroute: seconds between checks of the rules file for changes; 0 = do not watch.")
-        loader.add_option("condroute_log", str, "decisions",
-                          "condroute: off | decisions (a line per routed request) | verbose (also skipped backends).")
-        self.upstreams.load(loader)
-        self.status.load(loader)
+        options.add_options(loader)
+        options.check_deferred(loader.master.options)
 
     def configure(self, updated: set[str]) -> None:
-        self.upstreams.configure(updated)
-        # Errors are logged, not raised: mitmproxy shows an exception from a script with a traceback,
-        # while an error logged during start-up makes mitmdump exit with status 1 all the same.
+        """Apply changed options. A bad value at run time (mitmweb's or the console's option editor,
+        the ``set`` command) raises OptionsError: mitmproxy rolls the option back and shows why, and
+        nothing changes here. At start-up the error is logged instead (mitmproxy would print an
+        exception from a script with a traceback), which makes mitmdump exit with status 1."""
         try:
             self._configure(updated)
-        except BadOption as e:
-            log.error(f"condroute: {e}")
-        except RulesError as e:
+        except (ValueError, RulesError) as e:
+            if self._running:
+                self._sync_watcher()
+                raise OptionsError(self._error_text(e)) from None
+            self._log_error(e)
+        self._sync_watcher()
+        self._sync_hooks()
+
+    def _error_text(self, e: Exception) -> str:
+        if isinstance(e, RulesError):
+            return "\n".join(str(p) for p in e.problems)
+        return f"condroute: {e}"
+
+    def _log_error(self, e: Exception) -> None:
+        if isinstance(e, RulesError):
             if self.rules is not None:
                 log.error(f"condroute: the rules file does not load; keeping the last good rules ({self.rules.summary()}):")
             for p in e.problems:
                 log.error(str(p))
-        self._sync_watcher()
-        self._sync_hooks()
+        else:
+            log.error(f"condroute: {e}")
 
     def _sync_hooks(self) -> None:
         """Register ``responseheaders`` only while it has work: mitmproxy dispatches every hook an
@@ -109,35 +96,22 @@ class ConditionalRouting(LiveRules):
                          self.debug_header or bool(self.upstreams.timers) or (rules is not None and rules.has_timeouts))
 
     def _configure(self, updated: set[str]) -> None:
-        try:
-            self.status.configure(updated)
-        except ValueError as e:
-            raise BadOption(str(e)) from None
-        if "condroute_log" in updated:
-            v = ctx.options.condroute_log.strip().lower()
-            if v not in LOG_LEVELS:
-                raise BadOption(f"condroute_log must be one of off, decisions, verbose, not {ctx.options.condroute_log!r}")
-            self.log_level = LOG_LEVELS.index(v)
-        if "condroute_reload_interval" in updated:
-            try:
-                self.reload_interval = parse_seconds("condroute_reload_interval", ctx.options.condroute_reload_interval)
-            except ValueError as e:
-                raise BadOption(str(e)) from None
-        if "condroute_debug_header" in updated:
-            self.debug_header = parse_bool("condroute_debug_header", ctx.options.condroute_debug_header)
-        if "condroute_rules" in updated:
-            path = ctx.options.condroute_rules.strip()
-            if not path:
-                if self.rules is not None or not self.path:
-                    log.info("condroute: no rules file (set condroute_rules=FILE): inactive, every request passes through")
-                self.rules, self.path, self.signature = None, "", None
-            else:
-                # at start-up, synchronously: mitmdump must exit with status 1 on a bad file
-                got = load_version(path)
-                if got.error is not None:
-                    raise got.error
-                assert got.rules is not None and got.read is not None
-                self._install(got.rules, path, file_signature(got.read, got.read_at), "loaded")
+        """Check every updated option first (ValueError), then load a new rules file (RulesError),
+        then apply: a bad value changes nothing."""
+        new = options.checked(updated, ctx.options)
+        self.status.configure(updated)
+        if "condroute_rules" in new:
+            self._set_rules_file(new["condroute_rules"])
+        if "condroute_log" in new:
+            self.log_level = options.LOG_LEVELS.index(new["condroute_log"])
+        if "condroute_reload_interval" in new:
+            self.reload_interval = new["condroute_reload_interval"]
+        if "condroute_debug_header" in new:
+            self.debug_header = new["condroute_debug_header"]
+        if "condroute_cooldown" in new:
+            self.upstreams.health.cooldown = new["condroute_cooldown"]
+        if "condroute_connect_timeout" in new:
+            self.upstreams.connect_timeout = new["condroute_connect_timeout"] or DEFAULT_CONNECT_TIMEOUT
         if self.rules is not None and ("connection_strategy" in updated or "condroute_rules" in updated):
             # getattr: the option belongs to mitmproxy's Proxyserver addon, absent from bare test harnesses
             if getattr(ctx.options, "connection_strategy", None) == "eager":
@@ -146,6 +120,22 @@ class ConditionalRouting(LiveRules):
                 ctx.options.update(connection_strategy="lazy")
         if self.rules is not None and ("mode" in updated or "keep_host_header" in updated):
             self._warn_reverse_host()
+
+    def _set_rules_file(self, path: str) -> None:
+        if not path:
+            if self.rules is not None or not self.path:
+                log.info("condroute: no rules file (set condroute_rules=FILE): inactive, every request passes through")
+            self.rules, self.path, self.signature = None, "", None
+            return
+        if path == self.path and self.rules is not None and self._running:
+            return     # the value rolled back after a rejected change, or set again: `condroute.reload` reloads
+        # synchronously: at start-up mitmdump must exit with status 1 on a bad file; at run time a
+        # bad file must be refused (OptionsError) before anything changes
+        got = load_version(path)
+        if got.error is not None:
+            raise got.error
+        assert got.rules is not None and got.read is not None
+        self._install(got.rules, path, file_signature(got.read, got.read_at), "loaded")
 
     def _warn_reverse_host(self) -> None:
         rules = self.rules

@@ -8,6 +8,8 @@ behind plain functions, each saying what it relies on and why:
   condroute answers itself must never be streamed to the host it was kept from);
 * :func:`show_hook` and :func:`answer_every_hook_name` lean on how the addon manager looks up hooks
   (per-request costs measured with callgrind);
+* :func:`deferred_options`, :func:`set_deferred` and :func:`drop_deferred` read and amend the
+  ``--set`` values mitmproxy keeps for options not registered yet (mitm/options.py says why);
 * :func:`set_host_header` does what ``Request.host_header = value`` does, on the request data;
 * :func:`connection_handler`, :func:`stream_of` and :class:`FlowStream` find a flow's HTTP stream
   among the proxy's layers and feed it a 504 or a protocol error when an upstream times out (no hook
@@ -25,7 +27,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from mitmproxy import hooks, http
+from mitmproxy import hooks, http, optmanager
 from mitmproxy.addonmanager import AddonManager
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import context, events, layer
@@ -143,6 +145,12 @@ SHAPES: list[tuple[str, str, Callable[[], bool]]] = [
      "request data with authority and headers; headers keep their fields as a tuple of byte pairs",
      lambda: _annotated(http.RequestData, "authority") and _annotated(http.RequestData, "headers")
      and _annotated(http.Headers, "fields")),
+    ("mitmproxy.optmanager.OptManager.deferred",
+     "a dict set by __init__ of option name to value, or to _UnconvertedStrings(val: list of the --set texts), "
+     "converted by process_deferred",
+     lambda: _sets(optmanager.OptManager.__init__, "deferred")
+     and _sets(optmanager.OptManager.process_deferred, "deferred", "_UnconvertedStrings")
+     and "val" in getattr(optmanager._UnconvertedStrings, "__dataclass_fields__", {})),
     ("mitmproxy.utils.human.parse_size", "a size option as a number of bytes",
      lambda: callable(getattr(human, "parse_size", None))),
 ]
@@ -238,6 +246,24 @@ def answer_every_hook_name(namespace: dict[str, Any]) -> None:
 
 # hook names that make mitmproxy's AddonManager.register warn about the addon having them
 DEPRECATED_HOOKS = frozenset({"add_log"})
+
+
+# -- option values given before the option exists ------------------------------------------------------
+def deferred_options(options: Any) -> list[tuple[str, list[str] | None]]:
+    """The options mitmproxy keeps values for until someone registers them (``OptManager.deferred``):
+    (name, the texts given with --set, one per --set) or (name, None) for a value that is not text
+    (from config.yaml)."""
+    return [(name, list(v.val) if isinstance(v, optmanager._UnconvertedStrings) else None)
+            for name, v in list(options.deferred.items())]
+
+
+def set_deferred(options: Any, name: str, text: str) -> None:
+    """Replace the --set text kept for ``name`` (to be converted by mitmproxy as usual)."""
+    options.deferred[name] = optmanager._UnconvertedStrings([text])
+
+
+def drop_deferred(options: Any, name: str) -> None:
+    options.deferred.pop(name, None)
 
 
 # -- the Host header ----------------------------------------------------------------------------------
