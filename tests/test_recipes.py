@@ -234,6 +234,22 @@ def test_every_proxy_command_in_the_readme_listens_on_loopback_only():
     assert bad == []
 
 
+def test_every_proxy_command_in_a_rules_file_comment_listens_on_loopback_only():
+    found = []
+    for f in sorted((ROOT / "rules").rglob("*.yaml")):
+        # commands are indented in a comment ("#   mitmdump ..."); prose is not ("# mitmproxy intercepts")
+        comments = [line[1:].strip() for line in f.read_text(encoding="utf-8").splitlines()
+                    if line.startswith("#  ")]
+        for cmd in _join_continuations(comments):
+            if not cmd or os.path.basename(cmd.split()[0]) not in PROXY_PROGRAMS:
+                continue       # prose
+            words = shlex.split(cmd, comments=True)
+            if words:
+                found.append((f.relative_to(ROOT).as_posix(), cmd, words))
+    assert len(found) >= 8, found
+    assert [f"{f}: {cmd}" for f, cmd, words in found if _listen_host(words) != "127.0.0.1"] == []
+
+
 def test_the_listen_host_check_sees_a_command_without_it():
     block = Block("sh", 1, [".venv/bin/mitmweb -s addon/conditional_routing.py \\", "  --set condroute_rules=x.yaml",
                             "# mitmproxy in a comment is no command"], ())
