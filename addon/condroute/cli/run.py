@@ -343,5 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     return 128 - code if code < 0 else code
 
 
+def _main() -> int:
+    try:
+        return main()
+    except KeyboardInterrupt:    # Ctrl-C before mitmdump started: nothing to stop
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())
