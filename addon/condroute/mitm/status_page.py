@@ -49,6 +49,8 @@ td.bar { width: 30%; }
 .alert pre { margin: 6px 0 0; white-space: pre-wrap; font-size: 12.5px; }
 .note { color: var(--mute); }
 .skipped { color: var(--mute); font-size: 12px; }
+section.recent td:first-child, section.recent td.mono { white-space: nowrap; }
+section.recent td.url { max-width: 36ch; }
 """
 
 JS = """
