@@ -18,6 +18,7 @@ from ..engine import Decision, decide
 from ..errors import RulesError
 from . import compat, options
 from .compat import set_host_header
+from .flows import restore_request
 from .reload import LiveRules, file_signature, load_version
 from .status import Status
 from .upstreams import DEFAULT_CONNECT_TIMEOUT, Upstreams
@@ -26,6 +27,9 @@ from .view import H2_H3, FlowView, host_header_text, request_view
 __all__ = ["ConditionalRouting", "FlowView", "request_view"]
 
 log = logging.getLogger("condroute")
+
+# the mark of a rerouted flow in mitmweb's and the console's flow list (🔀; `~marked` selects them)
+REROUTED_MARK = ":twisted_rightwards_arrows:"
 
 def answered(flow: http.HTTPFlow) -> bool:
     """Does condroute answer ``flow`` itself (respond, on_no_match: error)? Then its request body
@@ -158,6 +162,8 @@ class ConditionalRouting(LiveRules):
         rules = self.rules
         if flow.response is not None or flow.error is not None or not flow.live:
             return
+        if flow.is_replay == "request" and "condroute" in flow.metadata:
+            self._forget(flow)
         if rules is None:
             if self.status.host and flow.request.pretty_host.lower() == self.status.host:
                 self._status_flow(flow)
@@ -199,6 +205,8 @@ class ConditionalRouting(LiveRules):
                               "headers": self._original_headers(flow, d)}
             self.upstreams.remember(flow, d)   # before apply: a failover starts from the original
             self.apply(flow, d, view.host_at if view.fields is data.headers.fields else None)
+            if not flow.marked:                # the user's own mark stays
+                flow.marked = REROUTED_MARK
         elif d.status is not None:  # respond, or no match with on_no_match: error
             if d.respond is not None:
                 md["answer"] = {"status": d.respond.status, "body": d.respond.body, "headers": dict(d.respond.headers)}
@@ -213,6 +221,16 @@ class ConditionalRouting(LiveRules):
             if self.log_level == 2:
                 for line in render.skipped_lines(d):
                     log.info(f"condroute:   {line}")
+
+    @staticmethod
+    def _forget(flow: http.HTTPFlow) -> None:
+        """A replayed flow is decided again, with the rules in force now, from the request as the
+        client sent it: the saved one was rewritten for its old upstream."""
+        restore_request(flow)
+        del flow.metadata["condroute"]
+        flow.comment = ""
+        if flow.marked == REROUTED_MARK:
+            flow.marked = ""
 
     @staticmethod
     def _status_flow(flow: http.HTTPFlow) -> None:

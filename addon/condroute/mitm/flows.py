@@ -55,6 +55,26 @@ def flow_request(flow: Any) -> tuple[RequestView, bool]:
     return RequestView(r.method, scheme, host, port, path, qs, headers, peer), exact
 
 
+def restore_request(flow: Any) -> bool:
+    """Put a rerouted flow's request back as the client sent it (from ``metadata["condroute"]["original"]``),
+    so that a replay is decided again from it; False when the flow carries no original to restore."""
+    md = flow.metadata.get("condroute") or {}
+    orig = md.get("original")
+    if md.get("outcome") != "routed" or not isinstance(orig, dict):
+        return False
+    r = flow.request
+    r.scheme, r.host, r.port, r.path = orig["scheme"], orig["host"], orig["port"], orig["path"]
+    if orig.get("host_header") is not None:
+        r.host_header = orig["host_header"]
+    elif r.is_http2 or r.is_http3:
+        r.authority = ""
+    else:
+        r.headers.pop("Host", None)
+    for name, values in (orig.get("headers") or {}).items():
+        r.headers.set_all(name, list(values))
+    return True
+
+
 def live_header(flow: Any) -> str | None:
     """What the live proxy decided, in X-Condroute form; None when the flow carries nothing."""
     md = flow.metadata.get("condroute")
