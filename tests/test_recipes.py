@@ -12,12 +12,16 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -365,3 +369,40 @@ def test_recipe_runs_as_the_readme_shows(section, echo, tmp_path):
             assert got_lines == want, f"{section}: $ {c.command}\n{run.stderr}\n{proxy.output()}"
     finally:
         proxy.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_recipes_demo_backends_start_as_the_readme_says():
+    """The README's stand-in command (on free ports instead of 9001-9003) serves what the recipes show."""
+    starts = [c for b in _blocks(_readme()) if b.section[1:] == ("Recipes",) and b.lang in SHELL_LANGS
+              for c in _commands(b) if "condroute.cli.demo" in c]
+    assert len(starts) == 1, starts
+    words = shlex.split(starts[0], comments=True)
+    assert words[:3] == ["python", "-m", "condroute.cli.demo"], words
+    ports = {p: _free_port() for p in DEMO_PORTS}
+    args = [_rewrite_ports(w, ports) for w in words[3:]]
+    assert len(args) == len(DEMO_PORTS) and all(str(p) in " ".join(args) for p in ports.values()), args
+    proc = subprocess.Popen([sys.executable, "-m", "condroute.cli.demo", *args], cwd=str(ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # never an *_proxy from the environment
+    try:
+        for old, new in ports.items():
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    with direct.open(f"http://127.0.0.1:{new}/x", timeout=5) as r:
+                        body = json.loads(r.read())
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError(f"the demo backends did not start: {proc.communicate()[0]}") from None
+                    time.sleep(0.05)
+            assert (body["backend"], body["path"]) == (f"port-{old}", "/x")
+    finally:
+        proc.terminate()
+        proc.wait(10)
