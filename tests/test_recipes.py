@@ -241,7 +241,7 @@ def test_every_proxy_command_in_the_readme_listens_on_loopback_only():
 def test_every_proxy_command_in_a_rules_file_comment_listens_on_loopback_only():
     found = []
     for f in sorted((ROOT / "rules").rglob("*.yaml")):
-        # commands are indented in a comment ("#   mitmdump ..."); prose is not ("# mitmproxy intercepts")
+        # commands are indented in a comment ("#   mitmweb ..."); prose is not ("# mitmproxy intercepts")
         comments = [line[1:].strip() for line in f.read_text(encoding="utf-8").splitlines()
                     if line.startswith("#  ")]
         for cmd in _join_continuations(comments):
