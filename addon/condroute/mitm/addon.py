@@ -18,6 +18,7 @@ from ..engine import Decision, decide
 from ..errors import RulesError
 from . import compat, options
 from .compat import set_host_header
+from .commands import Commands
 from .flows import restore_request
 from .reload import LiveRules, file_signature, load_version
 from .status import Status
@@ -43,8 +44,9 @@ def body_dropped(flow: http.HTTPFlow) -> None:
     flow.metadata["condroute"]["body_dropped"] = True
 
 
-class ConditionalRouting(LiveRules):
-    """The addon (see the module docstring); the rules and their watcher come from LiveRules."""
+class ConditionalRouting(Commands, LiveRules):
+    """The addon (see the module docstring); the rules and their watcher come from LiveRules, its
+    commands (condroute.explain, .reload, .status, .enable, .disable) from Commands."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -129,7 +131,7 @@ class ConditionalRouting(LiveRules):
         if not path:
             if self.rules is not None or not self.path:
                 log.info("condroute: no rules file (set condroute_rules=FILE): inactive, every request passes through")
-            self.rules, self.path, self.signature = None, "", None
+            self.rules, self.loaded, self.path, self.signature = None, None, "", None
             return
         if path == self.path and self.rules is not None and self._running:
             return     # the value rolled back after a rejected change, or set again: `condroute.reload` reloads

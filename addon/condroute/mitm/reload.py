@@ -122,7 +122,8 @@ class LiveRules:
     A subclass (the addon) may override :meth:`_sync_hooks`, called whenever rules are installed."""
 
     def __init__(self) -> None:
-        self.rules: Rules | None = None
+        self.rules: Rules | None = None          # in force
+        self.loaded: Rules | None = None         # as loaded from the file (self.rules may have switches applied)
         self.path: str = ""
         self.signature: FileSignature | None = None   # the version whose rules are live
         self.generation = 0              # bumped on every successful (re)load
@@ -139,8 +140,14 @@ class LiveRules:
     def _sync_hooks(self) -> None:
         """Called when rules are installed (the addon registers the hooks the new rules need)."""
 
+    def _adapt(self, rules: Rules) -> Rules:
+        """The rules to put in force for rules just loaded (the addon applies its switches)."""
+        return rules
+
     def _install(self, rules: Rules, path: str, sig: FileSignature, verb: str) -> None:
-        old, self.rules, self.path, self.signature = self.rules, rules, path, sig   # one assignment: atomic swap
+        self.loaded = rules               # as loaded, before _adapt
+        live = self._adapt(rules)
+        old, self.rules, self.path, self.signature = self.rules, live, path, sig   # one assignment: atomic swap
         if old is not None and old is not rules:
             retire(old)
             del old
