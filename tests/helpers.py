@@ -18,10 +18,10 @@ LISTEN_RE = re.compile(r"listening at (?:\*|[\d.]+|\[[0-9a-f:]+\]):(\d+)")
 
 
 class Proxy:
-    """A mitmdump subprocess. ``port`` is where it listens; ``lines`` collects its output."""
+    """A mitmdump (or ``program``: mitmweb) subprocess. ``port`` is where it listens; ``lines`` collects its output."""
 
-    def __init__(self, args: list[str], env: dict | None = None, cwd: str | None = None):
-        self.cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0", *args]
+    def __init__(self, args: list[str], env: dict | None = None, cwd: str | None = None, program: str = "mitmdump"):
+        self.cmd = [str(MITMDUMP.with_name(program)), "--listen-host", "127.0.0.1", "--listen-port", "0", *args]
         self.proc = subprocess.Popen(
             self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **(env or {})}, cwd=cwd or str(ROOT),
@@ -122,6 +122,14 @@ def serve_raw(handler) -> socket.socket:
 
     threading.Thread(target=loop, daemon=True).start()
     return srv
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for programs that cannot be given port 0
+    and tell which port they took, such as mitmweb's web server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_mitmdump_until_exit(args: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:

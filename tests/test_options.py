@@ -5,11 +5,9 @@ them: unknown condroute_* names get a "did you mean", a repeated option an error
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
+import httpx
 import pytest
 from mitmproxy import exceptions, hooks, optmanager
 from mitmproxy.addons.proxyserver import Proxyserver
@@ -17,7 +15,7 @@ from mitmproxy.test import taddons
 
 from condroute.mitm import options
 from condroute.mitm.addon import ConditionalRouting
-from helpers import ADDON
+from helpers import ADDON, Proxy, free_port, run_mitmdump_until_exit
 from test_addon import RULES, Harness, make_flow, messages
 
 
@@ -165,21 +163,47 @@ async def test_an_unknown_condroute_option_gets_a_did_you_mean(logs):
 
 
 # -- the same, through a real mitmdump --------------------------------------------------------------
-def mitmdump(*sets: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    args = [str(Path(sys.executable).parent / "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", "0",
-            "-s", str(ADDON)]
-    for s in sets:
-        args += ["--set", s]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sets, line", [
     (("condroute_debug_header=maybe",), "condroute: condroute_debug_header must be true or false, not 'maybe'"),
     (("condroute_rules=a.yaml", "condroute_rules=b.yaml"), "condroute_rules is set 2 times"),
 ])
 def test_mitmdump_exits_1_with_one_line_for_a_bad_set_value(sets, line):
-    r = mitmdump(*sets)
+    r = run_mitmdump_until_exit(["-s", str(ADDON), *[a for s in sets for a in ("--set", s)]], timeout=20)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert line in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_mitmwebs_option_editor_gets_a_400_and_the_old_value_stays(tmp_path, rules_file):
+    """What mitmweb's options editor does: PUT /options. A bad value is answered 400 with condroute's
+    sentence and rolled back; a good one applies. (mitmweb 12 wants a token: web_password.)"""
+    web = free_port()
+    p = Proxy(["--web-host", "127.0.0.1", "--web-port", str(web), "--set", "web_open_browser=false",
+               "--set", "web_password=condroute-test", "-s", str(ADDON), "--set", f"condroute_rules={rules_file}"],
+              program="mitmweb")
+    try:
+        p.start()
+        p.wait_for(rf"Web server listening at http://127\.0\.0\.1:{web}/")
+        # tornado's XSRF check wants the same token in a cookie (named _xsrf in mitmweb 11,
+        # _mitmproxy_xsrf in 12) and in the X-XSRFToken header, as mitmweb's page sends them
+        token = "0123456789abcdef"
+        with httpx.Client(base_url=f"http://127.0.0.1:{web}", timeout=10,
+                          headers={"Authorization": "Bearer condroute-test"},
+                          cookies={"_xsrf": token, "_mitmproxy_xsrf": token}) as c:
+            xsrf = {"X-XSRFToken": token}
+            r = c.put("/options", json={"condroute_log": "loud"}, headers=xsrf)
+            assert r.status_code == 400 and "condroute_log must be one of off, decisions, verbose" in r.text
+            r = c.put("/options", json={"condroute_rules": str(tmp_path / "nope.yaml")}, headers=xsrf)
+            assert r.status_code == 400 and "nope.yaml" in r.text
+            opts = c.get("/options").json()
+            assert opts["condroute_log"]["value"] == "decisions" and opts["condroute_rules"]["value"] == rules_file
+            assert opts["condroute_debug_header"]["type"] == "bool"
+            assert opts["condroute_log"]["choices"] == ["off", "decisions", "verbose"]
+            assert c.put("/options", json={"condroute_log": "verbose"}, headers=xsrf).status_code == 200
+            assert c.get("/options").json()["condroute_log"]["value"] == "verbose"
+            r = c.post("/commands/condroute.status", json={"arguments": []}, headers=xsrf)
+            assert r.status_code == 200 and r.json()["value"].startswith(f"rules: {rules_file}, generation 1")
+    finally:
+        p.stop()
