@@ -244,7 +244,7 @@ class Status:
             headers.update({"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": CSP,
                             "X-Frame-Options": "DENY"})
         else:
-            body = json.dumps(self.snapshot(), indent=1).encode("ascii") + b"\n"
+            body = json.dumps(self.snapshot()).encode("ascii") + b"\n"   # no indent: the C encoder
             headers["Content-Type"] = "application/json"
         resp = http.Response.make(200, body, headers)
         if method == "HEAD":
