@@ -29,8 +29,7 @@ from ..engine import decide
 from ..errors import RulesError
 from ..explain import build_request
 from ..node import Y
-from .demo import StandIn, load_both, loopback_host, plan_stand_ins, port_problem, start_stand_ins, \
-    stand_in_problems, upstreams_of
+from .demo import StandIn, load_both, plan_stand_ins, port_problem, start_stand_ins, stand_in_problems
 
 ROOT = Path(__file__).resolve().parents[3]
 ADDON = ROOT / "addon" / "conditional_routing.py"
@@ -262,32 +261,11 @@ def _fail(lines: list[str], status: int) -> int:
     return status
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        o = parse_args(sys.argv[1:] if argv is None else argv)
-    except UsageError as e:
-        return _fail([f"{e} (./scripts/run --help)"], 2)
-    if o is None:
-        print(USAGE)
-        return 0
-    rules_file = o.rules or _shown(str(EXAMPLE))
-    if not os.path.isfile(rules_file):
-        return _fail([f"no such rules file: {rules_file}"], 2)
-    try:
-        rules, m = load_both(rules_file)
-    except RulesError as e:
-        for p in e.problems:
-            print(p, file=sys.stderr)
-        return 1
-    demo = o.demo if o.demo is not None else Path(rules_file).resolve() == EXAMPLE
-
+def _port_problems(o: Options, rules_file: str, stand_ins: list[StandIn]) -> list[str]:
+    """One sentence for each port that the proxy or a stand-in could not listen on."""
     listen_host = _mitm_option(o.mitm_args, "--listen-host")
     if listen_host is None:
         listen_host = "127.0.0.1"
-    stand_ins: list[StandIn] = []
-    notes: list[str] = []
-    if demo:
-        stand_ins, notes = plan_stand_ins(m)
     problems = []
     if o.port:
         why = port_problem(listen_host or "0.0.0.0", o.port)
@@ -295,23 +273,15 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"port {o.port} on {listen_host or 'every address'}, where the proxy would listen, "
                             f"{why}: stop that, or choose another port with --port N")
         for s in stand_ins:
-            if s.port == o.port and (listen_host in ("", s.host)):
+            if s.port == o.port and listen_host in ("", s.host):
                 problems.append(f"port {o.port} is the proxy's and also upstream {s.name}'s in {rules_file}: "
                                 "choose another port for the proxy with --port N")
-    problems += stand_in_problems(stand_ins, rules_file, "stop that, or leave out --demo if it is the backend you want")
-    if problems:
-        return _fail(problems, 1)
+    return problems + stand_in_problems(stand_ins, rules_file,
+                                        "stop that, or leave out --demo if it is the backend you want")
 
-    for n in notes:
-        print(n, flush=True)
-    start_stand_ins(stand_ins)
-    if not demo:
-        for up in upstreams_of(m):
-            host = loopback_host(up.host)
-            if host and up.scheme == "http" and _nothing_listens(host, up.port):
-                print(f"nothing listens on {host}:{up.port} (upstream {up.name}): requests sent there will answer "
-                      "502; --demo starts a stand-in", flush=True)
 
+def _run_proxy(o: Options, rules_file: str, rules, m: model.Rules) -> int:
+    """mitmdump in the foreground, its output passed on; once it listens, where, and the hints."""
     mitmdump = Path(sys.executable).with_name("mitmdump")
     cmd = [str(mitmdump), "--listen-host", "127.0.0.1", "--listen-port", str(o.port), "-s", str(ADDON),
            "--set", f"condroute_rules={rules_file}", "--set", "condroute_debug_header=true", *o.mitm_args]
@@ -341,6 +311,40 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
     code = proc.wait()
     return 128 - code if code < 0 else code
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        o = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        return _fail([f"{e} (./scripts/run --help)"], 2)
+    if o is None:
+        print(USAGE)
+        return 0
+    rules_file = o.rules or _shown(str(EXAMPLE))
+    if not os.path.isfile(rules_file):
+        return _fail([f"no such rules file: {rules_file}"], 2)
+    try:
+        rules, m = load_both(rules_file)
+    except RulesError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        return 1
+    demo = o.demo if o.demo is not None else Path(rules_file).resolve() == EXAMPLE
+    local, notes = plan_stand_ins(m)
+    problems = _port_problems(o, rules_file, local if demo else [])
+    if problems:
+        return _fail(problems, 1)
+    if demo:
+        for n in notes:
+            print(n, flush=True)
+        start_stand_ins(local)
+    else:
+        for s in local:
+            if _nothing_listens(s.host, s.port):
+                print(f"nothing listens on {s.host}:{s.port} (upstream {s.name}): requests sent there will answer "
+                      "502; --demo starts a stand-in", flush=True)
+    return _run_proxy(o, rules_file, rules, m)
 
 
 def _main() -> int:
