@@ -455,3 +455,26 @@ def test_e2e_a_failed_reload_shows_up(proxy, rules_file):
     assert s["rules"]["generation"] == 1
     assert s["rules"]["error"].startswith(f"{path}:5:") and "nowhere" in s["rules"]["error"]
     assert [r["name"] for r in s["routes"]] == ["shop", "everything-else"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep_host_header", [True, False])
+def test_e2e_reverse_mode_needs_keep_host_header(proxy, rules_file, keep_host_header):
+    """In reverse mode mitmproxy rewrites Host to the target unless keep_host_header: only then is
+    the status host seen (README); without it, the request is the reverse target's like any other."""
+    srv, got = recording_backend()
+    try:
+        target = f"http://127.0.0.1:{srv.getsockname()[1]}"
+        p = proxy(rules_file(E2E.format(a=9, b=9)), "--mode", f"reverse:{target}",
+                  "--set", f"keep_host_header={str(keep_host_header).lower()}")
+        c = HTTPConnection("127.0.0.1", p.port, timeout=10)
+        c.request("GET", "/api/status", headers={"Host": "condroute.mitm.it"})
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        if keep_host_header:
+            assert r.status == 200 and json.loads(body)["decisions"] == 0 and got == []
+        else:
+            assert body == b"ok\n" and len(got) == 1 and got[0].startswith(b"GET /api/status ")
+    finally:
+        srv.close()
