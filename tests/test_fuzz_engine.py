@@ -138,7 +138,7 @@ def to_yaml(routes: list[dict]) -> str:
 
 
 def reference(routes: list[dict], host: str, path: str, headers: dict[str, str]) -> tuple:
-    """The selection semantics of rules-format.md, written as plainly as possible."""
+    """The selection semantics of the README's "The rules file", written as plainly as possible."""
     def host_ok(pattern):
         if pattern is None:
             return True

@@ -1,4 +1,4 @@
-"""The condroute rules format (YAML or JSON, see ``rules-format.md``) read into the model.
+"""The condroute rules format (YAML or JSON, see README "The rules file") read into the model.
 
 Everything structural is checked here, each problem located in the file; what a condition means
 is the compiler's (the condition-kind registry): a ``when`` and the condition keys of ``match``

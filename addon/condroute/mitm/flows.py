@@ -32,7 +32,7 @@ def flow_request(flow: Any) -> tuple[RequestView, bool]:
     if conn is not None and conn.peername:
         peer = conn.peername[0]
     # the host the addon decided on: where the request went, or in reverse mode the Host header
-    # (rules-format "What is matched")
+    # (README "What is matched")
     reverse = type(getattr(conn, "proxy_mode", None)).__name__ == "ReverseMode"
     scheme, host, port, path_q = r.scheme, r.pretty_host if reverse else r.host, r.port, r.path
     headers = list(r.headers.items(multi=True))

@@ -166,7 +166,7 @@ _name = operator.itemgetter(0)
 def request_view(flow: http.HTTPFlow) -> FlowView:
     """What the engine sees of ``flow``'s request (see FlowView).
 
-    ``host`` is the host the request really goes to ("What is matched" in rules-format.md): by the
+    ``host`` is the host the request really goes to (README "What is matched"): by the
     time of ``requestheaders`` mitmproxy has put it in ``data.host``, from the absolute-form target,
     the CONNECT (or SOCKS) tunnel's target, or, for an origin-form request, the Host header. Only in
     reverse mode is the Host header (:authority) the name to route on (virtual hosts), and in
