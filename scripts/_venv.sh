@@ -56,18 +56,18 @@ ensure_venv() {
   echo "$spec $sum" > "$stamp"
 }
 
-# ensure_chromium — the status-page browser tests drive /usr/bin/chromium (headless). When it is
-# missing, install Debian's chromium package if apt-get can (as root); otherwise say so in one line
-# and go on (those tests skip with their reason). Silent when it is already there.
+# ensure_chromium [BROWSER] — the status-page browser tests drive /usr/bin/chromium (headless). When
+# it is missing, install Debian's chromium package if apt-get can (as root); otherwise say so in one
+# line and go on (those tests skip with their reason). Silent when it is already there.
 ensure_chromium() {
-  local log why
-  [ -x /usr/bin/chromium ] && return 0
+  local bin="${1:-/usr/bin/chromium}" log why
+  [ -x "$bin" ] && return 0
   if [ "$(id -u)" != 0 ]; then
-    echo "no /usr/bin/chromium and not root, so not installing it: the browser tests will be skipped (sudo apt-get install chromium)"
+    echo "no $bin and not root, so not installing it: the browser tests will be skipped (sudo apt-get install chromium)"
     return 0
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "no /usr/bin/chromium and no apt-get to install it with: the browser tests will be skipped"
+    echo "no $bin and no apt-get to install it with: the browser tests will be skipped"
     return 0
   fi
   echo "installing Debian's chromium package for the browser tests (once; about a minute)"
@@ -76,9 +76,9 @@ ensure_chromium() {
   if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >"$log" 2>&1 \
          || { apt-get update -q >>"$log" 2>&1 \
               && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >>"$log" 2>&1; }; } \
-     || [ ! -x /usr/bin/chromium ]; then
+     || [ ! -x "$bin" ]; then
     why="$(grep -E '^(E|W): ' "$log" | tail -n 1)"
-    echo "installing chromium failed (${why:-see apt-get install chromium}): the browser tests will be skipped"
+    echo "installing chromium failed (${why:-apt-get gave no reason}): the browser tests will be skipped"
   fi
   rm -f "$log"
 }

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -342,3 +343,69 @@ def test_ensure_venv_installs_only_when_the_stamp_does_not_serve(tmp_path):
     stamp.write_text(f"{have} 0 0\n")              # as if pyproject.toml had changed since
     assert ensure(".") == [".[test]"]              # reinstalled, keeping the test extras
     assert ensure(".") == []
+
+
+# -- Chromium for the browser tests: installed by scripts/test when missing and apt-get can ----------
+FAKE_APT = """#!/bin/sh
+echo "$*" >> {calls}
+case "$1" in
+  update) exit 0 ;;
+  install) n=$(grep -c '^install' {calls}); if [ "$n" -ge {works_at} ]; then touch {browser}; chmod +x {browser}; exit 0; fi
+           echo "E: Unable to locate package chromium" >&2; exit 100 ;;
+esac
+"""
+
+
+def ensure_chromium(tmp_path: Path, uid: int, works_at: int | None) -> tuple[str, list[str], Path]:
+    """ensure_chromium for a browser path in tmp_path, with PATH holding only a fake `id`, a fake
+    `apt-get` (none when works_at is None; else its install works from that call on) and the tools the
+    function uses. Returns (output, apt-get calls, browser path)."""
+    bin_, browser, calls = tmp_path / "bin", tmp_path / "chromium", tmp_path / "apt-calls"
+    bin_.mkdir()
+    for tool in ("mktemp", "grep", "tail", "rm", "touch", "chmod"):
+        (bin_ / tool).symlink_to(shutil.which(tool))
+    fakes = {"id": f"#!/bin/sh\necho {uid}\n"}
+    if works_at is not None:
+        fakes["apt-get"] = FAKE_APT.format(calls=calls, works_at=works_at, browser=browser)
+    for name, text in fakes.items():
+        (bin_ / name).write_text(text)
+        (bin_ / name).chmod(0o755)
+    r = subprocess.run(["/bin/bash", "-c", f"set -euo pipefail; . scripts/_venv.sh; ensure_chromium {browser}"],
+                       capture_output=True, text=True, cwd=str(ROOT), env={"PATH": str(bin_)}, timeout=20)
+    assert r.returncode == 0 and r.stderr == "", r
+    return r.stdout, calls.read_text().splitlines() if calls.exists() else [], browser
+
+
+INSTALLING = "installing Debian's chromium package for the browser tests (once; about a minute)"
+INSTALL = "install -y -q --no-install-recommends chromium"
+
+
+@pytest.mark.slow
+def test_chromium_is_installed_once_when_missing_and_apt_get_can(tmp_path):
+    out, calls, browser = ensure_chromium(tmp_path, 0, works_at=1)
+    assert out.splitlines() == [INSTALLING] and calls == [INSTALL] and os.access(browser, os.X_OK)
+    again = subprocess.run(["/bin/bash", "-c", f". scripts/_venv.sh; ensure_chromium {browser}"],
+                           capture_output=True, text=True, cwd=str(ROOT), timeout=20)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")     # there: quiet, no apt-get
+
+
+@pytest.mark.slow
+def test_stale_package_lists_are_updated_before_a_second_try(tmp_path):
+    out, calls, browser = ensure_chromium(tmp_path, 0, works_at=2)
+    assert out.splitlines() == [INSTALLING] and calls == [INSTALL, "update -q", INSTALL] and browser.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("uid,works_at,said", [
+    (1000, 1, "no {b} and not root, so not installing it: the browser tests will be skipped "
+              "(sudo apt-get install chromium)"),
+    (0, None, "no {b} and no apt-get to install it with: the browser tests will be skipped"),
+    (0, 99, "installing chromium failed (E: Unable to locate package chromium): the browser tests will be skipped"),
+])
+def test_when_chromium_cannot_be_installed_one_line_says_so_and_the_set_up_goes_on(tmp_path, uid, works_at, said):
+    out, calls, browser = ensure_chromium(tmp_path, uid, works_at)
+    lines = out.splitlines()
+    assert lines[-1] == said.format(b=browser)
+    assert lines[:-1] == ([INSTALLING] if works_at == 99 else [])
+    assert calls == ([INSTALL, "update -q", INSTALL] if works_at == 99 else [])
+    assert not browser.exists()
