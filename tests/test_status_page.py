@@ -27,7 +27,7 @@ from condroute.mitm.addon import ConditionalRouting
 from condroute.mitm.health import Failure
 from condroute.mitm.status import RECENT, check_host
 from condroute.mitm.status_page import CSP, JS, PAGE
-from helpers import read_head, serve_raw
+from helpers import read_head, run_mitmdump_until_exit, serve_raw
 from test_addon import Harness, make_flow, settle
 
 RULES = """
@@ -478,3 +478,13 @@ def test_e2e_reverse_mode_needs_keep_host_header(proxy, rules_file, keep_host_he
             assert body == b"ok\n" and len(got) == 1 and got[0].startswith(b"GET /api/status ")
     finally:
         srv.close()
+
+
+@pytest.mark.slow
+def test_e2e_a_bad_status_host_at_start_up_is_one_line_and_exit_1():
+    r = run_mitmdump_until_exit(["-s", str(Path(__file__).parent.parent / "addon" / "conditional_routing.py"),
+                                 "--set", "condroute_status_host=condroute.mitm.it:8080"])
+    assert r.returncode == 1
+    out = r.stdout + r.stderr
+    assert "condroute_status_host must be a host name" in out and "'condroute.mitm.it:8080'" in out
+    assert "Traceback" not in out
