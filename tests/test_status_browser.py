@@ -24,7 +24,7 @@ import pytest
 
 from condroute.cli.demo import start_echo
 from helpers import Proxy
-from test_status_page import via
+from test_status_page import E2E, via
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and os.access(p, os.X_OK)), None)
 WIDTH, HEIGHT = 1000, 800
@@ -33,21 +33,14 @@ INJECT_VALUE = "<script>document.title='pwned'</script>"
 HEADER_RGB = (0x16, 0x21, 0x3e)     # the page's header band (status_page.CSS)
 BAR_RGB = (0x24, 0x56, 0xc7)        # a backend's hit bar: drawn only for a backend with hits
 
-RULES = """
-    version: 1
-    upstreams: {{a: "{a}", b: "{b}"}}
-    routes:
-      - name: shop
-        match: {{host: shop.example}}
-        backends:
-          - {{name: variant-b, when: {{header: {{X-Ab-Test: B}}}}, upstream: b}}
-          - {{name: default, fallback: true, upstream: a}}
+# test_status_page's rules, with a route whose name is markup
+RULES = E2E.replace("      - name: everything-else", """\
       - name: '{inject}'
         match: {{host: inject.example}}
         backends:
           - {{name: only, when: {{header: {{X-Ab-Test: B}}}}, upstream: a}}
           - {{name: other, fallback: true, respond: {{status: 204}}}}
-    """
+      - name: everything-else""")
 
 
 # -- decoding what the browser gave ------------------------------------------------------------------
@@ -205,9 +198,8 @@ def browsed(tmp_path_factory):
     dead = socket.socket()                 # bound, never listening: connections to it are refused
     dead.bind(("127.0.0.1", 0))
     rules = tmp / "rules.yaml"
-    rules.write_text(textwrap.dedent(RULES).format(
-        a=f"http://127.0.0.1:{servers[0].server_address[1]}", b=f"http://127.0.0.1:{servers[1].server_address[1]}",
-        inject=INJECT_ROUTE.replace("'", "''")))
+    rules.write_text(textwrap.dedent(RULES).format(a=servers[0].server_address[1], b=servers[1].server_address[1],
+                                                   inject=INJECT_ROUTE.replace("'", "''")))
     proxy = Proxy(["-s", str(Path(__file__).parent.parent / "addon" / "conditional_routing.py"),
                    "--set", f"condroute_rules={rules}"])
     try:

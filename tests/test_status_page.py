@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import socket
-import textwrap
 import time
 from http.client import HTTPConnection
 from pathlib import Path
@@ -60,12 +59,9 @@ def harness():
 
 
 @pytest.fixture
-def write(tmp_path: Path):
-    def w(text: str, name: str = "rules.yaml") -> str:
-        p = tmp_path / name
-        p.write_text(textwrap.dedent(text))
-        return str(p)
-    return w
+def write(rules_file):
+    """write(text) -> the path (str) of a rules file with that (dedented) text."""
+    return lambda text: str(rules_file(text))
 
 
 async def api(h: Harness, path: str = "/api/status", method: str = "GET") -> http.HTTPFlow:
