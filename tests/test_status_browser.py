@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import textwrap
+import time
 import zlib
 from collections import Counter
 from html.parser import HTMLParser
@@ -33,14 +34,19 @@ INJECT_VALUE = "<script>document.title='pwned'</script>"
 HEADER_RGB = (0x16, 0x21, 0x3e)     # the page's header band (status_page.CSS)
 BAR_RGB = (0x24, 0x56, 0xc7)        # a backend's hit bar: drawn only for a backend with hits
 
-# test_status_page's rules, with a route whose name is markup
+# test_status_page's rules, with a route whose name is markup and one to a port nothing listens on
 RULES = E2E.replace("      - name: everything-else", """\
       - name: '{inject}'
         match: {{host: inject.example}}
         backends:
           - {{name: only, when: {{header: {{X-Ab-Test: B}}}}, upstream: a}}
           - {{name: other, fallback: true, respond: {{status: 204}}}}
+      - name: broken
+        match: {{host: broken.example}}
+        backends:
+          - {{name: gone, upstream: "http://127.0.0.1:{dead}"}}
       - name: everything-else""")
+BAD_RULES = "version: 1\nroutes:\n  - name: r\n    backends:\n      - {name: x, upstream: nowhere}\n"
 
 
 # -- decoding what the browser gave ------------------------------------------------------------------
@@ -189,8 +195,9 @@ def pac(proxy_port: int, dead_port: int) -> str:
 
 @pytest.fixture(scope="module")
 def browsed(tmp_path_factory):
-    """mitmdump with rules and two echo backends, some traffic, then one headless Chromium run
-    through it: (dumped DOM, screenshot PNG bytes, the status JSON afterwards, mitmdump's output)."""
+    """mitmdump with rules and two echo backends, some traffic, a reload that fails, then one
+    headless Chromium run through it: {"dom", "png", "status" (the JSON afterwards), "out"
+    (mitmdump's output), "dead" (the port of the upstream that refused)}."""
     if CHROMIUM is None:
         pytest.skip("no chromium (/usr/bin/chromium): scripts/test installs Debian's package when it can")
     tmp = tmp_path_factory.mktemp("browser")
@@ -198,10 +205,12 @@ def browsed(tmp_path_factory):
     dead = socket.socket()                 # bound, never listening: connections to it are refused
     dead.bind(("127.0.0.1", 0))
     rules = tmp / "rules.yaml"
+    dead_port = dead.getsockname()[1]
     rules.write_text(textwrap.dedent(RULES).format(a=servers[0].server_address[1], b=servers[1].server_address[1],
-                                                   inject=INJECT_ROUTE.replace("'", "''")))
+                                                   inject=INJECT_ROUTE.replace("'", "''"), dead=dead_port))
     proxy = Proxy(["-s", str(Path(__file__).parent.parent / "addon" / "conditional_routing.py"),
-                   "--set", f"condroute_rules={rules}"])
+                   "--set", f"condroute_rules={rules}", "--set", "condroute_reload_interval=0.1",
+                   "--set", "condroute_cooldown=600"])
     try:
         proxy.start()
         sent = [("http://shop.example/b1", {"X-Ab-Test": "B"}), ("http://shop.example/b2", {"X-Ab-Test": "B"}),
@@ -210,18 +219,23 @@ def browsed(tmp_path_factory):
                 ("http://inject.example/y", {"X-Ab-Test": "B"})]
         for url, headers in sent:
             assert via(proxy.port, url, headers=headers)[0] in (200, 204), url
+        assert via(proxy.port, "http://broken.example/")[0] == 502      # refused: down, decided again
+        rules.write_text(BAD_RULES)
+        old = time.time() - 3600
+        os.utime(rules, (old, old))              # long settled: loaded at the watcher's second check
+        proxy.wait_for("reload failed")
         shot = tmp / "shot.png"
         cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--disable-default-apps", "--disable-extensions", "--no-default-browser-check",
                "--disable-features=HttpsUpgrades,NetworkTimeServiceQuerying,OptimizationHints,Translate,MediaRouter",
-               f"--user-data-dir={tmp / 'profile'}", f"--proxy-pac-url={pac(proxy.port, dead.getsockname()[1])}",
+               f"--user-data-dir={tmp / 'profile'}", f"--proxy-pac-url={pac(proxy.port, dead_port)}",
                f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars", "--virtual-time-budget=3000",
                f"--screenshot={shot}", "--dump-dom", "http://condroute.mitm.it/"]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=str(tmp))
         assert r.returncode == 0 and shot.exists(), f"chromium failed ({r.returncode}):\n{r.stderr[-3000:]}"
         status = json.loads(via(proxy.port, "http://condroute.mitm.it/api/status")[2])
-        yield r.stdout, shot.read_bytes(), status, proxy.output()
+        yield {"dom": r.stdout, "png": shot.read_bytes(), "status": status, "out": proxy.output(), "dead": dead_port}
     finally:
         proxy.stop()
         dead.close()
@@ -232,26 +246,39 @@ def browsed(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_dom_shows_routes_backends_and_counts(browsed):
-    dom, _, status, out = browsed
     p = Rows()
-    p.feed(dom)
-    assert p.attrs["app"].get("data-state") == "ok", dom[-3000:]     # the script ran and drew the JSON
+    p.feed(browsed["dom"])
+    assert p.attrs["app"].get("data-state") == "ok", browsed["dom"][-3000:]     # the script ran and drew the JSON
     assert p.row(route="shop")[0] == "shop" and p.row(route="shop")[2] == "5"
     assert p.row(route="shop", backend="variant-b")[2] == "2"
     assert p.row(route="shop", backend="default")[2] == "3"
     assert p.row(route=INJECT_ROUTE)[2] == "2"
     assert p.row(route=INJECT_ROUTE, backend="only")[2] == "1"
     assert p.row(route=INJECT_ROUTE, backend="other")[2] == "1"
-    assert len([a for a, _ in p.rows if "data-outcome" in a]) == 7     # the recent decisions
+    assert p.row(route="broken")[2] == "2" and p.row(route="broken", backend="gone")[2] == "1"   # and failed over
+    assert len([a for a, _ in p.rows if "data-outcome" in a]) == 9     # the recent decisions
     assert any(INJECT_VALUE in "".join(cells) for _, cells in p.rows)   # a request's header value, as text
     # the page asked /api/status more than once (it refreshes itself), and was not counted
+    out = browsed["out"]
     assert out.count("GET http://condroute.mitm.it/api/status") >= 2, out
-    assert status["decisions"] == 7
+    assert browsed["status"]["decisions"] == 9
+
+
+@pytest.mark.slow
+def test_a_reload_error_and_a_down_upstream_are_drawn(browsed):
+    p = Rows()
+    p.feed(browsed["dom"])
+    assert "The last reload failed; generation 1 stays live:" in browsed["dom"]
+    assert "upstream" in browsed["status"]["rules"]["error"] and "nowhere" in browsed["dom"]
+    assert p.row(route="shop")[2] == "5"                 # the last good rules are drawn
+    cells = p.row(upstream=f"http://127.0.0.1:{browsed['dead']}")
+    assert cells[2] == "down" and "refused" in cells[3] and "passed over for" in cells[3]
+    assert p.row(upstream="a")[2] == "up"
 
 
 @pytest.mark.slow
 def test_markup_in_names_and_requests_stays_text(browsed):
-    dom, _, _, _ = browsed
+    dom = browsed["dom"]
     p = Rows()
     p.feed(dom)
     assert p.tags["img"] == 0 and p.tags["script"] == 1        # the page's own script only
@@ -261,8 +288,7 @@ def test_markup_in_names_and_requests_stays_text(browsed):
 
 @pytest.mark.slow
 def test_the_screenshot_shows_the_page_drawn(browsed):
-    _, png, _, _ = browsed
-    w, h, rows = png_pixels(png)
+    w, h, rows = png_pixels(browsed["png"])
     assert (w, h) == (WIDTH, HEIGHT)
     c = colours(rows)
     assert drawn(c) is None, drawn(c)
