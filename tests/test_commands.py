@@ -170,3 +170,13 @@ async def test_status_lists_rules_hits_and_upstreams(ctx, rules_file):
     assert text.splitlines()[0].startswith(f"rules: {rules_file}, generation 1")
     assert "route shop: 3 hits" in text and "  force-b: 3" in text and "  keep: 0" in text
     assert "upstream b http://127.0.0.1:9002/base" in text
+
+
+async def test_the_status_page_shows_switches(ctx):
+    tctx, addon = ctx
+    call(tctx, "condroute.disable", "shop/keep")
+    call(tctx, "condroute.disable", "strict")
+    snap = addon.status.snapshot()
+    routes = {r["name"]: r for r in snap["routes"]}
+    assert routes["strict"]["switched_off"] and not routes["shop"]["switched_off"]
+    assert [b["name"] for b in routes["shop"]["backends"] if b["switched_off"]] == ["keep"]

@@ -133,12 +133,7 @@ class Status:
         self.recent: deque[tuple[float, Decision]] = deque(maxlen=RECENT)
         self._counted_for: Any = None   # the rules the counts were last pruned for
 
-    # -- the option -----------------------------------------------------------------------------
-    def load(self, loader: Any) -> None:
-        loader.add_option("condroute_status_host", str, DEFAULT_HOST,
-                          "condroute: the host of the status page answered by the proxy (http://HOST/ and "
-                          "http://HOST/api/status); empty = no status page.")
-
+    # -- the option (declared with the others in options.py) ----------------------------------
     def configure(self, updated: set[str]) -> None:
         if "condroute_status_host" in updated:
             self.host = check_host(ctx.options.condroute_status_host)
@@ -201,14 +196,16 @@ class Status:
         rules = live.rules
         self._prune(rules)
         hits = self.hits
+        off = getattr(live, "switched_off", {})     # condroute.disable (mitm/commands.py)
         routes = []
         if rules is not None:
             for r in rules.routes:
-                backends = [{"name": b.name, "hits": hits.get((r.name, b.name), 0), "target": _target(b)}
+                backends = [{"name": b.name, "hits": hits.get((r.name, b.name), 0), "target": _target(b),
+                             "switched_off": f"{r.name}/{b.name}" in off}
                             for b in r.backends]
                 unserved = hits.get((r.name, None), 0)
                 routes.append({"name": r.name, "line": r.line, "hits": unserved + sum(b["hits"] for b in backends),
-                               "unserved": unserved, "backends": backends})
+                               "unserved": unserved, "switched_off": r.name in off, "backends": backends})
         return {
             "rules": {"path": live.path or None, "generation": live.generation, "loaded_at": live.loaded_at,
                       "error": live.last_error, "summary": rules.summary() if rules is not None else None,

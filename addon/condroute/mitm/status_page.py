@@ -132,11 +132,13 @@ JS = """
     s.routes.forEach(function (r) { r.backends.forEach(function (b) { most = Math.max(most, b.hits); }); });
     var t = table([["route / backend"], ["serves"], ["hits", "hits"], [""]]);
     s.routes.forEach(function (r) {
-      var tr = row("route", [td(r.name), td(r.line ? "line " + r.line : ""), td(r.hits, "hits"), td("")]);
+      var tr = row("route", [td(r.name + (r.switched_off ? " (switched off)" : "")),
+                             td(r.line ? "line " + r.line : ""), td(r.hits, "hits"), td("")]);
       tr.dataset.route = r.name;
       t[1].appendChild(tr);
       r.backends.forEach(function (b) {
-        var br = row("backend", [td(b.name), td(b.target || "", "url"), td(b.hits, "hits"), bar(b.hits, most)]);
+        var br = row("backend", [td(b.name + (b.switched_off ? " (switched off)" : "")), td(b.target || "", "url"),
+                                 td(b.hits, "hits"), bar(b.hits, most)]);
         br.dataset.route = r.name;
         br.dataset.backend = b.name;
         t[1].appendChild(br);
