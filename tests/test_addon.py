@@ -380,7 +380,8 @@ async def test_metadata_and_comment_of_routed_flow(harness, write):
     assert md["skipped"][0]["reason"] == "header X-Ab-Test is missing, wanted \"B\""
     assert md["header"] == "shop/secure -> tls"
     json.dumps(md)   # plain data: survives mitmproxy's flow serialisation
-    assert f.comment.startswith("condroute: shop/secure -> tls (https://secure.internal/checkout/42)")
+    assert f.comment.startswith('shop.example/checkout/42 → shop/secure [header X-Tls "1"]'
+                                " | to https://secure.internal/checkout/42 (upstream tls)")
     assert "skipped force-b: header X-Ab-Test is missing" in f.comment
     assert "\n" not in f.comment
 
@@ -390,7 +391,7 @@ async def test_metadata_of_respond_flow(harness, write):
     f = await harness.cycle(make_flow("http://shop.example/admin/x"))
     md = f.metadata["condroute"]
     assert md["outcome"] == "respond" and md["status"] == 403
-    assert f.comment == "condroute: blocked/deny -> respond 403"
+    assert f.comment == "shop.example/admin/x → blocked/deny [unconditional] | condroute answered 403"
 
 
 # -- the debug header ------------------------------------------------------------------------------

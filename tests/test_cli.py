@@ -350,7 +350,7 @@ def test_explain_human_table(capsys, shop):
     assert (rc, err) == (0, "")
     assert out.splitlines() == [
         "request   GET http://shop.example/checkout/42?x=1",
-        "passed    api: path '/checkout/42' does not match /api/*",
+        "no match  api: path '/checkout/42' does not match /api/*",
         "route     checkout (line 10)",
         'backend   ✓ force-b  when holds: header X-Ab-Test "B"',
         "backend   · office   not tried: an earlier backend was selected",
@@ -399,8 +399,8 @@ def test_explain_no_route_is_passthrough_with_the_original_url(capsys, shop):
     assert rc == 0
     assert out.splitlines() == [
         "request   GET http://other.example/x?y=1",
-        "passed    api: path '/x' does not match /api/*",
-        "passed    checkout: host 'other.example' is not shop.example",
+        "no match  api: path '/x' does not match /api/*",
+        "no match  checkout: host 'other.example' is not shop.example",
         "route     none: passthrough, the request goes on unchanged",
         "url       http://other.example/x?y=1",
     ]
@@ -451,7 +451,7 @@ def test_explain_url_host_wins_over_a_host_header_like_the_addon(capsys, shop):
     rc, out, _ = run(capsys, "explain", shop, "http://127.0.0.1:8080/checkout/1", "-H", "Host: shop.example:8080",
                      "--json")
     data = json.loads(out)
-    assert (data["route"], data["request"]) == (None, "GET http://127.0.0.1/checkout/1")
+    assert (data["route"], data["request"]) == (None, "GET http://127.0.0.1:8080/checkout/1")
     rc, out, _ = run(capsys, "explain", shop, "http://shop.example/checkout/1", "-H", "Host: 127.0.0.1", "--json")
     assert json.loads(out)["route"] == "checkout"
 
@@ -925,7 +925,7 @@ def test_flows_coverage_table_and_unrecoverable_flows(capsys, tmp_path, shop):
     assert lines[0] == "1  GET http://shop.example/checkout/1 -> checkout/force-b -> canary " \
                        "(http://127.0.0.1:9002/base/v2/checkout/1)  [live: passthrough]"
     assert lines[4] == "5  GET http://nowhere.example/ -> no route, passthrough  [live: same]"
-    assert lines[5] == ("6  GET http://127.0.0.1/checkout/9 -> no route, passthrough"
+    assert lines[5] == ("6  GET http://127.0.0.1:9001/checkout/9 -> no route, passthrough"
                         "  [live: checkout/default -> stable]"
                         "  (decided on the forwarded request: the original was not saved)")
     i = lines.index("coverage of 6 requests:")

@@ -69,7 +69,9 @@ def test_routed_with_everything_set(utf8_stdout):
     assert render.header_value(d) == "checkout/force-b -> canary"
     assert render.outcome_text(d) == f"checkout/force-b -> canary ({url})"
     assert render.summary(d) == f"GET http://shop.example/checkout/42?x=1 -> checkout/force-b -> canary ({url})"
-    assert render.comment(d) == f"condroute: checkout/force-b -> canary ({url})"   # nothing skipped
+    # the decision first; then where it went (no query string), nothing skipped
+    assert render.comment(d) == ('shop.example/checkout/42 → checkout/force-b [header X-Ab-Test "B"]'
+                                 " | to http://127.0.0.1:9002/v2/checkout/42 (upstream canary)")
     assert render.to_dict(d) == {
         "outcome": "routed", "route": "checkout", "backend": "force-b", "upstream": "canary", "url": url,
         "path": "/v2/checkout/42?x=1", "status": None, "skipped": [],
@@ -83,7 +85,7 @@ def test_routed_with_everything_set(utf8_stdout):
         {"final_url": url, "host_header": "127.0.0.1:9002", "not_tried": ["default"]}
     assert render.render_decision(RULES, d, req) == [
         "request   GET http://shop.example/checkout/42?x=1",
-        "passed    api: path '/checkout/42' does not match /api/*",
+        "no match  api: path '/checkout/42' does not match /api/*",
         "route     checkout (line 12)",
         'backend   ✓ force-b  when holds: header X-Ab-Test "B"',
         "backend   · default  not tried: an earlier backend was selected",
@@ -98,7 +100,8 @@ def test_routed_with_everything_set(utf8_stdout):
 def test_a_skipped_backend_is_in_the_comment_the_json_and_the_table(utf8_stdout):
     d, req = decided("http://shop.example/checkout/42", [("X-Ab-Test", "A")])
     why = 'header X-Ab-Test is "A", wanted "B"'
-    assert render.comment(d) == ("condroute: checkout/default -> stable (https://stable.internal:8443/base/checkout/42)"
+    assert render.comment(d) == ("shop.example/checkout/42 → checkout/default [unconditional]"
+                                 " | to https://stable.internal:8443/base/checkout/42 (upstream stable)"
                                  f" | skipped force-b: {why}")
     assert render.to_dict(d)["skipped"] == [{"backend": "force-b", "reason": why}]
     assert render.render_decision(RULES, d, req)[3:6] == [
@@ -136,7 +139,8 @@ def test_respond_and_the_ascii_marks(monkeypatch):
 
 def test_no_route_is_passthrough():
     d, req = decided("http://shop.example:8080/other?q=1")
-    assert (render.header_value(d), render.comment(d)) == ("passthrough", "condroute: no route, passthrough")
+    assert (render.header_value(d), render.comment(d)) == \
+        ("passthrough", "shop.example:8080/other → (no route) | passed through unchanged")
     assert render.final_url(d, req) == "http://shop.example:8080/other?q=1"
     assert render.final_path(d, req) == "/other?q=1"
     assert render.render_decision(RULES, d, req)[-2:] == [
@@ -178,6 +182,9 @@ def test_the_url_leaves_out_the_schemes_default_port():
 
 
 def test_render_does_not_import_the_engine_at_run_time():
+    # below the engine: its types for type checking only; at run time the CEL clause finder and the
+    # condition classes (what only `condroute explain` says: which clause of a policy failed)
     tree = ast.parse(Path(render.__file__).read_text())
     runtime = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    assert [n.module for n in runtime if isinstance(n, ast.ImportFrom)] == ["__future__", "typing", "httptext"]
+    assert [n.module for n in runtime if isinstance(n, ast.ImportFrom)] == \
+        ["__future__", "typing", "cel.clauses", "cel.policy", "conditions.base", "httptext"]

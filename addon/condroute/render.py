@@ -5,25 +5,34 @@ module turns a :class:`~condroute.engine.Decision` into what people and programs
 
 * :func:`header_value`   the X-Condroute debug header
 * :func:`outcome_text`   what became of the request; :func:`summary` is the log line
-* :func:`comment`        flow.comment (shown by mitmweb), with the backends skipped
+* :func:`comment`        flow.comment (shown by mitmweb): the decision first, then the backends skipped
 * :func:`error_body`     the body of condroute's own 400/502 answers
 * :func:`to_dict`        the decision as plain data (flow.metadata["condroute"])
 * :func:`decision_data`  ``to_dict`` plus what ``condroute explain`` shows (``--json``)
 * :func:`render_decision` the ``condroute explain`` table, one line per item
 
 It sits below the engine (floor F7): it only reads a decision's attributes, and imports the engine's
-types for type checking only.
+types for type checking only. What only ``condroute explain`` says (the client address and how it
+was found, which clause of a CEL policy failed) is computed here at explain time, never per request.
+
+Why this module is long: it is the one place for every text of a decision (log line, comment,
+header, answers, explain table, JSON), so that their wording stays consistent; each is short.
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
+from .cel.clauses import FailedClause, failed_clause
+from .cel.policy import CelCond
+from .conditions.base import AllCond, AnyCond
 from .httptext import authority
 
 if TYPE_CHECKING:
-    from .compile.runtime import Rules
+    from .compile.runtime import Route, Rules
+    from .conditions.base import Cond
     from .engine import Decision
     from .request import RequestView
 
@@ -67,13 +76,156 @@ def summary(d: Decision) -> str:
     return f"{d.request} -> {outcome_text(d)}"
 
 
+# -- flow.comment ---------------------------------------------------------------------------------
+# One line (rules-format "Seeing decisions"), led by the decision:
+#
+#     shop.example/cart → shop-ab-test/variant-b-by-header [header X-Ab-Test "B"] | to http://127.0.0.1:9002/cart (upstream variant-b)
+#
+# the original destination (host[:port]/path, no query), the arrow, ROUTE/BACKEND (or ROUTE alone when
+# no backend was selected, "(no route)" when none owns the request), the reason in brackets, then
+# " | " and the rest: where it went or who answered, the split, the backends skipped with why.
+# The arrow (U+2192) is written once and only there: the destination has no whitespace and no arrow
+# (escaped as %XX), names with whitespace, "/", '"', "\" or an arrow are JSON-quoted, and an arrow in
+# any later text is written "->". So ``~comment "→ ROUTE/BACKEND "`` selects exactly the flows sent
+# to that backend and ``~comment "→ ROUTE[/ ]"`` those of a route, whatever the names, reasons or
+# request (README: "Finding flows in mitmweb").
+ARROW = "→"
+NO_ROUTE = "(no route)"
+_QUOTE_NAME = re.compile(r'[\s/"\\→]')
+_names: dict[tuple[str | None, str | None], str] = {}
+
+
+def comment_name(name: str) -> str:
+    """A route or backend name as the comment writes it: as it is, or JSON-quoted (ASCII) when it
+    has whitespace, "/", '"', "\\", an arrow or anything unprintable, or is empty."""
+    if name and name.isprintable() and _QUOTE_NAME.search(name) is None:
+        return name
+    return json.dumps(name)
+
+
+def comment_target(route: str | None, backend: str | None) -> str:
+    """ROUTE/BACKEND, ROUTE, or "(no route)", as the comment writes it after the arrow (memoised:
+    a handful of names)."""
+    key = (route, backend)
+    t = _names.get(key)
+    if t is None:
+        t = NO_ROUTE if route is None else comment_name(route)
+        if route is not None and backend is not None:
+            t += "/" + comment_name(backend)
+        if len(_names) >= 4096:
+            _names.clear()
+        _names[key] = t
+    return t
+
+
+def _escape_dest(s: str) -> str:
+    out = []
+    for c in s:
+        if c.isprintable() and not c.isspace() and c != ARROW:
+            out.append(c)
+        else:
+            try:
+                b = c.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                b = b"?"
+            out.append("".join(f"%{x:02X}" for x in b))
+    return "".join(out)
+
+
+def comment_dest(req: RequestView | None) -> str:
+    """The original destination as the comment leads with it: host[:port]/path, no query string,
+    the port only when it is not the scheme's default; never whitespace or an arrow. (Per routed
+    request: httptext.authority written inline.)"""
+    if req is None:
+        return "?"
+    host = req.host
+    if ":" in host:
+        host = f"[{host}]"
+    port = req.dest_port
+    if port != (443 if req.scheme in ("https", "wss") else 80):
+        host = f"{host}:{port}"
+    s = host + (req.raw_path or req.path)
+    if s.isascii() and s.isprintable() and " " not in s:
+        return s
+    return _escape_dest(s)
+
+
+def _clean(s: str) -> str:
+    """A text in the comment after the decision: printable, one line, no arrow."""
+    if s.isprintable() and ARROW not in s:
+        return s
+    s = s.replace(ARROW, "->")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
+_cleaned: dict[str, str] = {}
+_held_texts: dict[str, str] = {}
+
+
+def _c(s: str, memo: dict[str, str] = _cleaned) -> str:
+    """:func:`_clean`, memoised: reasons and names repeat (the same string objects, whose hash is kept)."""
+    r = memo.get(s)
+    if r is None:
+        r = _clean(s[12:] if memo is _held_texts and s.startswith("when holds: ") else s)
+        if len(s) <= 1024:
+            if len(memo) >= 4096:
+                memo.clear()
+            memo[s] = r
+    return r
+
+
+def _held(why: str) -> str:
+    """A selected backend's reason as the comment's brackets show it ("when holds: " left out)."""
+    return _c(why, _held_texts)
+
+
 def comment(d: Decision) -> str:
-    """One line for flow.comment (shown by mitmweb)."""
-    s = "condroute: " + outcome_text(d)
-    skipped = [f"{b}: {why}" for b, held, why, _ in d.trail if not held]
-    if skipped:
-        s += " | skipped " + "; ".join(skipped)
-    return s
+    """flow.comment: one line led by the decision (see above). Built for every routed request, so
+    written for speed: the texts that repeat (names, reasons) are cleaned once (memoised lookups
+    inline), the request's own destination and path checked with the fast string methods."""
+    o = d.outcome
+    trail = d.trail
+    status = d.status
+    cleaned = _cleaned.get
+    if o == "routed":
+        up = d.upstream_obj
+        path = d.path or "/"
+        if "?" in path:
+            path = path.partition("?")[0]
+        if not (path.isascii() and path.isprintable()):
+            path = _escape_dest(path)
+        if up is None:
+            rest = f" | to {d.scheme}://{authority(d.scheme or '', d.host or '', d.port)}{path} (original destination)"
+        elif up.name == up.url:
+            rest = f" | to {up.origin}{path}"
+        else:
+            rest = f" | to {up.origin}{path} (upstream {cleaned(up.name) or _c(up.name)})"
+        if d.split:
+            rest += f" | split {_c(d.split)}"
+        why = trail[-1][2] if trail else ""
+        rest = f" [{_held_texts.get(why) or _held(why)}]{rest}"
+    elif o == "respond":
+        why = trail[-1][2] if trail else ""
+        rest = f" [{_held_texts.get(why) or _held(why)}] | condroute answered {status}"
+    elif o == "no_match":
+        rest = " [no backend holds] | " + (f"condroute answered {status}" if status else "passed through unchanged")
+    elif o == "unavailable":
+        rest = f" [no upstream available] | condroute answered {status}"
+    elif o == "bad_request":
+        rest = f" [refused: {_c(d.reason or '')}] | condroute answered {status}"
+    else:
+        rest = " | passed through unchanged"
+    if len(trail) > 1 or (trail and not trail[0][1]):
+        skipped = [f"{cleaned(b) or _c(b)}: {cleaned(why) or _c(why)}" for b, held, why, _ in trail if not held]
+        if skipped:
+            rest += " | skipped " + "; ".join(skipped)
+    target = _names.get((d.route, d.backend)) or comment_target(d.route, d.backend)
+    return f"{comment_dest(d._req)} {ARROW} {target}{rest}"
+
+
+def internal_error_comment(req: RequestView | None) -> str:
+    """flow.comment when deciding failed with an internal error (condroute answers 502)."""
+    return f"{comment_dest(req)} {ARROW} {NO_ROUTE} [internal error while routing] | condroute answered 502"
 
 
 # -- condroute's own answers ---------------------------------------------------------------------
@@ -154,10 +306,99 @@ def not_tried(rules: Rules, d: Decision) -> list[str]:
     return [b.name for b in route.backends if b.name not in tried]
 
 
+# -- what only explain says (never computed per request) -----------------------------------------
+def cond_clause(cond: Cond | None, req: RequestView, rules: Rules) -> FailedClause | None:
+    """When ``cond`` fails because of a ``cel:`` policy that is a top-level ``&&`` chain, its first
+    false clause (evaluated again, clause by clause: ``condroute explain`` only)."""
+    if cond is None:
+        return None
+    if isinstance(cond, CelCond):
+        return failed_clause(cond.policy, req, rules)
+    if isinstance(cond, AllCond):       # the first part that fails is the one the reason names
+        for p in cond.parts:
+            if p.fail(req, rules) is not None:
+                return cond_clause(p, req, rules)
+    elif isinstance(cond, AnyCond):     # every part failed: the first CEL one explained
+        for p in cond.parts:
+            fc = cond_clause(p, req, rules)
+            if fc is not None:
+                return fc
+    return None
+
+
+def backend_clause(rules: Rules, d: Decision, req: RequestView, backend: str) -> FailedClause | None:
+    route = next((r for r in rules.routes if r.name == d.route), None)
+    b = next((b for b in route.backends if b.name == backend), None) if route is not None else None
+    return cond_clause(b.when, req, rules) if b is not None else None
+
+
+def route_clause(route: Route, why: str, req: RequestView, rules: Rules) -> FailedClause | None:
+    """The failed clause of a route whose ``match`` conditions did not hold (with the route's own
+    path parameters, as when it was tried)."""
+    if route.cond is None:
+        return None
+    saved = req.params, req.rest
+    try:
+        if route.path is not None:
+            params = route.path.match(req.path)
+            if params is None:
+                return None
+            req.rest = params.pop("rest", None)
+            req.params = params
+        else:
+            req.params, req.rest = {}, None
+        if route.cond.fail(req, rules) != why:
+            return None
+        return cond_clause(route.cond, req, rules)
+    finally:
+        req.params, req.rest = saved
+
+
+def with_clause(why: str, fc: FailedClause | None) -> str:
+    """A reason with the failed clause named: 'cel `a && b` is false at clause 2 of 2: b', or, when
+    no clause is false but one could not be evaluated, '... could not be evaluated: ... (clause 2
+    of 2: b)'."""
+    if fc is None:
+        return why
+    at = f"clause {fc.index} of {fc.count}: {fc.shown}"
+    i = why.find("` is false")
+    if fc.false and i >= 0:
+        i += len("` is false")
+        return f"{why[:i]} at {at}{why[i:]}"
+    return f"{why} ({at})"
+
+
+def client_text(rules: Rules, req: RequestView) -> str | None:
+    """The explain table's client line, when the request carries X-Forwarded-For or X-Real-IP: the
+    address the rules see and why ("127.0.0.1 (X-Forwarded-For ignored: 127.0.0.1 is not a trusted
+    proxy)"); None otherwise."""
+    if not (req.header("x-forwarded-for") or req.header("x-real-ip")):
+        return None
+    ip, how = req.client_explained(rules.settings.trusted_proxies)
+    if ip is None:
+        return how
+    return f"{ip} ({how})"
+
+
 def decision_data(rules: Rules, d: Decision, req: RequestView) -> dict[str, Any]:
     """The decision as plain data: :func:`to_dict` plus what the human table shows."""
     out: dict[str, Any] = {"request": d.request}
     out.update(to_dict(d))
+    if d.routes_passed:
+        routes = {r.name: r for r in rules.routes}
+        for item in out["routes_passed"]:
+            r = routes.get(item["route"])
+            fc = route_clause(r, item["reason"], req, rules) if r is not None else None
+            if fc is not None:
+                item["clause"] = fc.to_dict()
+    for a in out["attempts"]:
+        if not a["held"]:
+            fc = backend_clause(rules, d, req, a["backend"])
+            if fc is not None:
+                a["clause"] = fc.to_dict()
+    if req.header("x-forwarded-for") or req.header("x-real-ip"):
+        ip, how = req.client_explained(rules.settings.trusted_proxies)
+        out["client"] = {"ip": None if ip is None else str(ip), "how": how}
     out["final_url"] = final_url(d, req)
     if d.outcome == "routed":
         out["host_header"] = d.host_header if d.host_header is not None else req.header_map.get("host", [None])[0]
@@ -191,8 +432,13 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
     """The ``condroute explain`` table: one line per item, marks as stdout can print them."""
     ok, no, dot = _stdout_marks()
     lines = [_row("request", d.request)]
-    for name, why in d.routes_passed:
-        lines.append(_row("passed", f"{name}: {why}"))
+    client = client_text(rules, req)
+    if client is not None:
+        lines.append(_row("client", client))
+    routes = {r.name: r for r in rules.routes} if d.routes_passed else {}
+    for name, why in d.routes_passed:   # "no match": the route does not own the request
+        r = routes.get(name)
+        lines.append(_row("no match", f"{name}: {with_clause(why, route_clause(r, why, req, rules) if r else None)}"))
     if d.route is None:
         lines.append(_row("route", "none: passthrough, the request goes on unchanged"))
         lines.append(_row("url", original_url(req)))
@@ -205,7 +451,8 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
     names = [a.backend for a in d.attempts] + not_tried(rules, d)
     width = max((len(n) for n in names), default=0)
     for a in d.attempts:
-        lines.append(_row("backend", f"{ok if a.held else no} {a.backend:<{width}}  {a.reason}"))
+        why = a.reason if a.held else with_clause(a.reason, backend_clause(rules, d, req, a.backend))
+        lines.append(_row("backend", f"{ok if a.held else no} {a.backend:<{width}}  {why}"))
     for n in not_tried(rules, d):
         lines.append(_row("backend", f"{dot} {n:<{width}}  not tried: an earlier backend was selected"))
     if d.outcome == "bad_request":   # the selected backend's path template would climb out
@@ -297,6 +544,11 @@ def timeout_error(d: Decision, timeout: float) -> str:
 def timeout_header(d: Decision, timeout: float) -> str:
     """The X-Condroute debug header of condroute's 504."""
     return f"{d.route}/{d.backend} -> {d.upstream} (timeout {timeout:g}s: 504)"
+
+
+def error_comment(error: str) -> str:
+    """What is added to a routed flow's comment when it failed (mitmproxy's error message)."""
+    return "failed: " + _clean(error)
 
 
 def timeout_comment(d: Decision, phase: str, timeout: float, sent: bool) -> str:

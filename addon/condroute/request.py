@@ -6,6 +6,7 @@ import re
 from typing import Any, Iterable, Sequence
 from urllib.parse import unquote_plus, urlsplit
 
+from .httptext import authority
 from .redact import redact_query_string   # secret-named parameters (access_token=...) are not shown in logs
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -288,8 +289,28 @@ class RequestView:
         return ip
 
     def describe(self) -> str:
+        """"METHOD URL" for log lines and ``condroute explain`` (not computed per request otherwise):
+        the port the client asked for unless it is the scheme's default, an IPv6 host in brackets,
+        secret-named query parameters redacted."""
         q = f"?{redact_query_string(self.query_string)}" if self.query_string else ""
-        return f"{self.method} {self.scheme}://{self.host}{self.path}{q}"
+        return f"{self.method} {self.scheme}://{authority(self.scheme, self.host, self.dest_port)}{self.path}{q}"
+
+    def client_explained(self, trusted: Sequence[IPNet]) -> tuple[IPAddr | None, str]:
+        """For ``condroute explain`` only: the client address (as :meth:`client_ip` finds it) and
+        how it was found, e.g. ``"X-Forwarded-For ignored: 127.0.0.1 is not a trusted proxy"``."""
+        ip = self.client_ip(trusted)
+        fwd = "X-Forwarded-For" if self.header("x-forwarded-for") else "X-Real-IP" if self.header("x-real-ip") else None
+        peer = self.peer_ip
+        if fwd is None:
+            return ip, "the peer address" if ip is not None else "unknown: no peer address"
+        if peer is None:
+            return ip, f"unknown: {fwd} ignored: the peer address is unknown (give the proxy's peer with --client-ip)"
+        if not in_networks(peer, trusted):
+            why = f"{fwd} ignored: {ip_text(peer)} is not a trusted proxy"
+            return ip, why + ("; settings.trusted_proxies is empty" if not trusted else "")
+        if ip == peer:
+            return ip, f"{ip_text(peer)} is a trusted proxy, but {fwd} gives no other usable client address"
+        return ip, f"from {fwd}: the peer {ip_text(peer)} is a trusted proxy"
 
     @property
     def dest_port(self) -> int:

@@ -2,6 +2,7 @@
 
 Imports go one way, top to bottom:
 
+- :mod:`.clauses`    which clause of a false ``&&`` policy failed (``condroute explain`` only)
 - :mod:`.policy`     a compiled policy (inputs read, result cache, evaluation), ``compile_policy``
                      and the ``cel:`` condition of a rules file (``compile_cel_condition``)
 - :mod:`.check`      the checker: located load errors, and exactly which inputs an expression reads

@@ -17,7 +17,9 @@ and enforces ``retries`` and ``timeout`` with what mitmproxy (11 and 12) offers 
   An open connection to the upstream proves it; so does one that succeeded in the last two seconds,
   except for backends with ``retries``. Steady traffic (open keep-alive connections) is never probed.
 * **Passive health** also comes from mitmproxy's own connections: ``server_connect_error`` marks an
-  address down, ``server_connected`` / ``server_disconnected`` keep count of open connections.
+  address down — only the address of an upstream of the live rules (``is_upstream``): a failure of
+  traffic condroute does not route (a passthrough whose host does not resolve) marks nothing and
+  logs no cool-down — and ``server_connected`` / ``server_disconnected`` keep count of open connections.
 * **Timeouts**: when a request with a ``timeout`` has been sent (the ``request`` hook; for streamed
   bodies, after the last byte) a timer starts. Until the response headers are complete the whole
   ``timeout`` applies; after them it is the longest the upstream may pause while sending the body
@@ -141,6 +143,9 @@ class Upstreams:
         self._warned_h2 = False
         self._tasks: set[asyncio.Task] = set()
         self._body: dict[str, tuple[int, float]] = {}   # flow id -> (body bytes seen, since when)
+        # the addresses of the live rules' upstreams (as Health keys them), for the rules object they
+        # came from: a failed connection marks an address down only when it is one of these
+        self._addresses: tuple[Any, frozenset[tuple[str, int]]] = (None, frozenset())
         # the decisions of flows with a timeout, while it may fire (held by the flow, weakly)
         self.decisions: weakref.WeakKeyDictionary[http.HTTPFlow, Decision] = weakref.WeakKeyDictionary()
 
@@ -240,6 +245,31 @@ class Upstreams:
         a = data.server.address
         return (str(a[0]), int(a[1])) if a else None
 
+    def _rules(self) -> Any:
+        """The live rules of the addon this is part of (``reroute`` is its bound ``route``)."""
+        return getattr(getattr(self.reroute, "__self__", None), "rules", None)
+
+    def is_upstream(self, host: str, port: int) -> bool:
+        """Is ``host:port`` the address of an upstream of the live rules (a named one, a URL written
+        in a backend, an arm of a split)? Only those are marked down: a connection that fails for
+        traffic condroute does not route (a passthrough to a name that does not resolve) says
+        nothing about an upstream, and logs no cool-down. Asked on connection errors only."""
+        rules = self._rules()
+        if rules is None:
+            return False
+        seen, keys = self._addresses
+        if seen is not rules:
+            ups = list(rules.upstreams.values())
+            for r in rules.routes:
+                for b in r.backends:
+                    if b.upstream is not None:
+                        ups.append(b.upstream)
+                    if b.split is not None:
+                        ups.extend(up for up, _ in b.split.arms)
+            keys = frozenset(Health._key(u.host, u.port) for u in ups)
+            self._addresses = (rules, keys)
+        return Health._key(host, port) in keys
+
     def server_connected(self, data: Any) -> None:
         a = self._addr(data)
         if a:
@@ -253,7 +283,7 @@ class Upstreams:
     def server_connect_error(self, data: Any) -> None:
         a = self._addr(data)
         # only a real attempt (an addon that refused the connection in server_connect is no upstream failure)
-        if a and data.server.error and data.server.timestamp_start is not None:
+        if a and data.server.error and data.server.timestamp_start is not None and self.is_upstream(*a):
             if self.health.mark_down(*a, str(data.server.error)):
                 log.warning(f"condroute: upstream {a[0]}:{a[1]} failed: {data.server.error}; passing it "
                             f"over for {self.health.cooldown:g}s")
@@ -295,6 +325,8 @@ class Upstreams:
         md = flow.metadata.get("condroute")
         if md is not None and flow.error is not None and "error" not in md:
             md["error"] = flow.error.msg
+            if flow.comment and "timed_out" not in md:      # (a timeout said it already)
+                flow.comment += " | " + render.error_comment(flow.error.msg)
 
     def _fire(self, ref: weakref.ref, flow_id: str, timeout: float) -> None:
         self.timers.pop(flow_id, None)
@@ -401,8 +433,7 @@ class Upstreams:
         md["timeout_reason"] = reason
         if not sent:
             md["header"] = render.timeout_header(d, timeout)
-        flow.comment = (flow.comment + " | " if flow.comment else "condroute: ") + \
-            render.timeout_comment(d, phase, timeout, sent)
+        flow.comment = f"{flow.comment or render.comment(d)} | {render.timeout_comment(d, phase, timeout, sent)}"
         request = f"{flow.request.method} {flow.request.pretty_url.split('?')[0]}"
         log.warning(f"condroute: {render.timeout_line(d, request, phase, timeout, sent)}")
 
