@@ -409,3 +409,17 @@ def test_when_chromium_cannot_be_installed_one_line_says_so_and_the_set_up_goes_
     assert lines[:-1] == ([INSTALLING] if works_at == 99 else [])
     assert calls == ([INSTALL, "update -q", INSTALL] if works_at == 99 else [])
     assert not browser.exists()
+
+
+def test_the_demo_command_says_what_is_wrong_in_one_line(rules_file, capsys):
+    assert demo.main(["--rules"]) == 2
+    assert demo.main(["--rules", "a.yaml", "b.yaml"]) == 2
+    assert demo.main(["variant-a=127.0.0.1"]) == 2
+    remote = rules_file("version: 1\nroutes: [{name: r, backends: [{name: b, upstream: 'http://api.example.com'}]}]\n")
+    assert demo.main([f"--rules={remote}"]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "demo: --rules takes one rules file, as in --rules rules/local-build.yaml"] * 2 + [
+        "demo: 'variant-a=127.0.0.1' is not NAME=HOST:PORT (as in variant-a=127.0.0.1:9001)",
+        f"demo: {remote} has no plain-HTTP upstream on this machine to stand in for"]
+    assert out == "upstream http://api.example.com is not on this machine: not stood in\n"

@@ -158,10 +158,11 @@ def plan_stand_ins(m: model.Rules) -> tuple[list[StandIn], list[str]]:
     notes: list[str] = []
     for up in upstreams_of(m):
         host = loopback_host(up.host)
+        label = up.name if up.name in (up.url, up.origin) else f"{up.name} ({up.origin})"
         if host is None:
-            notes.append(f"upstream {up.name} ({up.origin}) is not on this machine: not stood in")
+            notes.append(f"upstream {label} is not on this machine: not stood in")
         elif up.scheme != "http":
-            notes.append(f"upstream {up.name} ({up.origin}) is HTTPS: not stood in (a stand-in answers plain HTTP)")
+            notes.append(f"upstream {label} is HTTPS: not stood in (a stand-in answers plain HTTP)")
         else:
             names.setdefault((host, up.port), []).append(up.name)
     return [StandIn(tuple(n), h, p) for (h, p), n in names.items()], notes
@@ -263,18 +264,27 @@ def _parse_pairs(args: list[str]) -> list[StandIn] | str:
     return out
 
 
+def _rules_arg(args: list[str]) -> str | None:
+    """FILE, when the arguments are exactly ``--rules FILE`` or ``--rules=FILE``."""
+    if len(args) == 2 and args[0] == "--rules":
+        return args[1] or None
+    if len(args) == 1 and args[0].startswith("--rules="):
+        return args[0].partition("=")[2] or None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print(_USAGE, file=sys.stderr if not args else sys.stdout)
         return 2 if not args else 0
-    if args[0] == "--rules" or args[0].startswith("--rules="):
-        files = [args[0].partition("=")[2]] if "=" in args[0] else args[1:2]
-        if not files or not files[0] or len(args) != (1 if "=" in args[0] else 2):
-            print("demo: --rules takes one rules file", file=sys.stderr)
+    if args[0].startswith("--rules"):
+        file = _rules_arg(args)
+        if not file:
+            print("demo: --rules takes one rules file, as in --rules rules/local-build.yaml", file=sys.stderr)
             return 2
         try:
-            _, m = load_both(files[0])
+            _, m = load_both(file)
         except RulesError as e:
             for p in e.problems:
                 print(p, file=sys.stderr)
@@ -282,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         stand_ins, notes = plan_stand_ins(m)
         for n in notes:
             print(n, flush=True)
-        problems = stand_in_problems(stand_ins, files[0])
+        problems = stand_in_problems(stand_ins, file)
         if not stand_ins and not problems:
-            print(f"demo: {files[0]} has no plain-HTTP upstream on this machine to stand in for", file=sys.stderr)
+            print(f"demo: {file} has no plain-HTTP upstream on this machine to stand in for", file=sys.stderr)
             return 1
     else:
         parsed = _parse_pairs(args)
