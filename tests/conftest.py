@@ -80,7 +80,8 @@ def plain_mitmdump():
 # remembering a decorator.
 SLOW_FIXTURES = {"proxy", "plain_mitmdump", "echo"}
 SLOW_CALLS = ("Proxy(", "run_mitmdump_until_exit(", "MitmdumpForker(", "subprocess.", "DumpMaster(",
-              "start_echo(", "h2_request_via_proxy(", "mitmdump")
+              "start_echo(", "h2_request_via_proxy(", "mitmdump",
+              " cr(")    # test_cli: the installed console script, as a process
 
 
 @functools.lru_cache(maxsize=None)

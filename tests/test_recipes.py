@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import pytest
 import yaml
 
 from condroute.cli.main import main as condroute_main
-from helpers import ROOT, Proxy
+from helpers import Proxy, ROOT, free_port
 
 README = ROOT / "README.md"
 RECIPES = ROOT / "rules" / "recipes"
@@ -371,10 +370,6 @@ def test_recipe_runs_as_the_readme_shows(section, echo, tmp_path):
         proxy.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_recipes_demo_backends_start_as_the_readme_says():
@@ -384,7 +379,7 @@ def test_the_recipes_demo_backends_start_as_the_readme_says():
     assert len(starts) == 1, starts
     words = shlex.split(starts[0], comments=True)
     assert words[:3] == ["python", "-m", "condroute.cli.demo"], words
-    ports = {p: _free_port() for p in DEMO_PORTS}
+    ports = {p: free_port() for p in DEMO_PORTS}
     args = [_rewrite_ports(w, ports) for w in words[3:]]
     assert len(args) == len(DEMO_PORTS) and all(str(p) in " ".join(args) for p in ports.values()), args
     proc = subprocess.Popen([sys.executable, "-m", "condroute.cli.demo", *args], cwd=str(ROOT),

@@ -19,16 +19,12 @@ from pathlib import Path
 import pytest
 
 from condroute.cli import demo, run
-from helpers import ROOT, Proxy
+from helpers import Proxy, ROOT, free_port
 
 RUN = ROOT / "scripts" / "run"
 VENV = Path(sys.executable).parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import json
 import re
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +16,7 @@ import pytest
 
 from condroute.engine import choose_arm
 from condroute.rules import load_rules
-from helpers import logs_status
+from helpers import free_port, logs_status
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "krakend"
 
@@ -113,11 +112,6 @@ def servers():
         s.server_close()
 
 
-def closed_port() -> int:
-    """A local port nothing listens on: connections to it are refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- sticky split ------------------------------------------------------------------------------------
@@ -262,7 +256,7 @@ def test_krakend_geographic_routing(echo, proxy, tmp_path):
 # -- failover, retries, nothing left ------------------------------------------------------------------
 def test_dead_upstream_fails_over_to_the_fallback(echo, rules_file, proxy):
     fallback = echo("fallback")
-    dead = closed_port()
+    dead = free_port()
     rules = rules_file(f"""
         version: 1
         routes:
@@ -292,7 +286,7 @@ def test_dead_upstream_fails_over_to_the_fallback(echo, rules_file, proxy):
 
 def test_failover_of_a_streamed_upload(echo, rules_file, proxy):
     fallback = echo("fallback")
-    dead = closed_port()
+    dead = free_port()
     rules = rules_file(f"""
         version: 1
         routes:
@@ -311,7 +305,7 @@ def test_failover_of_a_streamed_upload(echo, rules_file, proxy):
 
 def test_post_is_tried_once_and_get_as_often_as_retries(echo, rules_file, proxy):
     fallback = echo("fallback")
-    dead1, dead2 = closed_port(), closed_port()
+    dead1, dead2 = free_port(), free_port()
     rules = rules_file(f"""
         version: 1
         routes:
@@ -335,7 +329,7 @@ def test_post_is_tried_once_and_get_as_often_as_retries(echo, rules_file, proxy)
 
 
 def test_nothing_can_serve_answers_502_naming_what_was_tried(rules_file, proxy):
-    dead1, dead2 = closed_port(), closed_port()
+    dead1, dead2 = free_port(), free_port()
     rules = rules_file(f"""
         version: 1
         routes:
@@ -387,7 +381,7 @@ def test_passive_health_learns_from_mitmproxys_own_failed_connection(servers, ec
 
 def test_an_upstream_that_comes_back_is_used_again_after_the_cool_down(echo, rules_file, proxy, servers):
     fallback = echo("fallback")
-    port = closed_port()
+    port = free_port()
     rules = rules_file(f"""
         version: 1
         routes:

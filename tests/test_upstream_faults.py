@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import read_head, serve_raw
+from helpers import free_port, read_head, serve_raw
 
 
 def _serve(handler) -> tuple[int, socket.socket]:
@@ -72,12 +72,6 @@ def bad_cert_https(tmp_path: Path):
     srv.close()
 
 
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_upstream_faults_give_clear_answers_and_the_proxy_keeps_serving(echo, rules_file, proxy,
@@ -91,7 +85,7 @@ def test_upstream_faults_give_clear_answers_and_the_proxy_keeps_serving(echo, ru
             backends:
               - {{name: reset, when: {{path: /reset}}, upstream: "{reset_midway}"}}
               - {{name: badtls, when: {{path: /tls}}, upstream: "{bad_cert_https}"}}
-              - {{name: refused, when: {{path: /refused}}, upstream: "http://127.0.0.1:{closed_port()}"}}
+              - {{name: refused, when: {{path: /refused}}, upstream: "http://127.0.0.1:{free_port()}"}}
               - {{name: fine, upstream: "{good}"}}
         """)
     p = proxy(rules)
