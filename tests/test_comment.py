@@ -229,3 +229,28 @@ def test_refused_and_internal_error():
 def test_names_are_quoted_only_when_they_must_be():
     assert [render.comment_name(n) for n in ("variant-b", "v1.2_x", "my backend", "a/b", 'q"', "", "x→y", "tab\t")] == \
         ["variant-b", "v1.2_x", '"my backend"', '"a/b"', '"q\\""', '""', '"x\\u2192y"', '"tab\\t"']
+
+
+async def test_a_routed_flow_that_fails_says_so_after_its_decision(tmp_path):
+    from mitmproxy.flow import Error
+    p = tmp_path / "rules.yaml"
+    p.write_text(textwrap.dedent(RULES))
+    addon = ConditionalRouting()
+    with taddons.context(Proxyserver(), addon) as tctx:
+        tctx.configure(addon, condroute_rules=str(p))
+        f = make_flow("http://shop.example/cart", {"X-Ab-Test": "B"})
+        addon.requestheaders(f)
+        f.error = Error(f"Connection refused {ARROW} twice\n")
+        addon.error(f)
+    assert f.comment == ('shop.example/cart → shop/variant-b-by-header [header X-Ab-Test "B"]'
+                         " | to http://127.0.0.1:9002/cart (upstream b) | failed: Connection refused -> twice\\n")
+    assert f.metadata["condroute"]["error"] == f"Connection refused {ARROW} twice\n"
+    assert selected({"f": f}, '~comment "→ shop/variant-b-by-header "') == {"f"}
+
+
+def test_a_dot_in_a_name_is_written_as_a_class():
+    f, g = tflow.tflow(), tflow.tflow()
+    f.comment, g.comment = "h/x → r/v1.2 [x]", "h/x → r/v1x2 [x]"
+    assert selected({"f": f, "g": g}, '~comment "→ r/v1[.]2 "') == {"f"}
+    assert selected({"f": f, "g": g}, '~comment "→ r/v1\\\\.2 "') == {"f"}
+    assert selected({"f": f, "g": g}, '~comment "→ r/v1.2 "') == {"f", "g"}
