@@ -50,7 +50,7 @@ def test_regular_mode_decides_on_the_absolute_form_target(echo, rules_file, prox
         status, buf = raw(p.port, b"GET http://localhost:%d/ HTTP/1.1\r\nHost: %s\r\nHost: %s\r\n"
                                   b"Connection: close\r\n\r\n" % (port, *hosts))
         assert status == 400 and b"two Host headers" in buf and b"backend" not in buf, buf
-    p.wait_for(r"condroute: GET http://localhost/ -> refused 400: two Host headers")
+    p.wait_for(rf"condroute: GET http://localhost:{port}/ -> refused 400: two Host headers")   # the port kept
 
 
 def test_https_tunnel_whose_requests_name_another_host_get_400(echo, rules_file, proxy, tmp_path: Path):
