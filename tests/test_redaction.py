@@ -17,6 +17,7 @@ from condroute.cli.main import main
 from condroute.engine import decide
 from condroute.explain import build_request
 from condroute.mitm.addon import ConditionalRouting
+from condroute import render
 from condroute.redact import redact_query_string, secret_name
 from condroute.rules import load_rules_text
 from test_addon import make_flow
@@ -159,3 +160,16 @@ def test_query_strings_are_redacted_by_name():
     assert redact_query_string("a=1&access_token=xyz&b=&token") == "a=1&access_token=<redacted>&b=&token"
     assert redact_query_string("acc%65ss_token=xyz") == "acc%65ss_token=<redacted>"     # decoded names too
     assert redact_query_string("page=2") == "page=2"
+
+
+def test_a_routed_requests_log_line_and_comment_redact_the_forwarded_query(tmp_path):
+    # the target URL carries the client's query string: its secret-named values are not logged
+    rules = load_rules_text("routes:\n  - name: r\n    backends: [{name: b, upstream: http://127.0.0.1:9001/base}]\n",
+                            str(tmp_path / "rules.yaml"))
+    d = decide(rules, build_request(URL))
+    assert d.url == f"http://127.0.0.1:9001/base/cart?access_token={QUERY_SECRET}&page=2"   # what is forwarded
+    line, comment = render.summary(d), render.comment(d)
+    assert "access_token=<redacted>&page=2" in line and "127.0.0.1:9001/base/cart" in line
+    assert_clean(line)
+    assert_clean(comment)
+    assert_clean(render.timeout_error(d, 2.0))

@@ -84,3 +84,11 @@ def redact_query_string(qs: str) -> str:
                 changed = True
         out.append(part)
     return "&".join(out) if changed else qs
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL with the values of secret-named query parameters replaced by ``<redacted>`` (log lines)."""
+    if not url or "?" not in url:
+        return url
+    base, _, qs = url.partition("?")
+    return f"{base}?{redact_query_string(qs)}"

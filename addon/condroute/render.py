@@ -29,6 +29,7 @@ from .cel.clauses import FailedClause, failed_clause
 from .cel.policy import CelCond
 from .conditions.base import AllCond, AnyCond
 from .httptext import authority
+from .redact import redact_url
 
 if TYPE_CHECKING:
     from .compile.runtime import Route, Rules
@@ -58,7 +59,7 @@ def header_value(d: Decision) -> str:
 def outcome_text(d: Decision) -> str:
     """What became of the request: the part of the log line after the request."""
     if d.outcome == "routed":
-        return f"{d.route}/{d.backend} -> {d.upstream} ({d.url})"
+        return f"{d.route}/{d.backend} -> {d.upstream} ({redact_url(d.url)})"
     if d.outcome == "respond":
         return f"{d.route}/{d.backend} -> respond {d.status}"
     if d.outcome == "no_match":
@@ -537,7 +538,7 @@ def timeout_body(d: Decision, timeout: float) -> str:
 
 def timeout_error(d: Decision, timeout: float) -> str:
     """The protocol error that ends a response whose body stalled."""
-    return (f"condroute: upstream {d.upstream} ({d.url}) stopped sending the response body for {timeout:g}s; "
+    return (f"condroute: upstream {d.upstream} ({redact_url(d.url)}) stopped sending the response body for {timeout:g}s; "
             f"route {d.route!r}, backend {d.backend!r}")
 
 
