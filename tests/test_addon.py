@@ -682,3 +682,18 @@ async def test_responseheaders_is_registered_only_while_it_has_work(harness, wri
         'upstream: "http://127.0.0.1:9001"', 'upstream: "http://127.0.0.1:9001", timeout: 2'), "timeouts.yaml"))
     assert harness.addon.rules.has_timeouts
     assert callable(harness.addon.responseheaders)
+
+
+async def test_an_internal_error_while_deciding_answers_502_and_says_so(harness, write, logs, monkeypatch):
+    import condroute.mitm.addon as addon_module
+
+    def broken(*a, **k):
+        raise KeyError("secret-value-from-the-request")
+
+    harness.configure(condroute_rules=write(RULES))
+    monkeypatch.setattr(addon_module, "decide", broken)
+    f = await harness.cycle(make_flow("http://shop.example:81/checkout/1"))
+    assert f.response is not None and f.response.status_code == 502
+    assert f.comment == "shop.example:81/checkout/1 → (no route) [internal error while routing] | condroute answered 502"
+    errors = messages(logs, logging.ERROR)
+    assert errors == ["condroute: internal error while deciding for GET http://shop.example:81/checkout/1: KeyError"]

@@ -78,11 +78,8 @@ def test_fast_view_equals_the_public_one(fields, version, authority, path, metho
     assert tuple(fast.headers) == tuple(slow.headers)
     if fast.bad_host is not None:
         return
-    # (Known, reported to the lead: in reverse mode an HTTP/1 absolute-form request's host is read
-    # from its target, but FlowView.dest_port reads the port from the Host header. Left out here
-    # until view.py reads both from the same authority.)
-    if not (mode.startswith("reverse") and authority and version == b"HTTP/1.1"):
-        assert fast.describe() == slow.describe()
+    assert fast.describe() == slow.describe()     # (the port too: in reverse mode, from where the host came)
+    assert fast.dest_port == slow.dest_port
     a, b = decide(RULES, fast), decide(RULES, public_view(f))
     assert (a.outcome, a.route, a.backend, a.url, a.trail) == (b.outcome, b.route, b.backend, b.url, b.trail)
 

@@ -170,6 +170,7 @@ class ConditionalRouting(Commands, LiveRules):
             if self.status.host and flow.request.pretty_host.lower() == self.status.host:
                 self._status_flow(flow)
             return
+        view = None
         try:
             view = request_view(flow)
             if view.host == self.status.host and view.host:
@@ -191,6 +192,7 @@ class ConditionalRouting(Commands, LiveRules):
                                           "answer": {"status": 502, "headers": {},
                                                      "body": "condroute: internal error while routing\n"}}
             flow.request.stream = False
+            flow.comment = render.internal_error_comment(view)
             return
         self.status.record(d)
         if d.route is None and d.status is None:

@@ -124,6 +124,7 @@ class FlowView(RequestView):
     bad_host: str | None = None     # why the request gets 400 (Host headers that lie about the target)
     fix_host: bytes | None = None   # the Host header an absolute-form request must carry (RFC 9112 §3.2.2)
     reverse_default_port: int | None = None   # reverse mode: the port the client's connection implies
+    asked_authority: bytes | None = None      # reverse mode: the authority the host was read from
 
     @property
     def dest_port(self) -> int:  # type: ignore[override]
@@ -132,7 +133,8 @@ class FlowView(RequestView):
         default = self.reverse_default_port
         if default is None:
             return self.port
-        return authority_port(authority_text(self.authority), default) if self.authority else default
+        asked = self.asked_authority
+        return authority_port(authority_text(asked), default) if asked else default
 
     @lazy
     def headers(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
@@ -205,6 +207,7 @@ def request_view(flow: http.HTTPFlow) -> FlowView:
             v.bad_host = ":authority and Host name different hosts"
         v.host = host_of(au) if au else header_host(hh) if hh else host_name(data.host)
         v.reverse_default_port = 443 if conn.tls_established else 80
+        v.asked_authority = au or hh      # the port comes from where the host came from
     else:
         host = v.host = host_name(data.host)
         target = flow.server_conn.address   # the tunnel's (or transparent/reverse) target; None for absolute-form
