@@ -55,7 +55,7 @@ class ConditionalRouting(Commands, LiveRules):
         # retries, failover, passive health, timeouts. Called from this addon's own hooks rather than
         # registered as a sub-addon: mitmproxy walks an addon's children and dispatches each hook for
         # every event, which cost more per request than condroute's whole decision (callgrind).
-        self.upstreams = Upstreams(self.route)
+        self.upstreams = Upstreams(self.route, lambda: self.rules)
         self.status = Status(self, self.upstreams)
 
     # -- options (their types and checks: options.py) -------------------------------------------

@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 from ..httptext import parse_seconds
 from . import compat
+from .health import DEFAULT_COOLDOWN
+from .upstreams import DEFAULT_CONNECT_TIMEOUT
 
 log = logging.getLogger("condroute")
 
@@ -95,10 +97,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            choices=LOG_LEVELS),
     Option("condroute_reload_interval", str, "1",
            "condroute: seconds between checks of the rules file for changes; 0 = do not watch.", seconds=True),
-    Option("condroute_cooldown", str, "5",
+    Option("condroute_cooldown", str, f"{DEFAULT_COOLDOWN:g}",
            "condroute: seconds an upstream that refused a connection is passed over "
            "(its backends are skipped, the next one or the fallback serves).", seconds=True),
-    Option("condroute_connect_timeout", str, "3",
+    Option("condroute_connect_timeout", str, f"{DEFAULT_CONNECT_TIMEOUT:g}",
            "condroute: seconds to wait for an unproven upstream to accept a connection.", seconds=True),
     Option("condroute_status_host", str, "condroute.mitm.it",
            "condroute: the host of the status page answered by the proxy itself (http://HOST/ and "

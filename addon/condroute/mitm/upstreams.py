@@ -63,7 +63,7 @@ from ..engine import Decision
 from ..httptext import IDEMPOTENT, parse_seconds
 from ..render import timeout_reason
 from . import compat
-from .health import DEFAULT_COOLDOWN, Health
+from .health import Health
 
 __all__ = ["Upstreams", "describe_connect_error", "parse_seconds", "record_timeout", "tcp_probe", "timeout_reason"]
 
@@ -133,8 +133,9 @@ class Upstreams:
     mitmproxy's hook names and signatures): see the module docstring. ``reroute(flow)`` decides
     for a flow again, once its upstream has been marked down (ConditionalRouting.route)."""
 
-    def __init__(self, reroute: Reroute):
+    def __init__(self, reroute: Reroute, live_rules: Callable[[], Any] = lambda: None):
         self.reroute = reroute
+        self.live_rules = live_rules      # the rules in force (their upstreams' addresses: is_upstream)
         self.health = Health()
         self.connect_timeout = DEFAULT_CONNECT_TIMEOUT
         self.probe = tcp_probe            # replaceable in tests
@@ -148,24 +149,6 @@ class Upstreams:
         self._addresses: tuple[Any, frozenset[tuple[str, int]]] = (None, frozenset())
         # the decisions of flows with a timeout, while it may fire (held by the flow, weakly)
         self.decisions: weakref.WeakKeyDictionary[http.HTTPFlow, Decision] = weakref.WeakKeyDictionary()
-
-    # -- options --------------------------------------------------------------------------------
-    def load(self, loader: Any) -> None:
-        loader.add_option("condroute_cooldown", str, f"{DEFAULT_COOLDOWN:g}",
-                          "condroute: seconds an upstream that refused a connection is passed over "
-                          "(its backends are skipped, the next one or the fallback serves).")
-        loader.add_option("condroute_connect_timeout", str, f"{DEFAULT_CONNECT_TIMEOUT:g}",
-                          "condroute: seconds to wait for an unproven upstream to accept a connection.")
-
-    def configure(self, updated: set[str]) -> None:
-        try:
-            if "condroute_cooldown" in updated:
-                self.health.cooldown = parse_seconds("condroute_cooldown", ctx.options.condroute_cooldown)
-            if "condroute_connect_timeout" in updated:
-                t = parse_seconds("condroute_connect_timeout", ctx.options.condroute_connect_timeout)
-                self.connect_timeout = t or DEFAULT_CONNECT_TIMEOUT
-        except ValueError as e:
-            log.error(f"condroute: {e}")
 
     # -- helpers --------------------------------------------------------------------------------
     @staticmethod
@@ -245,16 +228,12 @@ class Upstreams:
         a = data.server.address
         return (str(a[0]), int(a[1])) if a else None
 
-    def _rules(self) -> Any:
-        """The live rules of the addon this is part of (``reroute`` is its bound ``route``)."""
-        return getattr(getattr(self.reroute, "__self__", None), "rules", None)
-
     def is_upstream(self, host: str, port: int) -> bool:
         """Is ``host:port`` the address of an upstream of the live rules (a named one, a URL written
         in a backend, an arm of a split)? Only those are marked down: a connection that fails for
         traffic condroute does not route (a passthrough to a name that does not resolve) says
         nothing about an upstream, and logs no cool-down. Asked on connection errors only."""
-        rules = self._rules()
+        rules = self.live_rules()
         if rules is None:
             return False
         seen, keys = self._addresses
