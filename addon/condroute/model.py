@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from .httptext import authority
 from .node import Y
@@ -170,3 +170,17 @@ class Rules:
     routes: tuple[Route, ...]
     source_format: str = "condroute"           # condroute | krakend
     warnings: tuple = ()
+
+
+def every_upstream(rules: Any) -> list[Upstream]:
+    """Every upstream ``rules`` can send to (the model's, or the compiled rules', which have the same
+    shape): the named ones, then URLs written in backends and the arms of splits, in that order,
+    repeats included."""
+    found = list(rules.upstreams.values())
+    for r in rules.routes:
+        for b in r.backends:
+            if b.upstream is not None:
+                found.append(b.upstream)
+            if b.split is not None:
+                found.extend(up for up, _ in b.split.arms)
+    return found

@@ -128,14 +128,7 @@ def upstreams_of(m: model.Rules) -> list[model.Upstream]:
     """Every upstream the file can send to: the named ones, then URLs written in backends and the
     arms of splits; each once."""
     seen: dict[tuple[str, str, str, int], model.Upstream] = {}
-    found = list(m.upstreams.values())
-    for r in m.routes:
-        for b in r.backends:
-            if b.upstream is not None:
-                found.append(b.upstream)
-            if b.split is not None:
-                found.extend(up for up, _ in b.split.arms)
-    for up in found:
+    for up in model.every_upstream(m):
         seen.setdefault((up.name, up.scheme, up.host.lower(), up.port), up)
     return list(seen.values())
 

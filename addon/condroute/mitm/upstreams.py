@@ -61,6 +61,7 @@ from mitmproxy import ctx, http
 from .. import render
 from ..engine import Decision
 from ..httptext import IDEMPOTENT, parse_seconds
+from ..model import every_upstream
 from ..render import timeout_reason
 from . import compat
 from .health import Health
@@ -238,14 +239,7 @@ class Upstreams:
             return False
         seen, keys = self._addresses
         if seen is not rules:
-            ups = list(rules.upstreams.values())
-            for r in rules.routes:
-                for b in r.backends:
-                    if b.upstream is not None:
-                        ups.append(b.upstream)
-                    if b.split is not None:
-                        ups.extend(up for up, _ in b.split.arms)
-            keys = frozenset(Health._key(u.host, u.port) for u in ups)
+            keys = frozenset(Health._key(u.host, u.port) for u in every_upstream(rules))
             self._addresses = (rules, keys)
         return Health._key(host, port) in keys
 
