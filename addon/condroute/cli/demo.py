@@ -124,6 +124,16 @@ def load_both(path: str) -> tuple[Rules, model.Rules]:
     return rules, load_model(root, CompileCtx(path, text))
 
 
+def load_or_report(path: str) -> tuple[Rules, model.Rules] | None:
+    """load_both(), or None after printing the file's located problems to stderr."""
+    try:
+        return load_both(path)
+    except RulesError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        return None
+
+
 def upstreams_of(m: model.Rules) -> list[model.Upstream]:
     """Every upstream the file can send to: the named ones, then URLs written in backends and the
     arms of splits; each once."""
@@ -276,12 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         if not file:
             print("demo: --rules takes one rules file, as in --rules rules/local-build.yaml", file=sys.stderr)
             return 2
-        try:
-            _, m = load_both(file)
-        except RulesError as e:
-            for p in e.problems:
-                print(p, file=sys.stderr)
+        loaded = load_or_report(file)
+        if loaded is None:
             return 1
+        m = loaded[1]
         stand_ins, notes = plan_stand_ins(m)
         for n in notes:
             print(n, flush=True)

@@ -26,10 +26,9 @@ from urllib.parse import quote, urlsplit
 
 from .. import model
 from ..engine import decide
-from ..errors import RulesError
 from ..explain import build_request
 from ..node import Y
-from .demo import StandIn, load_both, plan_stand_ins, port_problem, start_stand_ins, stand_in_problems
+from .demo import StandIn, load_or_report, plan_stand_ins, port_problem, start_stand_ins, stand_in_problems
 
 ROOT = Path(__file__).resolve().parents[3]
 ADDON = ROOT / "addon" / "conditional_routing.py"
@@ -324,12 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     rules_file = o.rules or _shown(str(EXAMPLE))
     if not os.path.isfile(rules_file):
         return _fail([f"no such rules file: {rules_file}"], 2)
-    try:
-        rules, m = load_both(rules_file)
-    except RulesError as e:
-        for p in e.problems:
-            print(p, file=sys.stderr)
+    loaded = load_or_report(rules_file)
+    if loaded is None:
         return 1
+    rules, m = loaded
     demo = o.demo if o.demo is not None else Path(rules_file).resolve() == EXAMPLE
     local, notes = plan_stand_ins(m)
     problems = _port_problems(o, rules_file, local if demo else [])

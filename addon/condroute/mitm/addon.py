@@ -20,7 +20,7 @@ from . import compat, options
 from .compat import set_host_header
 from .commands import Commands
 from .flows import restore_request
-from .reload import LiveRules, file_signature, load_version
+from .reload import LiveRules
 from .status import Status
 from .upstreams import DEFAULT_CONNECT_TIMEOUT, Upstreams
 from .view import H2_H3, FlowView, host_header_text, request_view
@@ -137,11 +137,7 @@ class ConditionalRouting(Commands, LiveRules):
             return     # the value rolled back after a rejected change, or set again: `condroute.reload` reloads
         # synchronously: at start-up mitmdump must exit with status 1 on a bad file; at run time a
         # bad file must be refused (OptionsError) before anything changes
-        got = load_version(path)
-        if got.error is not None:
-            raise got.error
-        assert got.rules is not None and got.read is not None
-        self._install(got.rules, path, file_signature(got.read, got.read_at), "loaded")
+        self.load_now(path, "loaded")
 
     def _warn_reverse_host(self) -> None:
         rules = self.rules

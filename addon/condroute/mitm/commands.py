@@ -25,9 +25,9 @@ from mitmproxy import command, exceptions, flow, http
 from .. import render
 from ..compile.switches import UnknownSwitch, resolve, switched
 from ..engine import decide
+from ..errors import RulesError
 from ..rules import Rules
 from .flows import flow_request
-from .reload import file_signature, load_version
 
 log = logging.getLogger("condroute")
 
@@ -74,14 +74,12 @@ class Commands:
         """Load the rules file again now; a file that does not load is refused and the rules stay."""
         if not self.path:
             raise exceptions.CommandError("no rules file is set (condroute_rules)")
-        got = load_version(self.path)
-        if got.error is not None:
-            self.last_error = str(got.error)
-            log.error(f"condroute: condroute.reload: the rules file does not load; keeping the last good rules:\n"
-                      f"{got.error}")
-            raise exceptions.CommandError(str(got.error))
-        assert got.rules is not None and got.read is not None
-        self._install(got.rules, self.path, file_signature(got.read, got.read_at), "reloaded")  # type: ignore[attr-defined]
+        try:
+            self.load_now(self.path, "reloaded")  # type: ignore[attr-defined]
+        except RulesError as e:
+            self.last_error = str(e)
+            log.error(f"condroute: condroute.reload: the rules file does not load; keeping the last good rules:\n{e}")
+            raise exceptions.CommandError(str(e)) from None
 
     # -- status ------------------------------------------------------------------------------------
     @command.command("condroute.status")

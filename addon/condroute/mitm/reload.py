@@ -160,6 +160,15 @@ class LiveRules:
         for w in rules.warnings:
             log.warning(f"condroute: warning: {w}")
 
+    def load_now(self, path: str, verb: str) -> None:
+        """Load ``path`` in this thread and put it in force; RulesError (nothing changes) when it does
+        not load. For start-up, a changed option and ``condroute.reload``; the watcher loads in a thread."""
+        got = load_version(path)
+        if got.error is not None:
+            raise got.error
+        assert got.rules is not None and got.read is not None
+        self._install(got.rules, path, file_signature(got.read, got.read_at), verb)
+
     # -- hot reload -----------------------------------------------------------------------------
     def running(self) -> None:
         self._running = True
