@@ -56,12 +56,55 @@ class Respond:
 
 @dataclass(frozen=True)
 class Split:
-    """A sticky weighted choice among upstreams."""
-    by: str                    # as written: "cookie:uid"
-    kind: str                  # cookie | header | query | jwt | client_ip
+    """A sticky weighted choice among upstreams, or (``kind="random"``, an imported gateway's
+    weighted backends) a fresh weighted draw per request."""
+    by: str                    # as written: "cookie:uid"; "random" for kind random
+    kind: str                  # cookie | header | query | jwt | client_ip | random
     key: str                   # the name after the colon (lower-case for a header)
     arms: tuple[tuple[Upstream, float], ...]
     salt: str
+
+
+@dataclass(frozen=True)
+class PathRewrite:
+    """An imported gateway's path rewrite, applied to the request path (no query) instead of a
+    template.
+
+    - ``kind="segments"`` (Gateway API ``ReplacePrefixMatch``): ``prefix`` (without a trailing
+      ``/``) is the matched PathPrefix, replaced element by element by ``value``
+      (``/foo`` → ``/xyz``: ``/foo/bar`` → ``/xyz/bar``, ``/foo`` → ``/xyz``, ``""`` → ``/bar``);
+    - ``kind="prefix"`` (Istio ``rewrite.uri``): the first ``len(prefix)`` characters (the
+      matched uri prefix) become ``value``, character by character as Envoy's prefix_rewrite;
+    - ``kind="full"``: the whole path becomes ``value``;
+    - ``kind="regex"`` (Istio ``uriRegexRewrite``): every match of ``pattern`` (RE2) is
+      replaced by ``value`` (``\\1`` for groups)."""
+    kind: str
+    value: str
+    prefix: str = ""
+    pattern: str = ""
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Answer with a redirect instead of forwarding (Gateway API RequestRedirect, Istio redirect).
+    Each part left None keeps the request's. ``port``: a number, or None with ``port_from`` saying
+    where it comes from: ``"request"`` (the port the client asked for), ``"scheme"`` (the
+    scheme's default). ``Location`` leaves out :80 for http and :443 for https. The query string
+    is kept."""
+    status: int = 302
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    port_from: str = "request"
+    path: PathRewrite | None = None
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A copy of the request also sent to ``upstream`` for ``percent`` % of requests; its answer
+    is discarded (Gateway API RequestMirror, Istio mirror)."""
+    upstream: Upstream
+    percent: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +174,12 @@ class Backend:
     respond: Respond | None = None
     timeout: float | None = None
     retries: int = 0
+    # written by importers (HTTPRoute, VirtualService, KrakenD); not in the rules format yet
+    add_headers: tuple[tuple[str, str], ...] = ()   # appended after remove and set (a gateway's `add`)
+    host_rewrite: str | None = None            # the Host sent upstream (URLRewrite hostname, rewrite.authority)
+    rewrite: PathRewrite | None = None         # instead of ``path``
+    redirect: Redirect | None = None           # answer with a redirect instead of forwarding
+    mirrors: tuple[Mirror, ...] = ()
 
     @property
     def unconditional(self) -> bool:
@@ -146,6 +195,8 @@ class Route:
     path: RoutePath | None = None
     conditions: Y | None = None                # match's condition keys (header, cel, ...), as written
     backends: tuple[Backend, ...] = ()         # in file order, fallback included
+    file: str = ""                             # the file it was written in, when not the rules file (an import)
+    origin: str = ""                           # an imported rule's source: "httproute header-matching, rule 3 (routes.yaml:27)"
 
     @property
     def fallback(self) -> Backend | None:
@@ -168,7 +219,7 @@ class Rules:
     upstreams: dict[str, Upstream]
     settings: Settings
     routes: tuple[Route, ...]
-    source_format: str = "condroute"           # condroute | krakend
+    source_format: str = "condroute"           # condroute | krakend | kubernetes
     warnings: tuple = ()
 
 
@@ -183,4 +234,5 @@ def every_upstream(rules: Any) -> list[Upstream]:
                 found.append(b.upstream)
             if b.split is not None:
                 found.extend(up for up, _ in b.split.arms)
+            found.extend(m.upstream for m in b.mirrors)
     return found
