@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Problem, RulesError
 from .yamlpos import Y
+
+
+@dataclass(frozen=True)
+class Importer:
+    """Who imports a file: its path and its model Settings (``settings.jwt`` there supplies the
+    keys an imported KrakenD ``auth/validator`` cannot fetch offline)."""
+    file: str
+    settings: Any
 
 
 class CompileCtx:
@@ -29,6 +38,19 @@ class CompileCtx:
         # identical compiled parts (a matcher, a condition, a set of methods) are built once and
         # shared: generated files repeat them thousands of times (a 10,000-route file: ~20 MB)
         self.shared: dict[Any, Any] = {}
+        # set on the context of an imported file (``imports:``): the importing file's path and its
+        # model Settings; its upstreams are this context's (shared), so service names and KrakenD
+        # hosts resolve through them
+        self.importer: Importer | None = None
+
+    def child(self, file: str, text: str) -> "CompileCtx":
+        """The context of a file that this file imports: problems are located in that file but
+        recorded here (the same lists), and upstreams and shared compiled parts are this file's."""
+        c = CompileCtx(file, text)
+        c.problems, c.warnings = self.problems, self.warnings
+        c.upstreams, c.shared = self.upstreams, self.shared
+        c.jwt_declared, c.geoip_declared = self.jwt_declared, self.geoip_declared
+        return c
 
     @property
     def lines(self) -> list[str]:
