@@ -16,7 +16,7 @@ from .errors import RulesError
 from .load import FORMATS
 from .load.ctx import CompileCtx, kind
 from .load.rulesfile import read_rules_file
-from .load.yamlpos import parse_bytes, parse_text
+from .load.yamlpos import Docs, parse_bytes, parse_text
 from .node import Y
 
 __all__ = ["Rules", "load_model", "load_rules", "load_rules_bytes", "load_rules_text"]
@@ -26,7 +26,12 @@ def _loader(root: Y, cc: CompileCtx):
     for fmt in FORMATS:
         if fmt.claims(root):
             return fmt(root, cc)
-    cc.error(root, f"the rules file must be a mapping with `version` and `routes`, not {kind(root.v)}")
+    if isinstance(root, Docs):
+        line, col = root.starts[1]
+        cc.error_at(line, col, "a rules file holds one YAML document; a second one starts here "
+                               "(several documents are read only as Kubernetes HTTPRoute or VirtualService manifests)")
+    else:
+        cc.error(root, f"the rules file must be a mapping with `version` and `routes`, not {kind(root.v)}")
     cc.raise_if_errors()
     raise AssertionError("unreachable")
 

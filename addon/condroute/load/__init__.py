@@ -8,5 +8,6 @@ from __future__ import annotations
 
 from .condroute import CondrouteLoader
 from .krakend import KrakendLoader
+from .kube import KubeLoader
 
-FORMATS = (KrakendLoader, CondrouteLoader)
+FORMATS = (KrakendLoader, KubeLoader, CondrouteLoader)

@@ -143,7 +143,7 @@ def _build(text: str, file: str, source: _Source | None) -> Y | None:
     stack = [root]
     top = root
     added = 0                                       # nodes added by aliases
-    docs = 0
+    starts: list[tuple[int, int]] = []              # where each document starts
     last_ml, line, col = -1, 1, 1
     try:
         while True:
@@ -243,9 +243,7 @@ def _build(text: str, file: str, source: _Source | None) -> Y | None:
                     raise RulesError.at(file, line, col, f"nested more than {MAX_DEPTH} levels deep (through the alias *{name})")
                 _attach(top, y, weight, height, file)
             elif cls is DocumentStartEvent:
-                docs += 1
-                if docs > 1:
-                    raise RulesError.at(file, line, col, "a rules file holds one YAML document; a second one starts here")
+                starts.append((line, col))
     except yaml.YAMLError as e:
         raise _yaml_problem(file, e, text) from None
     except RecursionError:
@@ -255,7 +253,27 @@ def _build(text: str, file: str, source: _Source | None) -> Y | None:
         raise RulesError.at(file, line, col, f"cannot read the YAML here: {type(e).__name__}: {e}") from None
     finally:
         loader.dispose()
-    return root.out[0] if root.out else None
+    return _documents(root.out, starts)
+
+
+class Docs(Y):
+    """A YAML stream of several documents (``---``), as Kubernetes manifests are written: ``v`` is
+    the list of the non-empty documents' nodes; ``starts`` is where each of them starts."""
+    __slots__ = ("starts",)
+
+    def __init__(self, docs: list[Y], starts: list[tuple[int, int]]):
+        super().__init__(docs, docs[0].line, docs[0].col)
+        self.starts = starts
+
+
+def _documents(out: list[Y], starts: list[tuple[int, int]]) -> Y | None:
+    """One document (or one non-empty one among empty ones) is the tree itself; several: Docs."""
+    kept = [(y, st) for y, st in zip(out, starts) if not (y.v is None and not y.text)]
+    if not kept:
+        return out[0] if out else None
+    if len(kept) == 1:
+        return kept[0][0]
+    return Docs([y for y, _ in kept], [st for _, st in kept])
 
 
 def _attach(top: _Frame, y: Y, weight: int, height: int, file: str) -> None:
