@@ -147,16 +147,62 @@ class Never:
 
 
 @dataclass(frozen=True)
+class ClaimHeader:
+    """A request header a gateway sets from a verified token's claim (KrakenD ``propagate_claims``):
+    ``claim`` is nested on ``.`` unless it starts with ``http``."""
+    header: str                                # as written, e.g. "X-Role"
+    claim: str                                 # e.g. "realm_access.roles"
+    preserve_array: bool = False               # each element of an array claim its own header value
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    """A gateway's own token check on one route (KrakenD ``auth/validator``), compiled by
+    ``conditions.jwtauth``. ``keys`` is a ``settings.jwt.verify``-shaped mapping (its paths relative
+    to ``keys_file``), None when no key is available (then nothing is enforced)."""
+    label: str                                 # "endpoint POST /llm: auth/validator", for messages
+    keys: Y | None
+    keys_file: str
+    decode_only: bool = False                  # the importing file's settings.jwt.verify: false
+    algorithms: tuple[str, ...] = ()
+    audience: tuple[str, ...] = ()
+    issuer: str | None = None
+    leeway: float = 0.0
+    header: str = "authorization"              # where the token is, then ``cookie``
+    cookie: str = "access_token"
+    require_kid: bool = True
+    roles_key: str = ""
+    roles: tuple[str, ...] = ()
+    roles_nested: bool = False
+    scopes_key: str = ""
+    scopes: tuple[str, ...] = ()
+    scopes_nested: bool = False
+    scopes_all: bool = False
+    claim_headers: tuple[ClaimHeader, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenRejected:
+    """Holds when ``check`` rejects the request's token: ``status`` 401 (missing or invalid) or 403
+    (valid, but without the roles or scopes ``check`` requires)."""
+    check: TokenCheck
+    status: int
+
+
+@dataclass(frozen=True)
 class VisibleHeaders:
-    """``inner`` sees only these request headers (lower-case), as a gateway that passes on only
-    declared headers (KrakenD's ``input_headers``) would have it. ``label`` names the place for
-    the warning when the inner condition reads a header that is not visible."""
+    """``inner`` sees only these request headers (lower-case; None: all of them), as a gateway that
+    passes on only declared headers (KrakenD's ``input_headers``) would have it. ``label`` names
+    the place for the warning when the inner condition reads a header that is not visible. With
+    ``token``, the headers of its ``claim_headers`` are never the client's: they are set from the
+    verified token (and are absent without one)."""
     inner: Y
-    headers: frozenset[str]
+    headers: frozenset[str] | None
     label: str
+    token: TokenCheck | None = None
 
 
-When = Union[Y, Never, VisibleHeaders]
+When = Union[Y, Never, VisibleHeaders, TokenRejected]
 
 
 @dataclass(frozen=True)
