@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from . import render
-from .httptext import authority
+from .httptext import authority, default_port
 from .request import RequestView
+from .compile.rewrite import rewrite_path
 from .compile.runtime import Backend, Respond, Route, Rules, Split, Upstream
 from .conditions.jwtauth import claim_values
 from .node import as_text
@@ -40,6 +41,8 @@ class Decision:
     host_header: str | None = None    # Host/:authority to send; None keeps the client's
     set_headers: tuple = ()
     remove_headers: tuple = ()
+    add_headers: tuple = ()           # appended after remove and set
+    mirrors: tuple = ()               # (upstream, path, Host or None = the client's) drawn for this request
     respond: Respond | None = None
     status: int | None = None         # for respond, no-match errors and bad_request
     reason: str | None = None         # why a request is refused (bad_request)
@@ -141,6 +144,8 @@ def split_key(split: Split, req: RequestView, rules: Rules) -> str | None:
     elif k == "client_ip":
         ip = req.client_ip(rules.settings.trusted_proxies)
         return None if ip is None else str(ip)
+    elif k == "random":             # a fresh weighted draw per request (an imported gateway's weights)
+        return None
     else:
         v = claim_values(req, rules, split.key)
     if not v:
@@ -184,17 +189,23 @@ def escapes(path: str) -> bool:
 
 
 def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None) -> None:
+    own_query = False
     if not req.path.startswith("/"):   # asterisk-form (OPTIONS *): nothing to rewrite
         path = req.path
     else:
-        if b.path is not None:
-            path = b.path.render(req.params, req.path, req.rest)
+        if b.path is not None or b.rewrite is not None:
+            if b.rewrite is not None:      # an imported gateway's rewrite: instead of ``path``
+                path = rewrite_path(b.rewrite, b.rewrite_rx, req.path)
+            else:
+                path = b.path.render(req.params, req.path, req.rest)
             if not path.startswith("/"):   # "{rest}": an origin-form path always starts with "/"
                 path = "/" + path
             if escapes(path):
+                text = rewrite_text(b.rewrite) if b.rewrite is not None else b.path.text
                 d.outcome, d.status = "bad_request", 400
-                d.reason = f"the path would leave the backend's path: {b.path.text} gives {path!r}"
+                d.reason = f"the path would leave the backend's path: {text} gives {path!r}"
                 return
+            own_query = "?" in path
         else:
             path = req.path
         if up is not None and up.base_path:
@@ -208,8 +219,66 @@ def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None)
     else:
         d.scheme, d.host, d.port = req.scheme, req.host, req.port
     if req.query_string:
-        path += "?" + req.query_string
+        # a template or rewrite with a query string of its own: the request's is added to it
+        path += ("&" if own_query else "?") + req.query_string
     d.path = path
+
+
+def _draw_mirrors(b: Backend, d: Decision) -> tuple:
+    """The mirrors of ``b`` drawn for this request (each with its percent), with the path and Host
+    each copy is sent with: the forwarded path (query included) under the mirror's own base path;
+    the Host the forwarded request has, or the mirror's authority when that is the upstream's."""
+    out = []
+    path = d.path or "/"
+    up = d.upstream_obj
+    if up is not None and up.base_path and path.startswith(up.base_path):
+        path = path[len(up.base_path):]
+    for m in b.mirrors:
+        if m.percent >= 100 or (m.percent > 0 and random.random() * 100 < m.percent):
+            mup = m.upstream
+            if b.host_rewrite is not None:
+                host = b.host_rewrite
+            else:
+                host = None if b.preserve_host else mup.authority
+            out.append((mup, (mup.base_path + path) if path.startswith("/") else path, host))
+    return tuple(out)
+
+
+def rewrite_text(rw: Any) -> str:
+    """A PathRewrite as explain and reasons name it."""
+    if rw.kind == "segments":
+        return f"prefix {rw.prefix or '/'} -> {rw.value or '/'} (by segment)"
+    if rw.kind == "prefix":
+        return f"prefix {rw.prefix} -> {rw.value}"
+    if rw.kind == "regex":
+        return f"regex {rw.pattern} -> {rw.value}"
+    return f"full path -> {rw.value}"
+
+
+def redirect_location(b: Backend, req: RequestView) -> str:
+    """The ``Location`` of a redirect backend for this request (model.Redirect): each part the
+    redirect leaves out is the request's; the port is the redirect's, else the scheme's default
+    (``port_from="scheme"``) or the port the client asked for; :80 for http and :443 for https
+    left out; the request's query string kept unless the new path has one of its own."""
+    r = b.redirect
+    scheme = r.scheme or req.scheme
+    if scheme not in ("http", "https"):
+        scheme = "https" if scheme == "wss" else "http"
+    host = r.host if r.host is not None else req.host
+    if r.port is not None:
+        port = r.port
+    elif r.port_from == "scheme":
+        port = default_port(scheme)
+    else:
+        port = req.dest_port
+    path = req.path
+    if r.path is not None and path.startswith("/"):
+        path = rewrite_path(r.path, b.redirect_rx, path)
+        if not path.startswith("/"):
+            path = "/" + path
+    if req.query_string and "?" not in path:
+        path += "?" + req.query_string
+    return f"{scheme}://{authority(scheme, host, port)}{path}"
 
 
 def _down_arms(split: Split, health: Any) -> frozenset:
@@ -272,17 +341,32 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
     if chosen.respond is not None:
         d.outcome, d.respond, d.status = "respond", chosen.respond, chosen.respond.status
         return
+    if chosen.extra and chosen.redirect is not None:
+        status = chosen.redirect.status
+        d.outcome, d.status = "respond", status
+        d.respond = Respond(status, "", (("Location", redirect_location(chosen, req)),))
+        return
     d.outcome = "routed"
     up = chosen.upstream
     if chosen.split is not None:
-        key = split_key(chosen.split, req, rules)
-        down_arms = _down_arms(chosen.split, health) if health is not None else frozenset()
-        up = choose_arm(chosen.split, route.name, key, down_arms)
-        d.split = f"{chosen.split.by}={'(missing: random)' if key is None else 'hash'} -> {up.name if up else None}"
+        split = chosen.split
+        key = split_key(split, req, rules)
+        down_arms = _down_arms(split, health) if health is not None else frozenset()
+        up = choose_arm(split, route.name, key, down_arms)
+        if split.kind == "random":
+            d.split = f"weighted random -> {up.name if up else None}"
+        else:
+            d.split = f"{split.by}={'(missing: random)' if key is None else 'hash'} -> {up.name if up else None}"
         if down_arms:
             d.split += " (passed over, unavailable: " + ", ".join(sorted(u.name for u in down_arms)) + ")"
     build_target(d, chosen, req, up)
     d.set_headers, d.remove_headers = chosen.set_headers, chosen.remove_headers
+    if chosen.extra and d.outcome == "routed":     # fields an imported gateway writes
+        if chosen.host_rewrite is not None:
+            d.host_header = chosen.host_rewrite
+        d.add_headers = chosen.add_headers
+        if chosen.mirrors:
+            d.mirrors = _draw_mirrors(chosen, d)
     if rules.settings.strip_routing_headers and route.routing_headers:
         d.remove_headers = tuple(dict.fromkeys(chosen.remove_headers + route.routing_headers))
 

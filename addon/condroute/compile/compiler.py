@@ -18,6 +18,7 @@ from ..conditions.registry import compile_condition, compile_match_conditions
 from ..load.ctx import CompileCtx
 from ..node import Y
 from .index import build_index
+from .rewrite import compile_backend_extras
 from .runtime import Backend, PathPattern, Route, Rules, Settings
 
 # never stripped by strip_routing_headers: the upstream needs them whatever they routed on
@@ -55,6 +56,19 @@ def compile_when(w: model.When, cc: CompileCtx) -> Cond | None:
 
 
 def compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
+    """One route, its problems located in ``r.file`` when it was written in an imported file (an
+    import is compiled with the importing file's context)."""
+    if not r.file or r.file == cc.file:
+        return _compile_route(r, cc)
+    saved = cc.file
+    cc.file = r.file
+    try:
+        return _compile_route(r, cc)
+    finally:
+        cc.file = saved
+
+
+def _compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
     cc.header_names = set()
     path = compile_path(r.path, cc) if r.path is not None else None
     cond = compile_match_conditions(r.conditions, cc) if r.conditions is not None else None
@@ -65,7 +79,15 @@ def compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
         if b.when is not None and when is None:
             ok = False
             continue
-        backends.append(Backend(**{f: getattr(b, f) for f in _BACKEND_FIELDS}, when=when))
+        extras: dict | None = {}
+        if b.add_headers or b.host_rewrite is not None or b.rewrite is not None or b.redirect is not None \
+                or b.mirrors:
+            extras = compile_backend_extras(b, cc)
+            if extras is None:
+                ok = False
+                continue
+            extras["extra"] = True
+        backends.append(Backend(**{f: getattr(b, f) for f in _BACKEND_FIELDS}, when=when, **extras))
     if not ok:
         return None     # the problems are recorded: the load fails
     seen_h: dict[str, str] = {}
@@ -74,7 +96,7 @@ def compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
             seen_h.setdefault(h.lower(), h)
     return Route(name=r.name, line=r.line, hosts=r.hosts, methods=r.methods, path=path, cond=cond,
                  backends=tuple(backends), fallback=next((b for b in backends if b.fallback), None),
-                 routing_headers=tuple(seen_h.values()))
+                 routing_headers=tuple(seen_h.values()), file=r.file, origin=r.origin)
 
 
 _BACKEND_FIELDS = tuple(f for f in model.Backend.__dataclass_fields__ if f != "when")

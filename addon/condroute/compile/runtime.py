@@ -19,8 +19,13 @@ __all__ = ["Backend", "PathPattern", "PathTemplate", "Respond", "Route", "Rules"
 
 @dataclass(frozen=True)
 class Backend(model.Backend):
-    """A model backend with its ``when`` compiled."""
+    """A model backend with its ``when`` compiled, and the RE2 patterns of a regex ``rewrite`` and
+    of a redirect's regex path compiled once (:class:`RewriteRegex`), not per request."""
     when: Cond | None = None     # type: ignore[assignment]
+    # any of add_headers, host_rewrite, rewrite, redirect, mirrors (one test per request for the rest)
+    extra: bool = field(default=False, compare=False)
+    rewrite_rx: Any = field(default=None, compare=False)
+    redirect_rx: Any = field(default=None, compare=False)
 
     @lazy
     def held_reason(self) -> str:
@@ -80,6 +85,8 @@ class Route:
     backends: tuple[Backend, ...] = ()         # in file order, fallback included
     fallback: Backend | None = None
     routing_headers: tuple[str, ...] = ()      # header names its conditions read (strip_routing_headers)
+    file: str = ""                             # the file it was written in, when imported
+    origin: str = ""                           # an imported rule's source label (model.Route.origin)
 
     def host_ok(self, host: str) -> bool:
         if not self.hosts:
@@ -108,6 +115,7 @@ class Rules:
     warnings: tuple = ()
     source_format: str = "condroute"
     index: Any = field(default=None, compare=False)
+    imports: tuple = field(default=(), compare=False)   # (path, stat key) of each imported file (rules.py)
 
     @lazy
     def has_timeouts(self) -> bool:
