@@ -108,7 +108,7 @@ def test_load_errors_are_located(body, where, message):
     ("version: 1\nroute: []\n", "f.yaml:2:1:", "unknown key 'route'"),
     ("version: 1\nsettings: {on_no_match: drop}\nroutes: []\n", "f.yaml:2:25:", "on_no_match must be passthrough or error"),
     ("version: 1\nsettings: {trusted_proxies: [300.1.1.1]}\nroutes: []\n", "f.yaml:2:30:", "bad CIDR"),
-    ("version: 1\nupstreams: {'a/b': 'http://x'}\nroutes: []\n", "f.yaml:2:13:", "must be a plain name"),
+    ("version: 1\nupstreams: {'http://b': 'http://x'}\nroutes: []\n", "f.yaml:2:13:", "must be a name (a service"),
     ("version: 1\nupstreams: {a: 'http://x?y=1'}\nroutes: []\n", "f.yaml:2:16:", "query string"),
 ])
 def test_top_level_errors(text, where, message):

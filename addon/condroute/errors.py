@@ -18,6 +18,9 @@ class Problem:
 class RulesError(Exception):
     """A rules file that does not load. Carries one or more located problems."""
 
+    # the files the rules file imports, as far as it was read (the hot reload watches them)
+    imported: tuple = ()
+
     def __init__(self, problems: list[Problem]):
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))

@@ -38,9 +38,15 @@ def _loader(root: Y, cc: CompileCtx):
 
 def compile_tree(root: Y, cc: CompileCtx) -> Rules:
     """Compile a parsed file, route by route as its loader reads them."""
-    loader = _loader(root, cc)
-    settings = loader.head()
-    return compile_rules(cc.file, loader.format, cc.upstreams, settings, loader.routes(), cc)
+    try:
+        loader = _loader(root, cc)
+        settings = loader.head()
+        rules = compile_rules(cc.file, loader.format, cc.upstreams, settings, loader.routes(), cc)
+    except RulesError as e:
+        e.imported = tuple(cc.imported)     # a fix in an imported file must reload too
+        raise
+    object.__setattr__(rules, "imports", tuple(cc.imported))
+    return rules
 
 
 def load_model(root: Y, cc: CompileCtx) -> model.Rules:

@@ -116,12 +116,13 @@ def build_schema() -> dict[str, Any]:
         "description": "Conditional routing rules for the condroute mitmproxy addon. "
                        "`condroute validate FILE` is the authority; this schema helps editors.",
         "type": "object",
-        "required": ["routes"],
+        "anyOf": [{"required": ["routes"]}, {"required": ["imports"]}],
         "additionalProperties": False,
         "properties": {
             "version": {"const": 1},
-            "upstreams": {"type": "object", "description": "named destinations: NAME: scheme://host[:port][/base]",
-                          "propertyNames": {"pattern": "^[^/]+$"},
+            "upstreams": {"type": "object", "description": "named destinations: NAME: scheme://host[:port][/base]; "
+                                                           "a NAME may be a cluster service (reviews, reviews/v2, web:8080)",
+                          "propertyNames": {"pattern": "^(?!.*://).+$"},
                           "additionalProperties": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9+.-]*://"}},
             "settings": {
                 "type": "object", "additionalProperties": False,
@@ -152,6 +153,9 @@ def build_schema() -> dict[str, Any]:
                 },
             },
             "routes": {"type": "array", "items": {"$ref": "#/$defs/route"}},
+            "imports": {"type": "array", "items": {"type": "string"},
+                        "description": "HTTPRoute, VirtualService or KrakenD files (relative to this file) whose "
+                                       "routes come after this file's own"},
         },
         "$defs": {
             "route": {

@@ -5,16 +5,19 @@ is the compiler's (the condition-kind registry): a ``when`` and the condition ke
 are kept as written."""
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
+from ..errors import Problem
 from ..httptext import TOKEN
 from ..model import Backend, Respond, Route, Settings, Split
 from ..node import Y, as_text
 from .common import (REMOVE_KEPT, REQUEST_HEADERS_KEPT, RESPOND_NO_BODY, header_map, parse_cidrs,
                      parse_path_template, parse_route_path, parse_upstream_url, upstream_ref)
 from .ctx import CompileCtx, kind
+from .imports import read_imports
 
-TOP_KEYS = ("version", "upstreams", "settings", "routes")
+TOP_KEYS = ("version", "upstreams", "settings", "routes", "imports")
 SETTINGS_KEYS = ("on_no_match", "trusted_proxies", "jwt", "geoip_db", "strip_routing_headers")
 ROUTE_KEYS = ("name", "match", "backends")
 MATCH_KEYS = ("host", "methods", "method", "path")     # and condition keys (the compiler's registry)
@@ -329,18 +332,38 @@ class CondrouteLoader:
             un = root.v["upstreams"]
             if cc.expect_map(un, "upstreams"):
                 for name, u in un.v.items():
-                    if "://" in name or "/" in name:
-                        cc.error_key(un, name, f"upstream name {name!r} must be a plain name (no '/')")
+                    if "://" in name or not name.strip("/") or name != name.strip():
+                        cc.error_key(un, name, f"upstream name {name!r} must be a name (a service such as "
+                                               f"reviews, reviews/v2 or backend:8080), not a URL")
                         continue
                     up = parse_upstream_url(u, cc, name)
                     if up is not None:
                         cc.upstreams[name] = up
-        return parse_settings(root.v.get("settings"), cc)
+        self.settings = parse_settings(root.v.get("settings"), cc)
+        self.imports = read_imports(root.v.get("imports"), cc, self.settings)
+        return self.settings
 
     def routes(self) -> Iterator[Route]:
+        names: dict[str, tuple[str, int]] = {}
+        for r in self.own_routes():
+            names[r.name] = (self.cc.file, r.line)
+            yield r
+        for imp in self.imports:
+            for r in imp.routes():
+                if r.name in names:
+                    f, line = names[r.name]
+                    self.cc.problems.append(Problem(r.file, r.line, 1, (
+                        f"route name {r.name!r} is already used by {os.path.basename(f)}:{line}; route names "
+                        f"must be unique across imported files (rename one of them)")))
+                    continue
+                names[r.name] = (r.file, r.line)
+                yield r
+
+    def own_routes(self) -> Iterator[Route]:
         cc, root = self.cc, self.root
         if "routes" not in root.v:
-            cc.error(root, "the rules file needs `routes` (a list)")
+            if "imports" not in root.v:
+                cc.error(root, "the rules file needs `routes` (a list) or `imports`")
             return
         rn = root.v["routes"]
         if not cc.expect_list(rn, "routes"):

@@ -42,6 +42,9 @@ class CompileCtx:
         # model Settings; its upstreams are this context's (shared), so service names and KrakenD
         # hosts resolve through them
         self.importer: Importer | None = None
+        # the files this file imports, with the stat key of what was read (None: unreadable), so
+        # that the hot reload sees a change in any of them
+        self.imported: list[tuple[str, tuple[int, int, int, int] | None]] = []
 
     def child(self, file: str, text: str) -> "CompileCtx":
         """The context of a file that this file imports: problems are located in that file but

@@ -47,15 +47,18 @@ class FileSignature:
     digest: bytes
     racy: bool = field(default=False, compare=False)   # modified so recently that mtime can't be trusted yet
     ctime_ns: int = 0
+    # the files it imports, with the stat key each had when read (None: unreadable): a change in
+    # any of them is a new version too
+    imports: tuple[tuple[str, tuple[int, int, int, int] | None], ...] = ()
 
     @property
     def key(self) -> tuple[int, int, int, int]:
         return (self.mtime_ns, self.ctime_ns, self.size, self.ino)
 
     @staticmethod
-    def of(key: tuple[int, int, int, int], digest: bytes, racy: bool) -> "FileSignature":
+    def of(key: tuple[int, int, int, int], digest: bytes, racy: bool, imports: tuple = ()) -> "FileSignature":
         mtime_ns, ctime_ns, size, ino = key
-        return FileSignature(mtime_ns, size, ino, digest, racy, ctime_ns)
+        return FileSignature(mtime_ns, size, ino, digest, racy, ctime_ns, imports)
 
     def describe(self) -> str:
         """The version, for the log: content hash and modification time."""
@@ -63,12 +66,24 @@ class FileSignature:
         return f"content {self.digest.hex()[:12] or 'unread'}, modified {when}.{self.mtime_ns // 1_000_000 % 1000:03d} UTC"
 
 
-def file_signature(read: RulesBytes, read_at: float) -> FileSignature:
+def file_signature(read: RulesBytes, read_at: float, imports: tuple = ()) -> FileSignature:
     """The signature of the bytes read (hashed and parsed from that same read). *Racy* when the
     file was modified less than RACY_SECONDS before it was read (git's "racily clean" rule): an
     edit right after may keep the same mtime, so that version is read and hashed once more later."""
     racy = abs(read_at - read.mtime_ns / 1e9) < RACY_SECONDS
-    return FileSignature.of(read.key, read.digest, racy)
+    return FileSignature.of(read.key, read.digest, racy, imports)
+
+
+def import_keys(imports: tuple) -> tuple:
+    """The imported files of a signature as they are now (stat only)."""
+    out = []
+    for path, _ in imports:
+        try:
+            st = os.stat(path)
+            out.append((path, stat_key(st) if not_regular(st.st_mode) is None else None))
+        except OSError:
+            out.append((path, None))
+    return tuple(out)
 
 
 def retire(rules: Rules) -> None:
@@ -96,6 +111,12 @@ class Loaded:
     rules: Rules | None
     error: RulesError | None
     read_at: float
+
+    @property
+    def imports(self) -> tuple:
+        if self.rules is not None:
+            return self.rules.imports
+        return self.error.imported if self.error is not None else ()
 
 
 def load_version(path: str) -> Loaded:
@@ -167,7 +188,7 @@ class LiveRules:
         if got.error is not None:
             raise got.error
         assert got.rules is not None and got.read is not None
-        self._install(got.rules, path, file_signature(got.read, got.read_at), verb)
+        self._install(got.rules, path, file_signature(got.read, got.read_at, got.imports), verb)
 
     # -- hot reload -----------------------------------------------------------------------------
     def running(self) -> None:
@@ -269,17 +290,19 @@ class LiveRules:
         self._problem(None)
         key = stat_key(st)
         seen = self._seen
-        if seen is not None and seen.key == key and not seen.racy:
+        imports = import_keys(seen.imports) if seen is not None and seen.imports else ()
+        if seen is not None and seen.key == key and not seen.racy and imports == seen.imports:
             self._pending = None          # the version last loaded (live, or failed: not retried)
             return None
         now = _clock()
-        if self._pending is None or self._pending[0] != key:
-            self._pending = (key, now)    # first seen: let it settle (a writer may be half-way through)
+        if self._pending is None or self._pending[0] != (key, imports):
+            self._pending = ((key, imports), now)   # first seen: let it settle (a writer may be half-way through)
             return None
         settle = max(self.reload_interval, SETTLE_SECONDS)
+        newest = max([st.st_mtime_ns] + [k[0] for _, k in imports if k is not None])
         # "modified long ago" by mtime, or by how long this watcher has seen it unchanged, which can
         # only understate it (a file with an mtime in the future, from another machine's clock)
-        if time.time() - st.st_mtime_ns / 1e9 < settle and now - self._pending[1] < settle:
+        if time.time() - newest / 1e9 < settle and now - self._pending[1] < settle:
             return None
         return path, key, self.generation
 
@@ -292,7 +315,8 @@ class LiveRules:
         read = got.read
         if read is not None and (read.changed or read.key != key):
             return False                  # changed since it settled: load again once it settles again
-        sig = file_signature(read, got.read_at) if read is not None else FileSignature.of(key, b"", False)
+        sig = (file_signature(read, got.read_at, got.imports) if read is not None
+               else FileSignature.of(key, b"", False, got.imports))
         if self._seen == sig:
             # the same version read again because it was racy: nothing new (an error was logged already)
             self._seen = sig
