@@ -42,7 +42,7 @@ class Decision:
     set_headers: tuple = ()
     remove_headers: tuple = ()
     add_headers: tuple = ()           # appended after remove and set
-    mirrors: tuple = ()               # (upstream, path, Host or None = the client's) drawn for this request
+    mirrors: tuple = ()               # (Mirror, path, Host or None = the client's) drawn for this request
     respond: Respond | None = None
     status: int | None = None         # for respond, no-match errors and bad_request
     reason: str | None = None         # why a request is refused (bad_request)
@@ -201,7 +201,7 @@ def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None)
             if not path.startswith("/"):   # "{rest}": an origin-form path always starts with "/"
                 path = "/" + path
             if escapes(path):
-                text = rewrite_text(b.rewrite) if b.rewrite is not None else b.path.text
+                text = render.rewrite_text(b.rewrite) if b.rewrite is not None else b.path.text
                 d.outcome, d.status = "bad_request", 400
                 d.reason = f"the path would leave the backend's path: {text} gives {path!r}"
                 return
@@ -240,19 +240,8 @@ def _draw_mirrors(b: Backend, d: Decision) -> tuple:
                 host = b.host_rewrite
             else:
                 host = None if b.preserve_host else mup.authority
-            out.append((mup, (mup.base_path + path) if path.startswith("/") else path, host))
+            out.append((m, (mup.base_path + path) if path.startswith("/") else path, host))
     return tuple(out)
-
-
-def rewrite_text(rw: Any) -> str:
-    """A PathRewrite as explain and reasons name it."""
-    if rw.kind == "segments":
-        return f"prefix {rw.prefix or '/'} -> {rw.value or '/'} (by segment)"
-    if rw.kind == "prefix":
-        return f"prefix {rw.prefix} -> {rw.value}"
-    if rw.kind == "regex":
-        return f"regex {rw.pattern} -> {rw.value}"
-    return f"full path -> {rw.value}"
 
 
 def redirect_location(b: Backend, req: RequestView) -> str:

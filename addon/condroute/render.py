@@ -29,7 +29,7 @@ from .cel.clauses import FailedClause, failed_clause
 from .cel.policy import CelCond
 from .conditions.base import AllCond, AnyCond
 from .httptext import authority
-from .redact import redact_url
+from .redact import REDACTED, header_shower, redact_url
 
 if TYPE_CHECKING:
     from .compile.runtime import Route, Rules
@@ -269,6 +269,10 @@ def to_dict(d: Decision) -> dict[str, Any]:
         out["set_headers"] = dict(d.set_headers)
     if d.remove_headers:
         out["remove_headers"] = list(d.remove_headers)
+    if d.add_headers:
+        out["add_headers"] = [list(h) for h in d.add_headers]
+    if d.mirrors:
+        out["mirrors"] = [{"upstream": m.upstream.name, "url": m.upstream.origin + path} for m, path, _ in d.mirrors]
     if d.routes_passed:
         out["routes_passed"] = [{"route": r, "reason": why} for r, why in d.routes_passed]
     return out
@@ -286,9 +290,94 @@ def passes_through(d: Decision) -> bool:
 
 
 def final_url(d: Decision, req: RequestView) -> str | None:
+    """Where the request goes: the forwarded URL, the original one (passthrough), or where a
+    redirect sends the client (its Location)."""
     if d.outcome == "routed":
         return d.url
+    if d.outcome == "respond":
+        return location(d)
     return original_url(req) if passes_through(d) else None
+
+
+def location(d: Decision) -> str | None:
+    """The Location header of a direct answer (a redirect), or None."""
+    if d.respond is None:
+        return None
+    return next((v for k, v in d.respond.headers if k.lower() == "location"), None)
+
+
+def forwarded_headers(d: Decision, req: RequestView) -> list[tuple[str, str]] | None:
+    """The request headers as they are sent upstream, in order, as the addon's ``apply`` writes
+    them: the Host the decision sends (the client's, ``host_rewrite``, or the upstream's
+    authority), then ``remove_headers``, ``set_headers`` (replacing every value of the name, in
+    the place of its first), ``add_headers`` (appended). A request that goes on unchanged keeps its
+    headers; None when nothing is forwarded (condroute answers). For ``condroute check`` and
+    ``export --verify``: never computed per request."""
+    if d.outcome != "routed":
+        return list(req.headers) if passes_through(d) else None
+    h = list(req.headers)
+    if d.host_header is not None:
+        h = _set_all(h, "Host", d.host_header)
+    if d.remove_headers:
+        drop = {n.lower() for n in d.remove_headers}
+        h = [(k, v) for k, v in h if k.lower() not in drop]
+    for name, value in d.set_headers:
+        h = _set_all(h, name, value)
+    h.extend(d.add_headers)
+    return h
+
+
+def _set_all(h: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
+    """mitmproxy's ``headers[name] = value``: the first header of that name keeps its place (and
+    its spelling) with the new value, the others go; appended when there is none."""
+    low = name.lower()
+    out, done = [], False
+    for k, v in h:
+        if k.lower() != low:
+            out.append((k, v))
+        elif not done:
+            out.append((k, value))
+            done = True
+    if not done:
+        out.append((name, value))
+    return out
+
+
+def rewrite_text(rw: Any) -> str:
+    """A PathRewrite as explain and reasons name it."""
+    if rw.kind == "segments":
+        return f"prefix {rw.prefix or '/'} -> {rw.value or '/'} (by segment)"
+    if rw.kind == "prefix":
+        return f"prefix {rw.prefix} -> {rw.value}"
+    if rw.kind == "regex":
+        return f"regex {rw.pattern} -> {rw.value}"
+    return f"full path -> {rw.value}"
+
+
+def shown_header(name: str, value: str, rules: Rules | None) -> str:
+    """A header value as explain and log lines show it: secret ones (Authorization, cookies,
+    tokens, the header settings.jwt reads) as <redacted>."""
+    jwt = rules.settings.jwt if rules is not None else None
+    return REDACTED if header_shower(name.lower(), jwt) is not None else value
+
+
+def route_named(rules: Rules | None, name: str | None) -> Route | None:
+    if rules is None or name is None:
+        return None
+    return next((r for r in rules.routes if r.name == name), None)
+
+
+def route_label(route: Route | None, name: str) -> str:
+    """A route as people read its name: ``NAME (ORIGIN)`` for an imported rule (its source, e.g.
+    ``httproute header-matching, rule 3 (routes.yaml:27)``), ``NAME (FILE:LINE)`` for a route of an
+    imported file without one, else the name."""
+    if route is None:
+        return name
+    if route.origin:
+        return f"{name} ({route.origin})"
+    if route.file:
+        return f"{name} ({route.file}:{route.line})"
+    return name
 
 
 def final_path(d: Decision, req: RequestView) -> str | None:
@@ -401,10 +490,30 @@ def decision_data(rules: Rules, d: Decision, req: RequestView) -> dict[str, Any]
         ip, how = req.client_explained(rules.settings.trusted_proxies)
         out["client"] = {"ip": None if ip is None else str(ip), "how": how}
     out["final_url"] = final_url(d, req)
+    route = route_named(rules, d.route)
+    if route is not None and (route.origin or route.file):
+        out["route_origin"] = route.origin or f"{route.file}:{route.line}"
+    if d.set_headers:
+        out["set_headers"] = {k: shown_header(k, v, rules) for k, v in d.set_headers}
+    if d.add_headers:
+        out["add_headers"] = [[k, shown_header(k, v, rules)] for k, v in d.add_headers]
+    b = d.backend_obj
     if d.outcome == "routed":
         out["host_header"] = d.host_header if d.host_header is not None else req.header_map.get("host", [None])[0]
+        if b is not None and b.host_rewrite is not None:
+            out["host_rewrite"] = b.host_rewrite
+        if b is not None and b.rewrite is not None:
+            out["rewrite"] = rewrite_text(b.rewrite)
+        if b is not None and b.mirrors:
+            sent = [m for m, _, _ in d.mirrors]
+            out["mirrors"] = [{"upstream": m.upstream.name, "url": m.upstream.url, "percent": m.percent,
+                               "sent": any(m is s for s in sent)} for m in b.mirrors]
     if d.respond is not None:
-        out["respond"] = {"status": d.respond.status, "body": d.respond.body, "headers": dict(d.respond.headers)}
+        out["respond"] = {"status": d.respond.status, "body": d.respond.body,
+                          "headers": {k: shown_header(k, v, rules) for k, v in d.respond.headers}}
+        loc = location(d)
+        if loc is not None:
+            out["location"] = loc
     if d.timeout is not None:
         out["timeout"] = d.timeout
     if d.retries:
@@ -439,13 +548,17 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
     routes = {r.name: r for r in rules.routes} if d.routes_passed else {}
     for name, why in d.routes_passed:   # "no match": the route does not own the request
         r = routes.get(name)
-        lines.append(_row("no match", f"{name}: {with_clause(why, route_clause(r, why, req, rules) if r else None)}"))
+        lines.append(_row("no match", f"{route_label(r, name)}: "
+                                      f"{with_clause(why, route_clause(r, why, req, rules) if r else None)}"))
     if d.route is None:
         lines.append(_row("route", "none: passthrough, the request goes on unchanged"))
         lines.append(_row("url", original_url(req)))
         return lines
-    route = next((r for r in rules.routes if r.name == d.route), None)
-    lines.append(_row("route", d.route + (f" (line {route.line})" if route is not None else "")))
+    route = route_named(rules, d.route)
+    if route is not None and (route.origin or route.file):
+        lines.append(_row("route", route_label(route, d.route)))
+    else:
+        lines.append(_row("route", d.route + (f" (line {route.line})" if route is not None else "")))
     if d.outcome == "bad_request" and not d.trail:   # refused before any backend was looked at
         lines.append(_row("result", f"refused: answered {d.status}, {d.reason}"))
         return lines
@@ -466,12 +579,16 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
             lines.append(_row("result", "no backend holds: passthrough, the request goes on unchanged"))
             lines.append(_row("url", original_url(req)))
         return lines
+    b = d.backend_obj
+    if d.outcome == "respond" and b is not None and b.redirect is not None and d.respond is not None:
+        lines.append(_row("redirect", f"{d.respond.status} to {location(d)}"))
+        return lines
     if d.outcome == "respond" and d.respond is not None:
         body = d.respond.body
         shown = json.dumps(body if len(body) <= 60 else body[:60] + "…", ensure_ascii=ok != "✓")
         lines.append(_row("respond", f"{d.respond.status} {shown}"))
         for k, v in d.respond.headers:
-            lines.append(_row("header", f"{k}: {v}"))
+            lines.append(_row("header", f"{k}: {shown_header(k, v, rules)}"))
         return lines
     if d.split:
         lines.append(_row("split", d.split))
@@ -483,12 +600,27 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
     else:
         lines.append(_row("upstream", f"{up.name} ({up.url})"))
     lines.append(_row("url", d.url or ""))
+    if b is not None and b.rewrite is not None:
+        lines.append(_row("rewrite", f"{rewrite_text(b.rewrite)}: {req.path} -> {(d.path or '').partition('?')[0]}"))
     if d.host_header is not None:
-        lines.append(_row("set", f"Host: {d.host_header}"))
+        how = " (host rewrite)" if b is not None and b.host_rewrite is not None else ""
+        lines.append(_row("set", f"Host: {d.host_header}{how}"))
     for k, v in d.set_headers:
-        lines.append(_row("set", f"{k}: {v}"))
+        lines.append(_row("set", f"{k}: {shown_header(k, v, rules)}"))
     for k in d.remove_headers:
         lines.append(_row("removed", k))
+    for k, v in d.add_headers:
+        lines.append(_row("added", f"{k}: {shown_header(k, v, rules)}"))
+    if b is not None and b.mirrors:
+        for m in b.mirrors:
+            up = m.upstream
+            name = up.url if up.name == up.url else f"{up.name} ({up.url})"
+            pct = "" if m.percent >= 100 else f", {m.percent:g}% of requests"
+            path = next((p for s, p, _ in d.mirrors if s is m), None)
+            if path is not None:
+                lines.append(_row("mirror", f"{name}{pct}: a copy goes to {up.origin}{path} (its answer is dropped)"))
+            else:
+                lines.append(_row("mirror", f"{name}{pct}: not drawn for this request"))
     extra = []
     if d.timeout is not None:
         extra.append(f"timeout {d.timeout:g}s")

@@ -7,9 +7,13 @@
 
 Every key under ``expect`` is optional; each one given must equal the decision. ``null`` expects
 nothing there (``backend: null``: no backend selected). ``status`` expects a direct answer (a
-``respond`` backend, or 502 for no backend with ``on_no_match: error``). ``path`` and ``url``
-without a ``?`` are compared without the query string. A cases file that is wrong is reported
-with ``FILE:LINE:COLUMN`` like a rules file.
+``respond`` backend, or 502 for no backend with ``on_no_match: error``). ``path``, ``url`` and
+``location`` without a ``?`` are compared without the query string. ``headers: {NAME: VALUE |
+[V1, V2] | null}`` expects the request headers as forwarded upstream (after remove, set and add,
+with the Host the decision sends; names in any case): a text is exactly one value, a list the
+values in order, null no such header. ``location`` is the Location of a direct answer (a
+redirect), whose ``url`` is that Location too. A cases file that is wrong is reported with
+``FILE:LINE:COLUMN`` like a rules file.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from typing import Any
 
 from ..engine import Decision, decide
 from ..explain import build_request
-from ..render import final_path, final_url
+from ..render import final_path, final_url, forwarded_headers, location, route_label, route_named
 from ..errors import RulesError
 from ..load.ctx import CompileCtx
 from ..conditions.matchers import as_text
@@ -28,7 +32,7 @@ from ..load.yamlpos import Y, load_file
 
 CASE_KEYS = ("name", "request", "expect")
 REQUEST_KEYS = ("method", "url", "headers", "cookies", "client_ip", "jwt")
-EXPECT_KEYS = ("route", "backend", "upstream", "path", "url", "status", "outcome")
+EXPECT_KEYS = ("route", "backend", "upstream", "path", "url", "status", "outcome", "headers", "location")
 OUTCOMES = ("routed", "respond", "passthrough", "no_match", "bad_request")
 
 
@@ -140,10 +144,45 @@ def _expect(node: Y, pr: CompileCtx) -> dict[str, Any]:
             if val not in OUTCOMES:
                 pr.error(sub, f"expect.outcome must be one of {', '.join(OUTCOMES)}")
                 continue
+        elif k == "headers":
+            want = _expect_headers(sub, pr)
+            if want is not None:
+                out[k] = want
+            continue
         elif isinstance(val, (dict, list)):
             pr.error(sub, f"expect.{k} must be a single value or null")
             continue
         out[k] = val if val is None or k == "status" else as_text(sub)
+    return out
+
+
+def _expect_headers(node: Y, pr: CompileCtx) -> dict[str, tuple[str, list[str] | None]] | None:
+    """expect.headers: lower-case name -> (the name as written, the values wanted; None = absent)."""
+    if not isinstance(node.v, dict) or not node.v:
+        pr.error(node, "expect.headers must be a mapping of header names to a value, a list of values "
+                       "or null (absent), such as {X-Variant: B, X-Debug: null}")
+        return None
+    out: dict[str, tuple[str, list[str] | None]] = {}
+    for name, val in node.v.items():
+        if val.v is None:
+            values = None
+        elif isinstance(val.v, list):
+            values = []
+            for item in val.v:
+                if not _is_scalar(item.v):
+                    pr.error(item, f"expect.headers: the values of {name} must be texts")
+                else:
+                    values.append(as_text(item))
+        elif _is_scalar(val.v):
+            values = [as_text(val)]
+        else:
+            pr.error(val, f"expect.headers: the value of {name} must be a text, a list of texts or null")
+            continue
+        if name.lower() in out:
+            pr.error_key(node, name, f"expect.headers names {name} twice (header names are compared "
+                                     "without case)")
+            continue
+        out[name.lower()] = (name, values)
     return out
 
 
@@ -194,13 +233,34 @@ def load_cases(path: str) -> list[Case]:
 # --------------------------------------------------------------------------------------------------
 def actual(d: Decision, req: RequestView) -> dict[str, Any]:
     return {"route": d.route, "backend": d.backend, "upstream": d.upstream, "path": final_path(d, req),
-            "url": final_url(d, req), "status": d.status, "outcome": d.outcome}
+            "url": final_url(d, req), "status": d.status, "outcome": d.outcome, "location": location(d)}
+
+
+def _show_values(v: list[str] | None) -> str:
+    if v is None:
+        return "absent"
+    if len(v) == 1:
+        return _show(v[0])
+    return "[" + ", ".join(_show(x) for x in v) + "]"
+
+
+def header_diffs(want: dict[str, tuple[str, list[str] | None]], d: Decision, req: RequestView) -> list[str]:
+    """What differs between expect.headers and the headers the request is forwarded with."""
+    sent = forwarded_headers(d, req)
+    if sent is None:
+        return [f"headers: nothing is forwarded ({d.outcome}{f' {d.status}' if d.status else ''})"]
+    diffs = []
+    for low, (name, values) in want.items():
+        got = [v for k, v in sent if k.lower() == low] or None
+        if got != values:
+            diffs.append(f"headers.{name}: wanted {_show_values(values)}, got {_show_values(got)}")
+    return diffs
 
 
 def _same(key: str, want: Any, got: Any) -> bool:
     if want is None or got is None:
         return want is None and got is None
-    if key in ("path", "url") and "?" not in want and "?" in got:
+    if key in ("path", "url", "location") and "?" not in want and "?" in got:
         got = got.split("?", 1)[0]
     return as_text(want) == as_text(got)
 
@@ -216,17 +276,24 @@ def run_case(rules: Rules, case: Case) -> list[str]:
     got = actual(d, req)
     diffs: list[str] = []
     for key, want in case.expect.items():
+        if key == "headers":
+            diffs.extend(header_diffs(want, d, req))
+            continue
         if _same(key, want, got[key]):
             continue
         msg = f"{key}: wanted {_show(want)}, got {_show(got[key])}"
+        if key == "route" and got[key] is not None and route_named(rules, got[key]) is not None:
+            r = route_named(rules, got[key])
+            if r.origin or r.file:
+                msg += f" [{route_label(r, got[key])}]"
         if key == "route" and want is not None:
             why = next((w for r, w in d.routes_passed if r == want), None)
             if why is not None:
-                msg += f" ({want}: {why})"
+                msg += f" ({route_label(route_named(rules, want), want)}: {why})"
             elif not any(r.name == want for r in rules.routes):
                 msg += f" (the rules have no route {want!r})"
             elif d.route is not None:
-                msg += f" ({d.route} comes first and owns the request)"
+                msg += f" ({route_label(route_named(rules, d.route), d.route)} comes first and owns the request)"
         if key == "backend" and want is not None:
             why = next((a.reason for a in d.attempts if a.backend == want and not a.held), None)
             if why is not None:
@@ -238,4 +305,7 @@ def run_case(rules: Rules, case: Case) -> list[str]:
         if key == "upstream" and want is not None and want not in rules.upstreams and "://" not in str(want):
             msg += f" (the rules have no upstream {want!r})"
         diffs.append(msg)
+    r = route_named(rules, d.route)
+    if diffs and r is not None and (r.origin or r.file) and "route" not in case.expect:
+        diffs.append(f"decided by route {route_label(r, r.name)}")   # an imported rule, by its source
     return diffs

@@ -200,12 +200,14 @@ DESCRIPTIONS = {
                 "selected, splits whose weights are all 0, header or cookie names spelled with different case, "
                 "upstreams no backend uses.",
     "explain": "Run the addon's engine on one request (no network): the owning route and the routes passed "
-               "over, each backend tried with why it held or was skipped, the upstream, the final URL and the "
-               "headers set and removed. With --flows DUMP (a file written by mitmdump -w): the decision for "
+               "over, each backend tried with why it held or was skipped, the upstream, the final URL, the "
+               "path rewrite, the headers set, removed and added, mirrors and a redirect's Location. With --flows DUMP (a file written by mitmdump -w): the decision for "
                "every saved request and how many requests each backend would have taken.",
     "check": "CASES is a YAML (or JSON) list of {name, request, expect}. request: {method, url, headers, "
              "cookies, client_ip, jwt} (all but url optional). expect: any of route, backend, upstream, path, "
-             "url, status, outcome; each one given must equal the decision (null: nothing there). Prints a line "
+             "url, status, outcome, headers, location; each one given must equal the decision (null: nothing "
+             "there); headers: {NAME: VALUE | [V1, V2] | null} are the request headers as forwarded upstream, "
+             "location a redirect's Location. Prints a line "
              "per case and 'N passed, N failed'; exit 1 when any case failed.",
     "schema": "Print the JSON Schema (draft 2020-12) of the rules file. Save it and point your editor's YAML "
               "language server at it with a first line\n"
