@@ -185,6 +185,15 @@ def _broken(rules: Path, tmp_path: Path) -> Path:
     """The recipe with its first backend removed (or, for a route of one backend, its match
     conditions beside the host): what a careless edit does. Relative file paths made absolute."""
     doc = yaml.safe_load(rules.read_text(encoding="utf-8"))
+    if not doc.get("routes") and doc.get("imports"):
+        # an importing recipe: its first imported file loses its first rule
+        first = doc["imports"][0]
+        cluster = yaml.safe_load((rules.parent / first).read_text(encoding="utf-8"))
+        del cluster["spec"]["rules"][0]
+        (tmp_path / first).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / first).write_text(yaml.safe_dump(cluster, sort_keys=False), encoding="utf-8")
+        (tmp_path / rules.name).write_text(rules.read_text(encoding="utf-8"), encoding="utf-8")
+        return tmp_path / rules.name
     route = doc["routes"][0]
     if len(route["backends"]) > 1:
         del route["backends"][0]
@@ -326,6 +335,9 @@ def _copy_rules(src: Path, ports: dict[int, int], tmp_path: Path) -> Path:
     text = re.sub(r"(geoip_db: *)(\S+)", lambda m: m.group(1) + str((src.parent / m.group(2)).resolve()), text)
     copy = tmp_path / src.name
     copy.write_text(text, encoding="utf-8")
+    for imported in (yaml.safe_load(text) or {}).get("imports") or ():   # imported files, beside it as before
+        (tmp_path / imported).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src.parent / imported, tmp_path / imported)
     return copy
 
 
