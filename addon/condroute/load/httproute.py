@@ -112,6 +112,7 @@ def _regex(node: Y, cc: CompileCtx, what: str) -> str | None:
     opts = re2.Options()
     opts.log_errors = False
     try:
+        re2.compile(t, options=opts)       # the pattern as written first: its error names no wrapper
         re2.compile(full, options=opts)
     except re2.error as e:
         why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
