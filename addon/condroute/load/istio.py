@@ -138,16 +138,18 @@ class VirtualServiceReader:
         used: dict[str, int] = {}
         catch_all: str | None = None
         for i, rule in enumerate(http.v):
-            if catch_all is not None:
-                cc.warn(rule, f"{vs.name}: http rule {i + 1} is never used: {catch_all} before it matches every "
-                              f"request (Istio leaves it out too)")
-                continue
-            if not cc.expect_map(rule, f"{vs.name}: http rule {i + 1}"):
-                continue
-            if not check_keys(rule, RULE_KEYS, f"{vs.name}: http rule {i + 1}", cc):
-                continue
-            rname = rule.v["name"].text if "name" in rule.v and rule.v["name"].text else None
+            rname = None
+            if isinstance(rule.v, dict) and "name" in rule.v and rule.v["name"].text:
+                rname = rule.v["name"].text
             base = f"{safe_name(vs.name)}#{safe_name(rname) if rname else i + 1}"
+            if catch_all is not None:
+                cc.warn(rule, f"{base} is never used: {catch_all} before it matches every request (Istio leaves "
+                              f"it out too)")
+                continue
+            if not cc.expect_map(rule, f"http rule {base}"):
+                continue
+            if not check_keys(rule, RULE_KEYS, f"http rule {base}", cc):
+                continue
             if base in used:
                 cc.error_key(rule, "name", f"{vs.name}: two http rules are named {rname!r} (the other at line "
                                            f"{used[base]})")
@@ -175,7 +177,7 @@ class VirtualServiceReader:
                     name=rname_full, line=at.line, methods=bm.methods if bm else None, path=bm.path if bm else None,
                     conditions=bm.conditions if bm else None, backends=(backend,), file=cc.file, origin=origin))
                 if bm is None or bm.catch_all:
-                    catch_all = f"http rule {i + 1}" + (f" ({rname})" if rname else "")
+                    catch_all = rname_full
         if catch_all is None:
             vs.not_found = Route(
                 name=f"{safe_name(vs.name)}#no-match", line=vs.node.line,

@@ -109,6 +109,11 @@ def string_match(node: Y | None, cc: CompileCtx, what: str, presence: bool = Fal
         if not text:
             cc.error(vn, f"{what}: an empty regex (Istio refuses it)")
             return None
+        why = regex_problem(text)
+        if why is not None:
+            cc.error(vn, f"{what}: bad regular expression {text!r}: {why} (RE2 syntax, as Envoy's: no "
+                         f"backreferences or lookaround)")
+            return None
         return ynode({"regex": ynode(full_regex(text), vn)}, node)
     if form == "prefix":
         if not text:
@@ -124,6 +129,21 @@ def string_match(node: Y | None, cc: CompileCtx, what: str, presence: bool = Fal
     return ynode(m, node)
 
 
+def _re2(pattern: str) -> Any:
+    opts = re2.Options()
+    opts.log_errors = False
+    return re2.compile(pattern, options=opts)
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why RE2 refuses ``pattern`` (None when it compiles)."""
+    try:
+        _re2(pattern)
+    except re2.error as e:
+        return e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+    return None
+
+
 def holds_on_empty(m: Y) -> bool:
     """Whether a MATCHER built by :func:`string_match` holds on the value "" (what Envoy tests
     for a withoutHeaders header that is missing)."""
@@ -133,10 +153,8 @@ def holds_on_empty(m: Y) -> bool:
         return m.v["prefix"].text == ""
     if "equals" in m.v:
         return m.v["equals"].text == ""
-    opts = re2.Options()
-    opts.log_errors = False
     try:
-        return re2.compile(m.v["regex"].text or "", options=opts).fullmatch("") is not None
+        return _re2(m.v["regex"].text or "").fullmatch("") is not None
     except re2.error:
         return False            # the compiler reports the bad regex, at its line
 
@@ -171,13 +189,13 @@ class MatchReader:
 
     def block(self, node: Y, label: str) -> BlockMatch | None:
         cc = self.cc
-        if not cc.expect_map(node, f"{label}: a match block"):
+        if not cc.expect_map(node, f"a match block of {label}"):
             return None
         if not node.v:
             cc.error(node, f"{label}: an empty match block (Istio refuses it: leave `match` out for a rule "
                            f"that matches every request)")
             return None
-        if not check_keys(node, MATCH_KEYS, f"{label}: a match block", cc):
+        if not check_keys(node, MATCH_KEYS, f"a match block of {label}", cc):
             return None
         v = node.v
         out = BlockMatch()

@@ -25,15 +25,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import re2
-
 from ..httptext import TOKEN
 from ..model import Backend, Mirror, PathRewrite, Split, Upstream
 from ..node import Y
 from .common import REMOVE_KEPT, REQUEST_HEADERS_KEPT
 from .ctx import CompileCtx, kind
 from .istio_answer import DEFAULT_RETRIES, direct_response, fault, percentage, redirect, retries
-from .istio_match import BlockMatch, check_keys
+from .istio_match import BlockMatch, check_keys, regex_problem
 from .krakend import parse_duration
 from .services import resolve
 
@@ -349,8 +347,11 @@ class RuleReader:
                 if mn is None or not mn.text or wn is None or wn.text is None:
                     cc.error(rr, f"{label}: uriRegexRewrite needs both match (a regex) and rewrite")
                 else:
-                    kw["rewrite"] = PathRewrite("regex", wn.text, pattern=mn.text)
-                    self._check_regex(mn, label)
+                    why = regex_problem(mn.text)
+                    if why is not None:
+                        cc.error(mn, f"{label}: bad regular expression {mn.text!r}: {why} (RE2 syntax, as Envoy's)")
+                    else:
+                        kw["rewrite"] = PathRewrite("regex", wn.text, pattern=mn.text)
             return None
         if "uri" in v:
             un = v["uri"]
@@ -360,16 +361,6 @@ class RuleReader:
             return un
         return None
 
-    def _check_regex(self, node: Y, label: str) -> None:
-        opts = re2.Options()
-        opts.log_errors = False
-        try:
-            re2.compile(node.text or "", options=opts)
-        except re2.error as e:
-            why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
-            self.cc.error(node, f"{label}: bad regular expression {node.text!r}: {why} (RE2 syntax, as Envoy's)")
-
-    # -- timeout, retries, fault, mirror ------------------------------------------------------
     def duration(self, node: Y, what: str) -> float | None:
         if node.text in ("0", "0s", "0ms"):
             return None                      # Istio: 0 disables the timeout
