@@ -204,3 +204,17 @@ async def test_an_edited_imported_file_reloads_a_broken_one_keeps_the_rules_and_
     assert addon.check_reload() is True
     await addon.tctx.cycle(addon, f := flow("/k/1"))
     assert f.request.port == 9300
+
+
+def test_validate_locates_a_shadowed_imported_route_in_its_own_file(tmp_path, capsys):
+    from condroute.cli.main import main
+    (tmp_path / "h.yaml").write_text("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n"
+                                     "metadata: {name: r}\nspec:\n  hostnames: [x.example]\n  rules:\n"
+                                     "  - backendRefs: [{name: a, port: 80}]\n")
+    main_file = tmp_path / "m.yaml"
+    main_file.write_text("version: 1\nupstreams: {a: 'http://127.0.0.1:1'}\nroutes:\n"
+                         "  - {name: all, backends: [{name: b, upstream: a}]}\nimports: [h.yaml]\n")
+    assert main(["validate", str(main_file)]) == 0
+    err = capsys.readouterr().err
+    assert (f"{tmp_path / 'h.yaml'}:7:1: warning: route 'r#1' can never own a request: the earlier route 'all' "
+            f"(m.yaml:4) comes first") in err, err

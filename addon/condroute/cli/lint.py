@@ -7,6 +7,8 @@ inside an earlier route's match can never own a request). Each warning is a loca
 """
 from __future__ import annotations
 
+import os
+
 import re
 from typing import Iterator
 
@@ -58,11 +60,11 @@ class _Where:
 
 # --------------------------------------------------------------------------------------------------
 def _unconditional_shadows(rules: Rules, w: _Where) -> Iterator[Problem]:
-    f = rules.file
     for i, route in enumerate(rules.routes):
         first = next((b for b in route.backends if b.unconditional), None)
         if first is None:
             continue
+        f = route.file or rules.file
         after = False
         for j, b in enumerate(route.backends):
             if b is first:
@@ -138,9 +140,11 @@ def _shadowed_routes(rules: Rules, w: _Where) -> Iterator[Problem]:
         for earlier in rules.routes[:i]:
             why = route_covers(earlier, route)
             if why is not None:
-                yield Problem(rules.file, *w.route(i),
+                where = (f"{os.path.basename(earlier.file or rules.file)}:{earlier.line}"
+                         if (earlier.file or rules.file) != (route.file or rules.file) else f"line {earlier.line}")
+                yield Problem(route.file or rules.file, *w.route(i),
                               f"route {route.name!r} can never own a request: the earlier route {earlier.name!r} "
-                              f"(line {earlier.line}) comes first and {why}")
+                              f"({where}) comes first and {why}")
                 break
 
 
@@ -151,7 +155,7 @@ def _zero_splits(rules: Rules, w: _Where) -> Iterator[Problem]:
             if b.split is not None and b.split.arms and all(wt <= 0 for _, wt in b.split.arms):
                 pos = w.backend_key(i, j, "split", "weights")
                 if pos not in already:
-                    yield Problem(rules.file, *pos, f"every weight of the split of backend {b.name!r} is 0: "
+                    yield Problem(route.file or rules.file, *pos, f"every weight of the split of backend {b.name!r} is 0: "
                                   "it picks among its upstreams evenly")
 
 
