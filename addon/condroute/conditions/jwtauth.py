@@ -9,6 +9,9 @@ claims that ``split: {by: jwt:CLAIM}`` and CEL's ``jwt`` read.
 - A token that fails contributes no claims; the reason is one of a fixed set of phrases
   ("token expired", "bad signature", ...). Nothing from the token itself is ever put into a
   reason, a log line or an error message.
+
+Why this module is long: finding, checking and caching a token and reading its key files are one
+place where a token's trust is decided (KrakenD's per-route checks are in ``jwtvalidator``).
 """
 from __future__ import annotations
 
@@ -80,8 +83,9 @@ class JwtSettings:
     """Compiled ``settings.jwt``."""
 
     def __init__(self, source_kind: str, source_name: str, verify: bool, keys: tuple[JwtKey, ...] = (),
-                 issuer: Any = None, audience: Any = None, leeway: float = 0.0):
+                 issuer: Any = None, audience: Any = None, leeway: float = 0.0, require_kid: bool = False):
         self.source_kind = source_kind          # header | cookie
+        self.require_kid = require_kid          # a token without a kid is refused (KrakenD's default)
         self.source_name = source_name          # lower-case for headers
         self.verify = verify
         self.keys = keys
@@ -149,6 +153,8 @@ class JwtSettings:
         if alg not in KNOWN_ALGS:
             return TokenState(token, {}, "unsupported algorithm"), math.inf
         kid = header.get("kid")
+        if kid is None and self.require_kid:
+            return TokenState(token, {}, "the token has no kid (key id)"), math.inf
         if kid is not None and self.by_kid:
             k = self.by_kid.get(kid)
             if k is None:
@@ -205,8 +211,10 @@ def _reason(e: Exception) -> str:
 
 # -- per request -------------------------------------------------------------------------------------
 def token_state(req: RequestView, env: Any) -> TokenState:
-    """The request's token, checked at most once per request (and once per token while cached)."""
-    return req.memo("jwt", lambda: _state(req, env))
+    """The request's token, checked at most once per request (and once per token while cached);
+    memoised per settings object, so no result checked with another key set is ever reused."""
+    s = getattr(getattr(env, "settings", None), "jwt", None)
+    return req.memo(f"jwt:{id(s)}", lambda: _state(req, env))
 
 
 def _state(req: RequestView, env: Any) -> TokenState:
@@ -270,7 +278,6 @@ def claim_values(req, env, claim: str) -> list:
     return values_at(st.claims, claim)
 
 
-# -- conditions --------------------------------------------------------------------------------------
 # -- settings ----------------------------------------------------------------------------------------
 def _algs_of(key: Any) -> tuple[frozenset[str], str]:
     if isinstance(key, rsa.RSAPublicKey):
@@ -283,7 +290,7 @@ def _algs_of(key: Any) -> tuple[frozenset[str], str]:
 
 
 def _read(path_node: Y, cc: CompileCtx, what: str) -> tuple[str, bytes] | None:
-    name = cc.expect_str(path_node, f"settings.jwt.verify.{what}")
+    name = cc.expect_str(path_node, what)
     if name is None:
         return None
     full = cc.resolve_path(name)
@@ -291,19 +298,19 @@ def _read(path_node: Y, cc: CompileCtx, what: str) -> tuple[str, bytes] | None:
         with open(full, "rb") as f:
             data = f.read(4 * 1024 * 1024 + 1)
     except FileNotFoundError:
-        cc.error(path_node, f"settings.jwt.verify.{what}: no such file: {full}")
+        cc.error(path_node, f"{what}: no such file: {full}")
         return None
     except OSError as e:
-        cc.error(path_node, f"settings.jwt.verify.{what}: cannot read {full}: {e.strerror or e}")
+        cc.error(path_node, f"{what}: cannot read {full}: {e.strerror or e}")
         return None
     if len(data) > 4 * 1024 * 1024:
-        cc.error(path_node, f"settings.jwt.verify.{what}: {full} is too large for a key file")
+        cc.error(path_node, f"{what}: {full} is too large for a key file")
         return None
     return full, data
 
 
 def _public_key(node: Y, cc: CompileCtx) -> JwtKey | None:
-    got = _read(node, cc, "public_key_file")
+    got = _read(node, cc, "settings.jwt.verify.public_key_file")
     if got is None:
         return None
     full, data = got
@@ -324,31 +331,33 @@ def _public_key(node: Y, cc: CompileCtx) -> JwtKey | None:
     return JwtKey(None, key, algs, what)
 
 
-def _jwks(node: Y, cc: CompileCtx) -> tuple[JwtKey, ...] | None:
-    got = _read(node, cc, "jwks_file")
+def _jwks(node: Y, cc: CompileCtx, what: str = "settings.jwt.verify.jwks_file") -> tuple[JwtKey, ...] | None:
+    got = _read(node, cc, what)
     if got is None:
         return None
     full, data = got
     try:
         doc = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        cc.error(node, f"settings.jwt.verify.jwks_file: {full} is not valid JSON: "
+        cc.error(node, f"{what}: {full} is not valid JSON: "
                        f"{getattr(e, 'msg', 'not UTF-8')}")
         return None
     if isinstance(doc, dict) and "keys" not in doc and "kty" in doc:
         doc = {"keys": [doc]}           # a single JWK is accepted too
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list) or not doc["keys"]:
-        cc.error(node, f"settings.jwt.verify.jwks_file: {full} is not a JWK set: expected {{\"keys\": [...]}}")
+        cc.error(node, f"{what}: {full} is not a JWK set: expected {{\"keys\": [...]}}")
         return None
     keys: list[JwtKey] = []
     errors_before = len(cc.problems)
     for i, jwk in enumerate(doc["keys"]):
-        where = f"settings.jwt.verify.jwks_file: {full}: key {i + 1}"
+        where = f"{what}: {full}: key {i + 1}"
         if not isinstance(jwk, dict):
             cc.error(node, f"{where} is not an object")
             continue
         if jwk.get("use") not in (None, "sig"):
             continue                     # an encryption key: not for us
+        if isinstance(jwk.get("alg"), str) and jwk["alg"] not in KNOWN_ALGS and jwk["alg"].lower() != "none":
+            continue                     # a key-wrapping algorithm (A128KW, RSA-OAEP...): not for us
         try:
             pk = pyjwt.PyJWK(jwk)
         except Exception:
@@ -371,10 +380,10 @@ def _jwks(node: Y, cc: CompileCtx) -> tuple[JwtKey, ...] | None:
             continue
         keys.append(JwtKey(kid, key, algs, what))
     if not keys and len(cc.problems) == errors_before:
-        cc.error(node, f"settings.jwt.verify.jwks_file: {full} has no signing key")
+        cc.error(node, f"{what}: {full} has no signing key")
     kids = [k.kid for k in keys if k.kid is not None]
     if len(kids) != len(set(kids)):
-        cc.error(node, f"settings.jwt.verify.jwks_file: {full}: two keys share a kid")
+        cc.error(node, f"{what}: {full}: two keys share a kid")
         return None
     return tuple(keys) if keys else None
 

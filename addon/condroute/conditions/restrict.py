@@ -1,17 +1,20 @@
 """Conditions an importer needs that the rules format cannot write: one that never holds (and
-why), and one that sees only some request headers (KrakenD's ``input_headers``). Not kinds: a
-rules file cannot name them; the model's :class:`~condroute.model.Never` and
-:class:`~condroute.model.VisibleHeaders` compile to them."""
+why), one that sees only some request headers (KrakenD's ``input_headers``), with the headers a
+token check sets from claims instead of the client's (``propagate_claims``), and one that holds
+when a route's token check answers 401/403. Not kinds: a rules file cannot name them; the model's
+:class:`~condroute.model.Never`, :class:`~condroute.model.VisibleHeaders` and
+:class:`~condroute.model.TokenRejected` compile to them."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from ..httptext import canonical_header
 from ..load.ctx import CompileCtx
-from ..model import VisibleHeaders
+from ..model import TokenRejected, VisibleHeaders
 from ..node import Y
 from ..request import RequestView
 from .base import Cond
+from .jwtvalidator import TokenRejectedCond, Validator, compile_token_check
 
 
 class NeverCond(Cond):
@@ -34,21 +37,32 @@ class _VisibleView(RequestView):
 
 
 class VisibleHeadersCond(Cond):
-    """Evaluates ``inner`` against the request with only the ``allowed`` headers (lower-case)."""
+    """Evaluates ``inner`` against the request with only the ``allowed`` headers (lower-case; None:
+    all). With a ``validator``, the headers it propagates from claims are never the client's: the
+    client's values are dropped, and the token's are added when it is valid."""
 
-    def __init__(self, inner: Cond, allowed: frozenset[str], hidden: tuple[str, ...] = ()):
+    def __init__(self, inner: Cond, allowed: frozenset[str] | None, hidden: tuple[str, ...] = (),
+                 validator: Validator | None = None):
         self.inner = inner
         self.allowed = allowed
         self.hidden = hidden        # headers the condition reads that are not declared
+        self.validator = validator
         self.text = inner.text
-        self._memo = "krakend_visible:" + ",".join(sorted(allowed))
+        self._memo = ("krakend_visible:" + (",".join(sorted(allowed)) if allowed is not None else "*")
+                      + (f":{validator.memo_key}" if validator is not None else ""))
 
     def view(self, req: RequestView) -> RequestView:
+        allowed, val = self.allowed, self.validator
+        drop = val.names if val is not None else frozenset()
+
         def make() -> RequestView:
             # header_map, not req.headers: the addon hands the engine a one-shot iterator of headers
+            hs = [(k, v) for k, vals in req.header_map.items()
+                  if (allowed is None or k in allowed) and k not in drop for v in vals]
+            if val is not None:
+                hs.extend((k, v) for k, v in val.headers(req) if allowed is None or k in allowed)
             v = _VisibleView(req.method, req.scheme, req.host, req.port, req.path, req.query_string,
-                             [(k, val) for k, vals in req.header_map.items() if k in self.allowed for val in vals],
-                             req.peer, req.jwt_token)
+                             hs, req.peer, req.jwt_token)
             v.__dict__["_orig"] = req
             return v
         v = req.memo(self._memo, make)
@@ -71,11 +85,17 @@ def headers_read(cond: Cond) -> frozenset[str]:
     return frozenset(read()) if read is not None else frozenset()
 
 
-def compile_visible(w: VisibleHeaders, cc: CompileCtx, compile_condition: Callable[..., Cond | None]) -> Cond | None:
+def compile_visible(w: VisibleHeaders | TokenRejected, cc: CompileCtx,
+                    compile_condition: Callable[..., Cond | None]) -> Cond | None:
+    """Compiles a :class:`VisibleHeaders` (and a :class:`TokenRejected`: the compiler hands this
+    function every importer-only condition)."""
+    if isinstance(w, TokenRejected):
+        return TokenRejectedCond(compile_token_check(w.check, cc), w.status)
     cond = compile_condition(w.inner, cc, "backend/conditional")
     if cond is None:
         return None
-    hidden = sorted(n for n in headers_read(cond) if n not in w.headers)
+    validator = compile_token_check(w.token, cc) if w.token is not None else None
+    hidden = sorted(n for n in headers_read(cond) if w.headers is not None and n not in w.headers)
     if hidden:
         shown = ", ".join(canonical_header(n) for n in hidden)
         one = len(hidden) == 1
@@ -84,4 +104,4 @@ def compile_visible(w: VisibleHeaders, cc: CompileCtx, compile_condition: Callab
                     f"{'is' if one else 'are'} not in the endpoint's input_headers: KrakenD "
                     f"does not pass {'it' if one else 'them'} on, so the policy sees "
                     f"{'it' if one else 'them'} as missing")
-    return VisibleHeadersCond(cond, w.headers, tuple(hidden))
+    return VisibleHeadersCond(cond, w.headers, tuple(hidden), validator)

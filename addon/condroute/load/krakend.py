@@ -33,10 +33,14 @@ from typing import Any
 from typing import Iterator
 
 from ..httptext import HTTP_METHODS
-from ..model import Backend, Never, Route, Settings, VisibleHeaders, When
+from ..httptext import canonical_header as canonical
+from ..model import Backend, Never, Respond, Route, Settings, TokenCheck, TokenRejected, VisibleHeaders, When
 from ..node import Y, as_text
 from .common import parse_cidrs, parse_path_template, parse_route_path, parse_upstream_url
 from .ctx import CompileCtx, kind
+from .krakend_auth import reads_claim_header, token_check, validator_node
+from .krakend_extra import DYNAMIC, geoip_ok, not_applied, server_plugins, unservable
+from .krakend_martian import martian_headers, martian_node
 
 
 CONDITIONAL = "backend/conditional"
@@ -45,7 +49,9 @@ CONDITIONAL_KEYS = ("name", "strategy", "value")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATIONS = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DYNAMIC = re.compile(r"\{\s*(input_headers|input_query_strings|JWT|jwt|resp\d+_)[^}]*\}")
+# a policy that reads a value of the sequential proxy (an earlier backend's response)
+_RESP_PARAM = re.compile(r"req_params\s*(?:\.\s*|\[\s*['\"])([Rr]esp\d+_\w*)")
+GUARD = "auth/validator"
 _METHOD = re.compile(r"^[A-Za-z]+$")
 
 
@@ -80,7 +86,26 @@ class KrakendLoader:
 
     @staticmethod
     def claims(root: Y) -> bool:
-        return isinstance(root.v, dict) and "endpoints" in root.v and "routes" not in root.v
+        v = root.v
+        if isinstance(v, dict):
+            if "routes" in v:
+                return False
+            return "endpoints" in v or "endpoint" in v or "url_pattern" in v or ("backend" in v and "version" not in v)
+        if isinstance(v, list):      # a list of endpoints (or backends) pasted alone
+            return bool(v) and all(isinstance(i.v, dict) and ("endpoint" in i.v or "url_pattern" in i.v) for i in v)
+        return False
+
+    def fragment(self) -> str | None:
+        """What to say when the file is a piece of a KrakenD configuration, not a whole one."""
+        v = self.root.v
+        if isinstance(v, dict) and "endpoints" in v:
+            return None
+        backend = isinstance(v, dict) and "url_pattern" in v and "endpoint" not in v or \
+            isinstance(v, list) and all("endpoint" not in i.v for i in v)
+        if backend:
+            return ('this is a KrakenD backend, not a whole configuration: wrap it in {"version": 3, '
+                    '"endpoints": [{"endpoint": "/...", "backend": [...]}]}')
+        return 'this is a KrakenD endpoint, not a whole configuration: wrap it in {"version": 3, "endpoints": [...]}'
 
     def __init__(self, root: Y, cc: CompileCtx):
         self.root = root
@@ -124,8 +149,10 @@ class KrakendLoader:
                 elif tp is not None:
                     cc.warn(tp, "router.trusted_proxies has no effect without forwarded_by_client_ip: true")
             db = self.geoip_path(extra)
-            if db is not None:
+            if db is not None and geoip_ok(db, self.root, cc):
                 kw["geoip_db"] = db
+            not_applied(extra, cc, "the service's extra_config", skip=frozenset({"plugin/http-server"}))
+            server_plugins(extra, cc)
         return Settings(**kw)
 
     def geoip_path(self, extra: Y) -> Y | None:
@@ -148,6 +175,10 @@ class KrakendLoader:
 
     def head(self) -> Settings:
         cc, v = self.cc, self.root.v
+        frag = self.fragment()
+        if frag is not None:
+            cc.error(self.root, frag)
+            cc.raise_if_errors()
         self.root_hosts = self.hosts(v.get("host"), "host")
         if "timeout" in v:
             self.root_timeout = parse_duration(v["timeout"], cc, "timeout")
@@ -217,11 +248,44 @@ class KrakendLoader:
         if not bn.v:
             cc.error(bn, f"endpoint {name}: backend is empty")
             return None
+        route = Route(name=name, line=node.line, methods=frozenset({method}), path=pp)
+        why = unservable(bn, name, cc)
+        if why is not None:
+            return self.skipped(route, why)
+        extra = v.get("extra_config")
+        if extra is not None and not cc.expect_map(extra, "extra_config"):
+            extra = None
+        tc: TokenCheck | None = None
+        vn = validator_node(extra)
+        if vn is not None:
+            tc = token_check(vn, name, cc)
+            if tc is None:
+                return None
+        names = frozenset(h.header.lower() for h in tc.claim_headers) if tc is not None else frozenset()
+        enforced = tc is not None and (tc.keys is not None or tc.decode_only)
+        if names and not enforced:
+            reads = self.reads_propagated(bn, names)
+            if reads is not None:
+                at, hname = reads
+                cc.warn(at, f"endpoint {name}: skipped: its backend/conditional reads {canonical(hname)}, which "
+                            f"KrakenD sets from the verified token (auth/validator propagate_claims), and the "
+                            f"validator's keys are not available (see its warning)")
+                return self.skipped(route, f"its conditional reads {canonical(hname)}, set from a token condroute "
+                                           f"cannot verify (no keys)")
+        not_applied(extra, cc, f"endpoint {name}")
         backends: list[Backend] = []
+        if enforced:
+            assert tc is not None
+            backends.append(Backend(name=GUARD, line=vn.line, when=TokenRejected(tc, 401),
+                                    respond=Respond(401, "", ())))
+            if tc.roles or tc.scopes:
+                backends.append(Backend(name=GUARD + "-roles", line=vn.line, when=TokenRejected(tc, 403),
+                                        respond=Respond(403, "", ())))
         fallback: Backend | None = None
         header_conds: dict[tuple[str, str], str] = {}
+        guards = len(backends)
         for j, b in enumerate(bn.v):
-            be = self.backend(b, j, name, method, visible, timeout, header_conds)
+            be = self.backend(b, j, name, method, visible, timeout, header_conds, tc if names else None)
             if be is None:
                 continue
             if be.fallback:
@@ -231,8 +295,28 @@ class KrakendLoader:
                     continue
                 fallback = be
             backends.append(be)
-        self.merge_warning(node, name, backends, v.get("extra_config"))
+        self.merge_warning(node, name, backends[guards:], extra)
         return Route(name=name, line=node.line, methods=frozenset({method}), path=pp, backends=tuple(backends))
+
+    @staticmethod
+    def skipped(route: Route, why: str) -> Route:
+        """A route that names the endpoint and never forwards it: a request for it is answered 502
+        with the reason (explain and the status page name it), instead of passing through as if
+        nothing declared it."""
+        body = f"condroute skipped the KrakenD endpoint {route.name}: {why}\n"
+        return Route(name=route.name, line=route.line, methods=route.methods, path=route.path,
+                     backends=(Backend(name="skipped", line=route.line, respond=Respond(502, body, ())),))
+
+    @staticmethod
+    def reads_propagated(bn: Y, names: frozenset[str]) -> tuple[Y, str] | None:
+        for b in bn.v:
+            x = b.v.get("extra_config") if isinstance(b.v, dict) else None
+            c = x.v.get(CONDITIONAL) if x is not None and isinstance(x.v, dict) else None
+            h = reads_claim_header(c, names)
+            if h is not None:
+                assert c is not None
+                return c, h
+        return None
 
     def merge_warning(self, node: Y, name: str, backends: list[Backend], extra: Y | None) -> None:
         """Where KrakenD would call several backends for one request and merge their responses."""
@@ -255,7 +339,7 @@ class KrakendLoader:
 
     # -- backends -----------------------------------------------------------------------------
     def backend(self, node: Y, j: int, ep: str, method: str, visible: frozenset[str] | None,
-                timeout: float | None, header_conds: dict) -> Backend | None:
+                timeout: float | None, header_conds: dict, tc: TokenCheck | None = None) -> Backend | None:
         cc = self.cc
         bname = f"backend-{j + 1}"
         if not cc.expect_map(node, f"endpoint {ep}: {bname}"):
@@ -268,7 +352,7 @@ class KrakendLoader:
         if not isinstance(un.v, str):
             cc.error(un, f"url_pattern must be a path such as /users/{{id}}, not {kind(un.v)}")
             return None
-        if _DYNAMIC.search(un.v):
+        if DYNAMIC.search(un.v):
             cc.error(un, f"url_pattern {un.v!r}: dynamic routing placeholders ({{input_headers...}}, "
                          "{JWT...}, {input_query_strings...}, {respN_...}) are not supported; "
                          "use the endpoint's {params}")
@@ -284,15 +368,18 @@ class KrakendLoader:
             return None
         h = hosts[0]
         text = h.v.strip()
-        if _DYNAMIC.search(text) or "{" in text:
+        if DYNAMIC.search(text) or "{" in text:
             cc.error(h, f"host {text!r}: dynamic hosts are not supported")
             return None
-        if "://" not in text:
-            text = "http://" + text          # KrakenD's host sanitising
-        up = parse_upstream_url(Y(text, h.line, h.col), cc)
+        # a name the importing file's upstreams define (exactly as the host is written) is that upstream
+        up = cc.upstreams.get(text)
         if up is None:
-            return None
-        cc.upstreams.setdefault(up.name, up)
+            if "://" not in text:
+                text = "http://" + text          # KrakenD's host sanitising
+            up = cc.upstreams.get(text) or parse_upstream_url(Y(text, h.line, h.col), cc)
+            if up is None:
+                return None
+            up = cc.upstreams.setdefault(up.name, up)
         if len(hosts) > 1:
             cc.warn(h, f"endpoint {ep}: {bname}: KrakenD balances load over {len(hosts)} hosts; "
                        f"condroute sends to the first, {up.name}")
@@ -304,18 +391,32 @@ class KrakendLoader:
                                  f"condroute forwards the client's method ({method})")
         kw: dict[str, Any] = {}
         extra = v.get("extra_config")
-        if extra is not None and cc.expect_map(extra, "extra_config") and CONDITIONAL in extra.v:
-            when, fb = self.conditional(extra.v[CONDITIONAL], ep, bname, visible, header_conds)
+        if extra is not None and not cc.expect_map(extra, "extra_config"):
+            extra = None
+        if extra is not None and CONDITIONAL in extra.v:
+            when, fb = self.conditional(extra.v[CONDITIONAL], ep, bname, visible, header_conds, tc)
             if when is None and not fb:
                 return None           # the conditional did not compile (the error is recorded)
             if fb:
                 kw["fallback"] = True
             else:
                 kw["when"] = when
-        return Backend(name=bname, line=node.line, upstream=up, path=tmpl, timeout=timeout, **kw)
+        sets: tuple = ()
+        removes: tuple = ()
+        mn = martian_node(extra)
+        if mn is not None:
+            sets, removes = martian_headers(mn, cc, f"endpoint {ep}: {bname}: modifier/martian")
+        if tc is not None:
+            # the client's values of propagated headers never reach the upstream
+            removes += tuple(canonical(h.header) for h in tc.claim_headers
+                             if h.header.lower() not in {r.lower() for r in removes})
+            sets = tuple((n, val) for n, val in sets if n.lower() not in {h.header.lower() for h in tc.claim_headers})
+        not_applied(extra, cc, f"endpoint {ep}: {bname}")
+        return Backend(name=bname, line=node.line, upstream=up, path=tmpl, timeout=timeout,
+                       set_headers=sets, remove_headers=removes, **kw)
 
     def conditional(self, node: Y, ep: str, bname: str, visible: frozenset[str] | None,
-                    header_conds: dict) -> tuple[When | None, bool]:
+                    header_conds: dict, tc: TokenCheck | None = None) -> tuple[When | None, bool]:
         cc = self.cc
         if not cc.expect_map(node, CONDITIONAL):
             return None, False
@@ -360,14 +461,25 @@ class KrakendLoader:
                             f"calls both and merges the responses; condroute routes to {header_conds[key]}")
             else:
                 header_conds[key] = bname
-            return Y({"header": Y({nn.v: Y(value, vn.line, vn.col)}, nn.line, nn.col, {nn.v: (nn.line, nn.col)})},
-                     node.line, node.col, {"header": (nn.line, nn.col)}), False
+            hc = Y({"header": Y({nn.v: Y(value, vn.line, vn.col)}, nn.line, nn.col, {nn.v: (nn.line, nn.col)})},
+                   node.line, node.col, {"header": (nn.line, nn.col)})
+            if tc is not None:
+                return VisibleHeaders(hc, visible, f"endpoint {ep}: {bname}", tc), False
+            return hc, False
         # policy
         if not isinstance(vn.v, str):
             cc.error(vn, f"{CONDITIONAL}: a policy must be an expression (a string), not {kind(vn.v)}")
             return None, False
+        m = _RESP_PARAM.search(vn.v)
+        if m is not None:
+            k = int(re.match(r"[Rr]esp(\d+)_", m.group(1)).group(1))    # type: ignore[union-attr]
+            cc.warn(vn, f"endpoint {ep}: {bname}: the policy reads req_params.{m.group(1)}, a value KrakenD takes "
+                        f"from backend-{k + 1}'s response (sequential proxy); condroute routes before any backend "
+                        f"answers, so this conditional can never hold")
+            return Never(f"policy {vn.v}", f"can never hold: req_params.{m.group(1)} is a value of the sequential "
+                                           f"proxy (backend-{k + 1}'s response), unknown when condroute routes"), False
         cel = Y({"cel": vn}, vn.line, vn.col, {"cel": (vn.line, vn.col)})
-        if visible is None:
+        if visible is None and tc is None:
             return cel, False
         # which headers the policy reads is known once it is compiled: the compiler warns then
-        return VisibleHeaders(cel, visible, f"endpoint {ep}: {bname}"), False
+        return VisibleHeaders(cel, visible, f"endpoint {ep}: {bname}", tc), False
