@@ -5,13 +5,15 @@ condroute file whose upstreams are echo backends. The echo backends answer with 
 (path, Host, headers), so what is checked is what really arrived."""
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, read_head, serve_raw
 
 pytestmark = pytest.mark.slow
 FIX = ROOT / "tests" / "fixtures" / "httproute"
@@ -92,3 +94,32 @@ def test_weight_live(gateway):
     seen = Counter(echoed(gateway.get("http://weight.test/")).get("backend") for _ in range(200))
     assert seen["v3"] == 0 and set(seen) <= {"v1", "v2"}
     assert abs(seen["v1"] / 200 - 0.7) <= 0.15, seen
+
+
+def test_timeouts_request_answers_504(tmp_path: Path, proxy):
+    """conformance httproute-timeout-request: a backend slower than timeouts.request gets 504."""
+    release = threading.Event()
+
+    def never_answers(conn):
+        read_head(conn)
+        release.wait(30)
+        conn.close()
+
+    srv = serve_raw(never_answers)
+    try:
+        (tmp_path / "route.yaml").write_text(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: slow}\n"
+            "spec:\n  hostnames: [slow.test]\n"
+            "  rules: [{timeouts: {request: 500ms}, backendRefs: [{name: slow, port: 80}]}]\n")
+        (tmp_path / "rules.yaml").write_text(
+            f"version: 1\nupstreams:\n  slow: http://127.0.0.1:{srv.getsockname()[1]}\nimports: [route.yaml]\n")
+        p = proxy(tmp_path / "rules.yaml")
+        with httpx.Client(proxy=p.url, timeout=10) as c:
+            t0 = time.monotonic()
+            r = c.get("http://slow.test/x")
+            took = time.monotonic() - t0
+        assert r.status_code == 504, r.text
+        assert 0.4 <= took < 5, took
+    finally:
+        release.set()
+        srv.close()
