@@ -170,7 +170,7 @@ class VirtualServiceReader:
                 if act is None:
                     continue
                 backend = actions.for_block(act, bm, rname_full)
-                at = b if b is not None else rule
+                at = b if b is not None and len(blocks) > 1 else rule
                 origin = (f"virtualservice {vs.name}, http rule {i + 1}" + (f" ({rname})" if rname else "")
                           + (f", match {j + 1}" if len(blocks) > 1 else "") + f" ({self.base}:{at.line})")
                 vs.routes.append(Route(
