@@ -20,6 +20,7 @@ from . import compat, options
 from .compat import set_host_header
 from .commands import Commands
 from .flows import restore_request
+from .mirror import Mirrors
 from .reload import LiveRules
 from .status import Status
 from .upstreams import DEFAULT_CONNECT_TIMEOUT, Upstreams
@@ -57,6 +58,7 @@ class ConditionalRouting(Commands, LiveRules):
         # every event, which cost more per request than condroute's whole decision (callgrind).
         self.upstreams = Upstreams(self.route, lambda: self.rules)
         self.status = Status(self, self.upstreams)
+        self.mirrors = Mirrors()
 
     # -- options (their types and checks: options.py) -------------------------------------------
     def load(self, loader: Any) -> None:
@@ -205,6 +207,10 @@ class ConditionalRouting(Commands, LiveRules):
                               "headers": self._original_headers(flow, d)}
             self.upstreams.remember(flow, d)   # before apply: a failover starts from the original
             self.apply(flow, d, view.host_at if view.fields is data.headers.fields else None)
+            if d.mirrors:
+                self.mirrors.remember(flow, d.mirrors)
+            elif self.mirrors.pending:         # decided again (failover): the earlier draw is void
+                self.mirrors.forget(flow)
             if not flow.marked:                # the user's own mark stays
                 flow.marked = REROUTED_MARK
         elif d.status is not None:  # respond, or no match with on_no_match: error
@@ -240,10 +246,10 @@ class ConditionalRouting(Commands, LiveRules):
 
     @staticmethod
     def _original_headers(flow: http.HTTPFlow, d: Decision) -> dict[str, list[str]]:
-        if not (d.remove_headers or d.set_headers):
+        if not (d.remove_headers or d.set_headers or d.add_headers):
             return {}
         h = flow.request.headers
-        return {n: h.get_all(n) for n in {*d.remove_headers, *dict(d.set_headers)}}
+        return {n: h.get_all(n) for n in {*d.remove_headers, *dict(d.set_headers), *dict(d.add_headers)}}
 
     @staticmethod
     def apply(flow: http.HTTPFlow, d: Decision, host_at: int | None = None) -> None:
@@ -267,13 +273,17 @@ class ConditionalRouting(Commands, LiveRules):
                 if d.host_header == up.authority and up.authority.isascii():
                     set_host_header(data, h2, up.authority_b, host_at)
                 else:
-                    req.host_header = d.host_header
+                    req.host_header = d.host_header     # (a host_rewrite; HTTP/2 and 3: :authority)
+        elif d.host_header is not None:                 # the original destination, its Host rewritten
+            req.host_header = d.host_header
         data.path = d.path.encode("utf-8", "surrogateescape")
-        if d.remove_headers or d.set_headers:
+        if d.remove_headers or d.set_headers or d.add_headers:
             for name in d.remove_headers:
                 req.headers.pop(name, None)
             for name, value in d.set_headers:
                 req.headers[name] = value
+            for name, value in d.add_headers:       # a gateway's `add`: after remove and set
+                req.headers.add(name, value)
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get("condroute_status") and flow.response is None:
@@ -281,6 +291,8 @@ class ConditionalRouting(Commands, LiveRules):
             return
         self._answer_or_fix(flow)
         self.upstreams.request(flow)
+        if self.mirrors.pending:
+            self.mirrors.request(flow)
 
     def _answer_or_fix(self, flow: http.HTTPFlow) -> None:
         md = flow.metadata.get("condroute")
@@ -303,6 +315,7 @@ class ConditionalRouting(Commands, LiveRules):
     # connection events and errors: for passive health, retries and timeouts
     def error(self, flow: http.HTTPFlow) -> None:
         self.upstreams.error(flow)
+        self.mirrors.forget(flow)
 
     def server_connected(self, data: Any) -> None:
         self.upstreams.server_connected(data)

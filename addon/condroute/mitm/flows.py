@@ -143,9 +143,13 @@ def explain_flows(rules: Rules, dump: str, as_json: bool) -> int:
         print(json.dumps(out, indent=2))
         return 0
     width = len(str(len(results)))
+    origins = {r.name: r.origin or f"{r.file}:{r.line}" for r in rules.routes if r.origin or r.file}
+    key_route = {f"{r.name}/{b.name}": r for r in rules.routes for b in r.backends}
     for x in results:
         d: Decision = x["d"]
         line = f"{x['index']:>{width}}  {d.summary()}"
+        if d.route in origins:             # an imported rule, named by its source
+            line += f"  ({origins[d.route]})"
         if recorded:
             line += "  [live: same]" if x["agrees"] else f"  [live: {x['live'] or 'passthrough'}]"
         if not x["exact"]:
@@ -159,7 +163,9 @@ def explain_flows(rules: Rules, dump: str, as_json: bool) -> int:
     print(f"coverage of {len(results)} request{'s' * (len(results) != 1)}:")
     print(f"  {'backend':<{w}}  requests")
     for k in rows:
-        print(f"  {k:<{w}}  {counts[k]:>8}")
+        r = key_route.get(k)
+        src = f"  {origins[r.name]}" if r is not None and r.name in origins else ""
+        print(f"  {k:<{w}}  {counts[k]:>8}{src}")
     if never:
         print("never reached: " + ", ".join(never))
     else:

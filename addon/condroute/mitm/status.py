@@ -18,7 +18,7 @@ it makes (routed, answered, passthrough), not for status-page requests.
 ``/api/status``::
 
     {"rules": {"path", "generation", "loaded_at", "error", "summary", "format"},
-     "routes": [{"name", "line", "hits", "unserved",
+     "routes": [{"name", "line", "origin", "file", "hits", "unserved",
                  "backends": [{"name", "hits", "target"}]}],
      "upstreams": [{"name", "url", "state", ...}],
      "recent": [{"time", "method", "url", "outcome", "route", "backend", "upstream", "target",
@@ -29,7 +29,9 @@ it makes (routed, answered, passthrough), not for status-page requests.
 times in seconds; ``error`` is the last reload's error (null once a reload succeeds). A route's
 ``hits`` counts every request it owned, ``unserved`` those no backend served (no match,
 unavailable, refused before a backend was chosen); a backend's ``hits`` the requests it was chosen
-for. ``state`` is one of ``up`` (a connection is open, ``connections``, or the last one succeeded,
+for. A route's ``origin`` names an imported rule by its source (``httproute header-matching, rule 3
+(routes.yaml:27)``; "" for a route of the rules file itself), ``file`` the imported file its ``line``
+is in ("" likewise). ``state`` is one of ``up`` (a connection is open, ``connections``, or the last one succeeded,
 ``ok_ago`` seconds ago), ``down`` (it refused or timed out a connection: passed over for
 ``cooldown_left`` more seconds; ``error``, ``failed_ago``, ``attempts``), ``retrying`` (the
 cool-down is over: the next request tries it; ``error``, ``failed_ago``) or ``unknown`` (no
@@ -89,11 +91,19 @@ def _target(b: Any) -> str:
     """What a backend serves with, for the page."""
     if b.respond is not None:
         return f"respond {b.respond.status}"
+    if b.redirect is not None:
+        return f"redirect {b.redirect.status}"
     if b.split is not None:
-        return f"split by {b.split.by}: " + ", ".join(f"{up.name} {w:g}" for up, w in b.split.arms)
-    if b.upstream is not None:
-        return b.upstream.name
-    return "original destination"
+        by = "weighted random" if b.split.kind == "random" else f"by {b.split.by}"
+        out = f"split {by}: " + ", ".join(f"{up.name} {w:g}" for up, w in b.split.arms)
+    elif b.upstream is not None:
+        out = b.upstream.name
+    else:
+        out = "original destination"
+    if b.mirrors:
+        out += "; mirrored to " + ", ".join(m.upstream.name + ("" if m.percent >= 100 else f" {m.percent:g}%")
+                                           for m in b.mirrors)
+    return out
 
 
 def _reason(d: Decision) -> str:
@@ -163,7 +173,8 @@ class Status:
         for r in rules.routes:
             for b in r.backends:
                 for up in ([b.upstream] if b.upstream is not None else []) + \
-                          ([u for u, _ in b.split.arms] if b.split is not None else []):
+                          ([u for u, _ in b.split.arms] if b.split is not None else []) + \
+                          [m.upstream for m in b.mirrors]:
                     ups.setdefault((up.name, up.url), up)
         health = self.upstreams.health
         now = health.clock()
@@ -204,7 +215,8 @@ class Status:
                              "switched_off": f"{r.name}/{b.name}" in off}
                             for b in r.backends]
                 unserved = hits.get((r.name, None), 0)
-                routes.append({"name": r.name, "line": r.line, "hits": unserved + sum(b["hits"] for b in backends),
+                routes.append({"name": r.name, "line": r.line, "origin": r.origin, "file": r.file,
+                               "hits": unserved + sum(b["hits"] for b in backends),
                                "unserved": unserved, "switched_off": r.name in off, "backends": backends})
         return {
             "rules": {"path": live.path or None, "generation": live.generation, "loaded_at": live.loaded_at,

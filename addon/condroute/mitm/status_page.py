@@ -133,7 +133,7 @@ JS = """
     var t = table([["route / backend"], ["serves"], ["hits", "hits"], [""]]);
     s.routes.forEach(function (r) {
       var tr = row("route", [td(r.name + (r.switched_off ? " (switched off)" : "")),
-                             td(r.line ? "line " + r.line : ""), td(r.hits, "hits"), td("")]);
+                             td(r.origin || (r.line ? "line " + r.line : "")), td(r.hits, "hits"), td("")]);
       tr.dataset.route = r.name;
       t[1].appendChild(tr);
       r.backends.forEach(function (b) {

@@ -1,0 +1,156 @@
+"""Mirrors (Gateway API RequestMirror, Istio mirror): a copy of a routed request sent to another
+upstream, its answer read and dropped.
+
+The engine draws the mirrors of a request (``Decision.mirrors``: each with the path and Host the
+copy is sent with); the addon hands them here when it reroutes the flow (:meth:`Mirrors.remember`)
+and calls :meth:`Mirrors.request` from its ``request`` hook, when the request body is complete.
+Each copy is then sent by a task of its own, straight to the mirror's address over a new
+connection (HTTP/1.1, ``Connection: close``; TLS for an https upstream, verified unless mitmproxy's
+``ssl_insecure`` is set): never through mitmproxy, so it is not routed again, not shown as a flow
+and never delays or changes the real request. The copy has the request's method, the forwarded
+path, the forwarded headers (after remove/set/add; hop-by-hop ones left out), the Host the
+forwarded request has (or the mirror's own authority when that is the upstream's) and the body.
+
+At most ``MAX_IN_FLIGHT`` copies are under way at once; more are dropped (said once per burst).
+A request whose body is streamed (``stream_large_bodies``) is not mirrored: its body is not kept
+(said once). A mirror that fails (refused, timed out after ``TIMEOUT`` seconds) is logged once
+until a copy to it succeeds again, with its name and address, never the request's URL or headers.
+Nothing here runs for a request without mirrors.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+from mitmproxy import ctx, http
+
+from .upstreams import describe_connect_error
+
+log = logging.getLogger("condroute")
+
+MAX_IN_FLIGHT = 64
+TIMEOUT = 10.0
+_tls: dict[bool, ssl.SSLContext] = {}      # by ssl_insecure: made once (loading the CAs takes ms)
+
+
+class NoAnswer(ConnectionError):
+    pass
+# not copied: how this hop is framed and kept (recomputed for the copy), and the Host (set below)
+_NOT_COPIED = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
+                         b"proxy-connection", b"te", b"upgrade", b"trailer", b"proxy-authorization"})
+
+
+class Mirrors:
+    """Part of ConditionalRouting (see the module docstring)."""
+
+    def __init__(self) -> None:
+        # flow id -> the decision's mirrors, from the decision until the body is complete (or the
+        # flow fails); a plain dict, so that "is any pending?" costs nothing per request
+        self.pending: dict[str, tuple] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.failing: set[str] = set()     # mirror upstreams whose last copy failed (logged once)
+        self.sent = 0                      # copies answered by their mirror (any status)
+        self.failed = 0
+        self.dropped = 0
+        self._said_full = self._said_streamed = False
+
+    def remember(self, flow: http.HTTPFlow, mirrors: tuple) -> None:
+        if len(self.pending) >= 4096:      # flows that ended without a request or error hook
+            for k in list(self.pending)[:1024]:
+                del self.pending[k]
+        self.pending[flow.id] = mirrors
+
+    def forget(self, flow: http.HTTPFlow) -> None:
+        if self.pending:
+            self.pending.pop(flow.id, None)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """The request body is complete: send the copies (tasks; nothing is awaited here)."""
+        targets = self.pending.pop(flow.id, None)
+        if not targets or flow.response is not None or flow.error is not None:
+            return
+        r = flow.request
+        body = r.raw_content
+        if body is None:           # streamed: the body went on without being kept
+            if not self._said_streamed:
+                self._said_streamed = True
+                log.info("condroute: a request with a streamed body (stream_large_bodies) is not mirrored: "
+                         "its body is not kept")
+            return
+        host_now = r.host_header or ""
+        fields = [(k, v) for k, v in r.headers.fields if k.lower() not in _NOT_COPIED]
+        for m, path, host in targets:
+            if len(self.tasks) >= MAX_IN_FLIGHT:
+                self.dropped += 1
+                if not self._said_full:
+                    self._said_full = True
+                    log.warning(f"condroute: {MAX_IN_FLIGHT} mirrored copies are under way: dropping more "
+                                "until they finish")
+                continue
+            self._said_full = False
+            head = _head(r.method, path, host if host is not None else host_now, fields, len(body))
+            task = asyncio.get_running_loop().create_task(self._send(m.upstream, head, body))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _send(self, up: Any, head: bytes, body: bytes) -> None:
+        try:
+            status = await asyncio.wait_for(_exchange(up, head, body), TIMEOUT)
+        except asyncio.CancelledError:      # the proxy shuts down
+            raise
+        except Exception as e:
+            self.failed += 1
+            if up.name not in self.failing:
+                self.failing.add(up.name)
+                if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+                    why = f"did not answer within {TIMEOUT:g}s"
+                elif isinstance(e, NoAnswer):
+                    why = str(e)
+                else:
+                    why = describe_connect_error(e, TIMEOUT)
+                log.warning(f"condroute: mirror {up.name} ({up.authority}) {why}; the copy is dropped (the "
+                            "request itself is not affected); further failures are not logged until it works again")
+            return
+        self.sent += 1
+        if up.name in self.failing:
+            self.failing.discard(up.name)
+            log.info(f"condroute: mirror {up.name} ({up.authority}) answers again ({status})")
+
+
+def _head(method: str, path: str, host: str, fields: list[tuple[bytes, bytes]], length: int) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1".encode("utf-8", "surrogateescape"),
+             b"Host: " + host.encode("utf-8", "surrogateescape")]
+    lines.extend(k + b": " + v for k, v in fields)
+    if length or method.upper() not in ("GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"):
+        lines.append(b"Content-Length: " + str(length).encode())
+    lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _exchange(up: Any, head: bytes, body: bytes) -> str:
+    """Send one copy and read its answer to the end (dropped); the status line's code."""
+    tls = None
+    if up.scheme == "https":
+        insecure = bool(getattr(ctx.options, "ssl_insecure", False))
+        tls = _tls.get(insecure)
+        if tls is None:
+            tls = _tls[insecure] = ssl.create_default_context()
+            if insecure:
+                tls.check_hostname = False
+                tls.verify_mode = ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection(up.host, up.port, ssl=tls,
+                                                   server_hostname=up.host if tls else None)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        first = await reader.readline()
+        if not first:
+            raise NoAnswer("closed the connection without answering")
+        while await reader.read(65536):    # the rest of the answer, dropped
+            pass
+        parts = first.split(b" ", 2)
+        return parts[1].decode("ascii", "replace") if len(parts) > 1 else "?"
+    finally:
+        writer.close()
