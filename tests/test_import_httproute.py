@@ -93,13 +93,13 @@ def test_names_and_origins_of_header_matching():
     rules = load_rules(str(FIX / "header-matching.rules.yaml"))
     assert [r.name for r in rules.routes] == [
         "header-matching#3", "header-matching#1", "header-matching#2", "header-matching#4.1",
-        "header-matching#4.2", "header-matching#5.1", "header-matching#5.2", "no-match"]
+        "header-matching#4.2", "header-matching#5.1", "header-matching#5.2", "header-matching#no-match"]
     r = rules.routes[0]
     assert r.origin == "httproute header-matching, rule 3 (httproute-header-matching.yaml:28)"
     assert r.file == str(FIX / "httproute-header-matching.yaml")
     assert rules.routes[3].origin == "httproute header-matching, rule 4, match 1 (httproute-header-matching.yaml:38)"
     d = go(rules, "http://gateway.test/", headers=[("Color", "purple")])
-    assert (d.route, d.status, d.outcome) == ("no-match", 404, "respond")
+    assert (d.route, d.status, d.outcome) == ("header-matching#no-match", 404, "respond")
 
 
 def test_precedence_keys_in_order(tmp_path):
@@ -119,14 +119,14 @@ def test_precedence_keys_in_order(tmp_path):
         matches: [{path: {type: Exact, value: /a}}]
         backendRefs: [{name: svc-b, port: 1}]
     """)
-    assert [r.name for r in rules.routes] == ["r#exact", "r#5", "r#4", "r#2", "r#3", "r#1", "no-match"]
+    assert [r.name for r in rules.routes] == ["r#exact", "r#5", "r#4", "r#2", "r#3", "r#1", "r#no-match"]
     # the regex ranks after every prefix (Istio's ranking), so it gets only what no prefix takes
     assert go(rules, "http://h/abc").route == "r#1"
     assert go(rules, "http://h/a/x").route == "r#4"           # the method match beats the regex
     assert go(rules, "http://h/a/x", "POST").route == "r#1"
     assert go(rules, "http://h/a/x?q=1&r=1", "POST").route == "r#3"
     assert go(rules, "http://h/a/x?q=1&r=1", "POST", [("X", "1")]).route == "r#2"   # 1 header beats 2 queries
-    assert go(rules, "http://h/xa", "POST").route == "no-match"                     # a whole-path regex
+    assert go(rules, "http://h/xa", "POST").route == "r#no-match"                   # a whole-path regex
 
 
 def test_across_httproutes_oldest_then_namespace_name_then_rule_order(tmp_path):
@@ -141,7 +141,7 @@ def test_across_httproutes_oldest_then_namespace_name_then_rule_order(tmp_path):
                          doc % ("b", "ns", ""), doc % ("a", "ns", ""),
                          doc % ("a", "other", ", creationTimestamp: '2025-01-01T00:00:00Z'")])
     rules = load(tmp_path, text)
-    assert [r.name for r in rules.routes] == ["zed#1", "a.other#1", "a.ns#1", "b#1", "no-match"]
+    assert [r.name for r in rules.routes] == ["zed#1", "a.other#1", "a.ns#1", "b#1", "zed#no-match"]
 
 
 def test_kind_list_as_kubectl_prints_it(tmp_path):
@@ -156,7 +156,7 @@ def test_kind_list_as_kubectl_prints_it(tmp_path):
         hostnames: [one.test]
         rules: [{backendRefs: [{name: svc-b, port: 1}]}]
     """)
-    assert [r.name for r in rules.routes] == ["one#1", "no-match@one.test"]
+    assert [r.name for r in rules.routes] == ["one#1", "one#no-match@one.test"]
     assert go(rules, "http://one.test/x").upstream == "svc-b"
     assert go(rules, "http://two.test/x").outcome == "passthrough"
 
@@ -184,11 +184,11 @@ def test_hostname_groups_are_virtual_hosts(tmp_path):
       rules: [{backendRefs: [{name: svc-c, namespace: ns, port: 2}]}]
     """)
     assert [(r.name, r.hosts) for r in rules.routes] == [
-        ("exact#1@bar.example.com", ("bar.example.com",)), ("no-match@bar.example.com", ("bar.example.com",)),
+        ("exact#1@bar.example.com", ("bar.example.com",)), ("exact#no-match@bar.example.com", ("bar.example.com",)),
         ("wild#1@foo.example.com", ("foo.example.com",)), ("exact#1@foo.example.com", ("foo.example.com",)),
-        ("no-match@foo.example.com", ("foo.example.com",)),
-        ("wild#1@*.example.com", ("*.example.com",)), ("no-match@*.example.com", ("*.example.com",)),
-        ("any#1", ()), ("no-match", ())]
+        ("exact#no-match@foo.example.com", ("foo.example.com",)),
+        ("wild#1@*.example.com", ("*.example.com",)), ("wild#no-match@*.example.com", ("*.example.com",)),
+        ("any#1", ()), ("any#no-match", ())]
     assert go(rules, "http://foo.example.com/wild").upstream == "svc-b"
     assert go(rules, "http://bar.example.com/wild").status == 404       # not the wildcard's: exclusive
     assert go(rules, "http://x.example.com:8080/wild").upstream == "svc-b"
@@ -338,6 +338,8 @@ REFUSALS = [
      "requestRedirect.scheme must be http or https"),
     ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc-b, port: 1}, percent: 101}}]\n",
      "7:98", "requestMirror.percent must be a whole number from 0 to 100"),
+    ("  - {name: a, backendRefs: [{name: svc-b, port: 1}]}\n  - {name: a, backendRefs: [{name: svc-b, port: 1}]}\n",
+     "8:12", "rules[1].name a is also the name of rule 1"),
     ("  - backendRefs: [{name: svc-b, port: 1}]\n    matches: [{path: {value: /}, query: [{name: a, value: b}]}]\n",
      "8:34", "unknown key 'query' in matches[0]"),
 ]
@@ -437,3 +439,17 @@ def test_hostname_less_route_warns_that_it_owns_every_host(tmp_path):
     assert got == ["routes.yaml:6:3: HTTPRoute r has no hostnames: through the proxy it owns every host that no "
                    "other HTTPRoute names (a request it does not match gets 404, as at the gateway's own address); "
                    "list `hostnames` to limit it"]
+
+
+def test_two_imported_httproute_files_have_distinct_route_names(tmp_path):
+    for t in ("header-matching", "exact-path-matching"):
+        (tmp_path / f"httproute-{t}.yaml").write_text((FIX / f"httproute-{t}.yaml").read_text())
+    (tmp_path / "main.yaml").write_text(
+        "version: 1\nupstreams:\n  infra-backend-v1: http://127.0.0.1:9101\n  infra-backend-v2: http://127.0.0.1:9102\n"
+        "imports: [httproute-header-matching.yaml, httproute-exact-path-matching.yaml]\n")
+    rules = load_rules(str(tmp_path / "main.yaml"))
+    names = [r.name for r in rules.routes]
+    assert len(names) == len(set(names))
+    assert "header-matching#no-match" in names and "exact-matching#no-match" in names
+    # each file is ranked on its own: the first file's 404 owns what its rules do not match
+    assert go(rules, "http://gateway.test/one").route == "header-matching#no-match"

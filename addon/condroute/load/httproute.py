@@ -27,8 +27,9 @@ Names (no ``/`` and no spaces, so ``check``'s ``ROUTE/BACKEND`` and the commands
 ``NAME#N`` for rule N (1-based; the rule's ``name:`` instead of N when it has one), ``NAME#N.M``
 for match M of a rule with several matches, ``@HOST`` after it when the HTTPRoute is in several
 hostname groups (the group's first hostname), ``NAME.NAMESPACE`` instead of ``NAME`` when two
-HTTPRoutes of different namespaces share a name; the 404 route of a group is ``no-match@HOST``
-(``no-match`` for the HTTPRoutes without hostnames). ``Route.origin`` is the human label:
+HTTPRoutes of different namespaces share a name; the 404 route of a group is ``NAME#no-match@HOST``
+(``NAME#no-match`` for the HTTPRoutes without hostnames), NAME the group's first HTTPRoute, so that
+two imported files do not both have a route named ``no-match``. ``Route.origin`` is the human label:
 ``httproute header-matching, rule 3, match 2 (routes.yaml:27)``.
 """
 from __future__ import annotations
@@ -228,6 +229,7 @@ def _entries(hr: HTTPRoute, spec: Y, cc: CompileCtx) -> None:
         return
     else:
         rules = rules_n.v
+    named: dict[str, int] = {}
     for i, rule in enumerate(rules):
         if not check_keys(rule, RULE_KEYS, f"rules[{i}]", cc):
             continue
@@ -238,6 +240,11 @@ def _entries(hr: HTTPRoute, spec: Y, cc: CompileCtx) -> None:
             if not rule_name or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", rule_name):
                 cc.error(rn, f"rules[{i}].name must be lower-case letters, digits and '-', not {kind(rn.v)}")
                 continue
+            if rule_name in named:
+                cc.error(rn, f"rules[{i}].name {rule_name} is also the name of rule {named[rule_name]}: rule names "
+                             f"are unique within an HTTPRoute (the gateway refuses the route)")
+                continue
+            named[rule_name] = i + 1
         label = f"HTTPRoute {hr.name} rule {rule_name or i + 1}"
         mn = get(rule, "matches")
         if mn is not None and mn.v is not None and not cc.expect_list(mn, "matches"):
@@ -409,7 +416,7 @@ def httproute_routes(docs: list[Y], cc: CompileCtx) -> Iterator[Route]:
         at = next((n for h, n in first.hostnames if h == label), None) if hosts else first.node
         line = at.line if at is not None else first.node.line
         names = ", ".join(hr.name for hr in members)
-        yield Route(name=f"no-match@{label}" if hosts else "no-match", line=line, hosts=hosts,
+        yield Route(name=f"{first.display}#no-match" + (f"@{label}" if hosts else ""), line=line, hosts=hosts,
                     backends=(Backend(name="404", line=line, respond=Respond(404, NOT_FOUND, ())),),
                     file=file, origin=f"httproute {names}: no rule matches"
                                       + (f" for {', '.join(hosts)}" if hosts else "") + f" ({base}:{line})")
