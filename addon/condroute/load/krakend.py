@@ -19,22 +19,35 @@ What maps to what (see the README, "KrakenD configuration files"):
   ``extra_config.router`` with ``forwarded_by_client_ip`` and ``trusted_proxies`` →
   ``settings.trusted_proxies``; the ``geoip`` server plugin's ``citydb_path`` → ``settings.geoip_db``
   (for ``geoIP()`` in policies);
-* a request no backend of its endpoint can serve is answered 502 (``on_no_match: error``).
+* a request no backend of its endpoint can serve is answered 502 (``on_no_match: error``);
+* ``auth/validator`` (``krakend_auth``) → a token check answered 401/403 before the backends, and
+  ``propagate_claims`` headers set from the verified token in what conditionals see (the client's
+  values are dropped, and removed from what the upstream gets);
+* ``modifier/martian`` header modifiers (``krakend_martian``) → ``set_headers``/``remove_headers``;
+* an endpoint with dynamic routing is skipped (a located warning, and a route that answers 502 with
+  the reason); a policy on ``req_params.RespN_*`` can never hold; namespaces that are not applied
+  get a located warning (``krakend_extra``); a host named in the importing file's ``upstreams``
+  (as written, ``HOST:PORT`` or ``HOST``) is that upstream.
 
 KrakenD calls every backend that holds and merges their responses; condroute routes a request to
 one upstream, the first backend that holds, and says so in a load warning wherever KrakenD would
 call more than one.
+
+Why this module is long: an endpoint's and a backend's mapping read best whole, in one place; the
+parts that stand alone are in krakend_auth, krakend_martian and krakend_extra.
 """
 from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from typing import Iterator
 
 from ..httptext import HTTP_METHODS
 from ..httptext import canonical_header as canonical
-from ..model import Backend, Never, Respond, Route, Settings, TokenCheck, TokenRejected, VisibleHeaders, When
+from ..model import (Backend, Never, Respond, Route, Settings, TokenCheck, TokenRejected, Upstream, VisibleHeaders,
+                     When)
 from ..node import Y, as_text
 from .common import parse_cidrs, parse_path_template, parse_route_path, parse_upstream_url
 from .ctx import CompileCtx, kind
@@ -371,8 +384,7 @@ class KrakendLoader:
         if DYNAMIC.search(text) or "{" in text:
             cc.error(h, f"host {text!r}: dynamic hosts are not supported")
             return None
-        # a name the importing file's upstreams define (exactly as the host is written) is that upstream
-        up = cc.upstreams.get(text)
+        up = self.named_upstream(text)
         if up is None:
             if "://" not in text:
                 text = "http://" + text          # KrakenD's host sanitising
@@ -414,6 +426,24 @@ class KrakendLoader:
         not_applied(extra, cc, f"endpoint {ep}: {bname}")
         return Backend(name=bname, line=node.line, upstream=up, path=tmpl, timeout=timeout,
                        set_headers=sets, remove_headers=removes, **kw)
+
+    def named_upstream(self, text: str) -> Upstream | None:
+        """The upstream the importing file names after this host: as written, else ``HOST:PORT``,
+        else ``HOST`` (the service name), so that a cluster's hosts map onto local addresses."""
+        ups = self.cc.upstreams
+        if text in ups:
+            return ups[text]
+        try:
+            u = urlsplit(text if "://" in text else "http://" + text)
+            host, port = u.hostname, u.port
+        except ValueError:
+            return None
+        if not host:
+            return None
+        for name in ((f"{host}:{port}",) if port else ()) + (host,):
+            if name in ups:
+                return ups[name]
+        return None
 
     def conditional(self, node: Y, ep: str, bname: str, visible: frozenset[str] | None,
                     header_conds: dict, tc: TokenCheck | None = None) -> tuple[When | None, bool]:
