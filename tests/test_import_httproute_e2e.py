@@ -123,3 +123,36 @@ def test_timeouts_request_answers_504(tmp_path: Path, proxy):
     finally:
         release.set()
         srv.close()
+
+
+def test_request_mirror_sends_a_copy(tmp_path: Path, echo, proxy):
+    """conformance httproute-request-mirror: the client gets the real backend's answer and a copy of
+    the request (path, Host) reaches the mirror backend."""
+    seen: list[bytes] = []
+    got_one = threading.Event()
+
+    def record(conn):
+        seen.append(read_head(conn))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        conn.close()
+        got_one.set()
+
+    srv = serve_raw(record)
+    try:
+        (tmp_path / "route.yaml").write_text(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: mirror}\n"
+            "spec:\n  hostnames: [mirror.test]\n  rules:\n  - filters:\n"
+            "    - {type: RequestMirror, requestMirror: {backendRef: {name: copy, port: 80}}}\n"
+            "    backendRefs: [{name: real, port: 80}]\n")
+        (tmp_path / "rules.yaml").write_text(
+            f"version: 1\nupstreams:\n  real: {echo('real')}\n"
+            f"  copy: http://127.0.0.1:{srv.getsockname()[1]}\nimports: [route.yaml]\n")
+        p = proxy(tmp_path / "rules.yaml")
+        with httpx.Client(proxy=p.url, timeout=10) as c:
+            assert echoed(c.get("http://mirror.test/mirror?x=1"))["backend"] == "real"
+        assert got_one.wait(10), "the mirror backend got no copy"
+        head = seen[0].decode()
+        assert head.startswith("GET /mirror?x=1 HTTP/1.1\r\n"), head
+        assert "\r\nhost: mirror.test\r\n" in head.lower(), head
+    finally:
+        srv.close()
