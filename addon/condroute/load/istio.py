@@ -158,7 +158,7 @@ class VirtualServiceReader:
             act = actions.action(rule, base)
             blocks: list[tuple[Y | None, str]] = [(None, base)]
             mn = rule.v.get("match")
-            if mn is not None and cc.expect_list(mn, f"{base}: match") and mn.v:
+            if mn is not None and mn.v is not None and cc.expect_list(mn, f"{base}: match") and mn.v:
                 blocks = []
                 for j, b in enumerate(mn.v):
                     bname = b.v["name"].text if isinstance(b.v, dict) and "name" in b.v and b.v["name"].text else None
