@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from condroute.cli.cases import load_cases
 from condroute.cli.main import main
 from condroute.engine import decide
 from condroute.errors import RulesError
@@ -602,3 +603,15 @@ def test_the_bookinfo_fault_fixtures_load_with_their_warnings():
     assert [str(w).rsplit("/", 1)[-1] for w in rules.warnings] == [
         "virtual-service-ratings-test-abort.yaml:14:7: ratings#1: fault is not supported yet; requests are routed "
         "without it (Istio would answer 500 to every request this rule matches; condroute routes them)"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_route_index_agrees_with_a_full_scan(name):
+    """check decides with explain (every route tried in order); the proxy uses the route index
+    (keyed on hosts and whole first path segments): an Istio prefix is a plain string prefix, so
+    the index must never key a route on a segment its prefix does not complete."""
+    rules = load_rules(str(FIX / f"{name}.rules.yaml"))
+    for case in load_cases(str(FIX / f"{name}.cases.yaml")):
+        full = decide(rules, case.request, explain=True)
+        fast = decide(rules, case.request)
+        assert (fast.route, fast.backend, fast.status) == (full.route, full.backend, full.status), case.name
