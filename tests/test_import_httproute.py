@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from condroute.cli.cases import load_cases
 from condroute.cli.main import main
 from condroute.engine import decide
 from condroute.errors import RulesError
@@ -86,6 +87,17 @@ def test_conformance_cases_pass_condroute_check(test, capsys):
     n = (FIX / f"{test}.cases.yaml").read_text().count("\n- name:")
     assert rc == 0, out
     assert out.rstrip().endswith(f"{n} passed, 0 failed"), out
+
+
+@pytest.mark.parametrize("test", TESTS)
+def test_the_route_index_agrees_with_a_full_scan(test):
+    """check decides with explain (every route tried in order); the proxy uses the route index
+    (keyed on exact hosts and first path segments): both must give every case the same answer."""
+    rules = load_rules(str(FIX / f"{test}.rules.yaml"))
+    for case in load_cases(str(FIX / f"{test}.cases.yaml")):
+        full = decide(rules, case.request, explain=True)
+        fast = decide(rules, case.request)
+        assert (fast.route, fast.backend, fast.status) == (full.route, full.backend, full.status), case.name
 
 
 # -- names, origin, precedence ----------------------------------------------------------------------
