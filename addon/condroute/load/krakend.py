@@ -52,7 +52,7 @@ from ..node import Y, as_text
 from .common import parse_cidrs, parse_path_template, parse_route_path, parse_upstream_url
 from .ctx import CompileCtx, kind
 from .krakend_auth import reads_claim_header, token_check, validator_node
-from .krakend_extra import DYNAMIC, geoip_ok, not_applied, server_plugins, unservable
+from .krakend_extra import DYNAMIC, geoip_caller, geoip_ok, not_applied, server_plugins, unservable
 from .krakend_martian import martian_headers, martian_node
 
 
@@ -162,10 +162,19 @@ class KrakendLoader:
                 elif tp is not None:
                     cc.warn(tp, "router.trusted_proxies has no effect without forwarded_by_client_ip: true")
             db = self.geoip_path(extra)
-            if db is not None and geoip_ok(db, self.root, cc):
-                kw["geoip_db"] = db
+            if db is not None:
+                cc.geoip_declared = True      # (a policy's geoIP() does not repeat what is said here)
+                if geoip_ok(db, self.root, cc):
+                    kw["geoip_db"] = db
             not_applied(extra, cc, "the service's extra_config", skip=frozenset({"plugin/http-server"}))
             server_plugins(extra, cc)
+        if "geoip_db" not in kw and not cc.geoip_declared:
+            call = geoip_caller(self.root)
+            if call is not None:
+                cc.geoip_declared = True
+                cc.error(call, "this policy calls geoIP(), which needs KrakenD's geoip server plugin: add "
+                               "extra_config.\"plugin/http-server\" with name [\"geoip\"] and geoip.citydb_path "
+                               "(a MaxMind City database)")
         return Settings(**kw)
 
     def geoip_path(self, extra: Y) -> Y | None:
@@ -327,8 +336,7 @@ class KrakendLoader:
             c = x.v.get(CONDITIONAL) if x is not None and isinstance(x.v, dict) else None
             h = reads_claim_header(c, names)
             if h is not None:
-                assert c is not None
-                return c, h
+                return h
         return None
 
     def merge_warning(self, node: Y, name: str, backends: list[Backend], extra: Y | None) -> None:

@@ -162,15 +162,16 @@ def _fits_verify(verify: Y, file: str, alg: str, cc: CompileCtx, at: Y, label: s
     return True
 
 
-def reads_claim_header(cond: Y | None, names: frozenset[str]) -> str | None:
-    """The propagated header (lower-case) a backend/conditional reads, if any: a header strategy's
-    name, or a name written in a policy."""
+def reads_claim_header(cond: Y | None, names: frozenset[str]) -> tuple[Y, str] | None:
+    """Where a backend/conditional reads a propagated header (lower-case), if it does: a header
+    strategy's name, or a name written in a policy."""
     if cond is None or not isinstance(cond.v, dict) or not names:
         return None
     sn, nn, vn = cond.v.get("strategy"), cond.v.get("name"), cond.v.get("value")
     if sn is not None and sn.v == "header" and nn is not None and isinstance(nn.v, str):
-        return nn.v.lower() if nn.v.lower() in names else None
+        return (nn, nn.v.lower()) if nn.v.lower() in names else None
     if sn is not None and sn.v == "policy" and vn is not None and isinstance(vn.v, str):
         low = vn.v.lower()
-        return next((n for n in sorted(names) if n in low), None)
+        hit = next((n for n in sorted(names) if n in low), None)
+        return (vn, hit) if hit is not None else None
     return None

@@ -151,8 +151,9 @@ def server_plugins(extra: Y, cc: CompileCtx) -> None:
     other = [n for n in listed if n != "geoip"]
     if other:
         what = {"url-rewrite": "url-rewrite (KrakenD rewrites the request path before it routes)"}
-        cc.warn(ps, "server plugins not applied by condroute: " + ", ".join(what.get(n, n) for n in other)
-                     + ("; the geoip plugin's X-Geoip header is not added either" if "geoip" in listed else ""))
+        cc.warn(extra, "server plugins not applied by condroute: " + ", ".join(what.get(n, n) for n in other)
+                + ("; the geoip plugin's X-Geoip header is not added either" if "geoip" in listed else ""),
+                key="plugin/http-server")
 
 
 def unservable(bn: Y, ep: str, cc: CompileCtx) -> str | None:
