@@ -141,6 +141,18 @@ def test_precedence_keys_in_order(tmp_path):
     assert go(rules, "http://h/xa", "POST").route == "r#no-match"                   # a whole-path regex
 
 
+def test_query_params_match_their_first_value_exact_or_whole_regex(tmp_path):
+    rules = load(tmp_path, HEAD + """\
+      rules:
+      - matches: [{queryParams: [{name: 'a"b', value: x}, {name: n, type: RegularExpression, value: "[0-9]+"}]}]
+        backendRefs: [{name: svc-b, port: 1}]
+    """)
+    assert go(rules, "http://h/?a%22b=x&n=42").upstream == "svc-b"
+    assert go(rules, "http://h/?a%22b=y&a%22b=x&n=42").status == 404     # the first value is y
+    assert go(rules, "http://h/?a%22b=x&n=42x").status == 404             # the regex matches the whole value
+    assert go(rules, "http://h/?A%22b=x&n=1").status == 404               # names are case-sensitive
+
+
 def test_across_httproutes_oldest_then_namespace_name_then_rule_order(tmp_path):
     doc = """\
     apiVersion: gateway.networking.k8s.io/v1beta1

@@ -18,9 +18,10 @@ already in the specification's precedence order:
 
 Matching: Exact and PathPrefix (element by element: ``/abc`` matches ``/abc``, ``/abc/``,
 ``/abc/def``, not ``/abcd``) become path segments, built directly (``*``, ``{`` are literal here);
-RegularExpression is an RE2 whole-path match; headers (names case-insensitive) and queryParams
-(names case-sensitive) are ``header`` / ``query`` conditions, the first of equivalent names counting;
-``method`` the route's method. The action of a rule (backendRefs, filters, timeouts) is
+RegularExpression is an RE2 whole-path match; headers (names case-insensitive) are a ``header``
+condition, queryParams (names case-sensitive) a ``cel`` one, the first of equivalent names counting;
+``method`` the route's method. A query parameter is tested on its first value (a ``cel`` test with
+``getQuery``), as the specification recommends and Envoy does; a header on each of its values. The action of a rule (backendRefs, filters, timeouts) is
 ``load.httproute_rule``'s.
 
 Names (no ``/`` and no spaces, so ``check``'s ``ROUTE/BACKEND`` and the commands can use them):
@@ -34,6 +35,7 @@ two imported files do not both have a route named ``no-match``. ``Route.origin``
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -218,7 +220,17 @@ def _named(node: Y | None, cc: CompileCtx, what: str, label: str) -> tuple[Y | N
         pos[name] = (nn.line, nn.col)
     if not out:
         return None, 0, ok
-    return Y(out, node.line, node.col, pos), len(out), ok
+    if fold:
+        return Y(out, node.line, node.col, pos), len(out), ok
+    # query parameters: the *first* value of a repeated one counts, as the specification recommends
+    # (and Envoy does); the `query` condition tests every value, CEL's getQuery() the first
+    tests = []
+    for name, val in out.items():
+        q = json.dumps(name, ensure_ascii=False)
+        test = (f"getQuery({q}) == {json.dumps(val.v, ensure_ascii=False)}" if not isinstance(val.v, dict) else
+                f"getQuery({q}).matches({json.dumps(val.v['regex'].v, ensure_ascii=False)})")
+        tests.append(f"hasQuery({q}) && {test}")
+    return Y(" && ".join(tests), node.line, node.col), len(out), ok
 
 
 def _entries(hr: HTTPRoute, spec: Y, cc: CompileCtx) -> None:
@@ -284,7 +296,7 @@ def _match(m: Y, j: int, cc: CompileCtx, label: str) -> tuple | None:
         return None
     conds: dict[str, Y] = {}
     pos: dict[str, tuple[int, int]] = {}
-    for k, n in (("header", hdrs), ("query", qs)):
+    for k, n in (("header", hdrs), ("cel", qs)):
         if n is not None:
             conds[k], pos[k] = n, (n.line, n.col)
     return path, method, (Y(conds, m.line, m.col, pos) if conds else None), nh, nq
