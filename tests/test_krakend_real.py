@@ -37,7 +37,7 @@ def token(roles: list[str] | None, aud: str = "gateway", **kw) -> str:
 
 
 @pytest.mark.parametrize("rules, cases, n", [
-    ("playground.condroute.yaml", "playground.cases.yaml", 33),
+    ("playground.condroute.yaml", "playground.cases.yaml", 34),
     ("ai-gateway.condroute.yaml", "ai-gateway.cases.yaml", 5),
     ("schema-test.json", "schema-test.cases.yaml", 8),
 ])

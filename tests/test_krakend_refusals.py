@@ -411,3 +411,15 @@ def test_claim_paths_missing_claims_and_preserved_arrays():
     assert header_values(claims, ClaimHeader("X-F", "flat.name")) == [""]      # nested lookup: missing → ""
     assert header_values(claims, ClaimHeader("X-M", "nope")) == [""]
     assert header_values(claims, ClaimHeader("X-M", "realm_access.roles.0")) == [""]
+
+
+def test_geoip_without_the_geoip_plugin_is_an_error_in_krakends_terms():
+    t = text_of(one({}, {"endpoint": "/g", "backend": [
+        {"url_pattern": "/a", "extra_config": {"backend/conditional": {
+            "strategy": "policy", "value": "geoIP().country.iso_code == 'NO'"}}}]}))
+    with pytest.raises(RulesError) as e:
+        load_rules_text(t, "k.json")
+    line, col = at(t, '"geoIP()')
+    assert [str(p) for p in e.value.problems] == [
+        f"k.json:{line}:{col}: this policy calls geoIP(), which needs KrakenD's geoip server plugin: add "
+        'extra_config."plugin/http-server" with name ["geoip"] and geoip.citydb_path (a MaxMind City database)']
