@@ -145,34 +145,13 @@ def test_host_forms_follow_the_namespace(tmp_path):
 
 
 def test_virtual_hosts_go_most_specific_first_and_each_gets_its_404(tmp_path):
-    rules = load(tmp_path, """\
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {name: star}
-        spec:
-          hosts: ["*"]
-          http:
-          - match: [{uri: {prefix: /s}}]
-            route: [{destination: {host: svc, subset: v1}}]
-        ---
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {name: wild}
-        spec:
-          hosts: ["*.example.com", api.example.com]
-          http:
-          - match: [{uri: {prefix: /w}}]
-            route: [{destination: {host: svc, subset: v2}}]
-        ---
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {name: longer}
-        spec:
-          hosts: ["*.shop.example.com"]
-          http:
-          - match: [{uri: {prefix: /l}}]
-            route: [{destination: {host: other}}]
-        """, head="")
+    def doc(name: str, hosts: str, prefix: str, dest: str) -> str:
+        return (f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n"
+                f"  hosts: {hosts}\n  http: [{{match: [{{uri: {{prefix: {prefix}}}}}], route: [{{destination: {dest}}}]}}]\n")
+    rules = load(tmp_path, "---\n".join([
+        doc("star", '["*"]', "/s", "{host: svc, subset: v1}"),
+        doc("wild", '["*.example.com", api.example.com]', "/w", "{host: svc, subset: v2}"),
+        doc("longer", '["*.shop.example.com"]', "/l", "{host: other}")]), head="")
     assert [(r.name, r.hosts) for r in rules.routes] == [
         ("wild#1", ("api.example.com",)), ("wild#no-match", ("api.example.com",)),
         ("longer#1", ("*.shop.example.com",)), ("longer#no-match", ("*.shop.example.com",)),
