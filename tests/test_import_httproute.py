@@ -112,6 +112,9 @@ def test_names_and_origins_of_header_matching():
     assert rules.routes[3].origin == "httproute header-matching, rule 4, match 1 (httproute-header-matching.yaml:38)"
     d = go(rules, "http://gateway.test/", headers=[("Color", "purple")])
     assert (d.route, d.status, d.outcome) == ("header-matching#no-match", 404, "respond")
+    # a repeated header matches when either value does (a documented deviation: Envoy joins them)
+    assert go(rules, "http://gateway.test/", headers=[("Color", "purple"), ("color", "blue")]).route \
+        == "header-matching#4.1"
 
 
 def test_precedence_keys_in_order(tmp_path):
