@@ -449,6 +449,69 @@ REFUSED = [
 ]
 
 
+def _rule(rule: str) -> str:
+    """One http rule (flow style lines, as written under ``http:``) routed to svc/v1 unless it says."""
+    return rule if "route:" in rule or "redirect:" in rule or "directResponse:" in rule else \
+        rule + "\n  route: [{destination: {host: svc, subset: v1}}]"
+
+
+REFUSED += [(_rule(rule) + "\n", message) for rule, message in [
+    ('- match: [{headers: {":path": {exact: /a}}}]',
+     "vs.yaml:8:24: t#1: headers :path: matching :path in headers is not supported; use uri"),
+    ('- match: [{headers: {":status": {exact: "200"}}}]',
+     "vs.yaml:8:24: t#1: headers :status: :status is not a request pseudo-header (:authority, :method, :scheme)"),
+    ('- match: [{headers: {"@request.foo": {exact: a}}}]',
+     "vs.yaml:8:24: t#1: headers @request.foo: only @request.auth.claims.NAME (or [a][b]) can be matched here"),
+    ('- match: [{withoutHeaders: {":method": {exact: GET}}}]',
+     "vs.yaml:8:31: t#1: withoutHeaders :method: withoutHeaders on a pseudo-header is not supported"),
+    ('- match: [{uri: {prefix: /a}, ignoreUriCase: "yes"}]',
+     "vs.yaml:8:48: t#1: ignoreUriCase must be true or false, not a string ('yes')"),
+    ("- match: [{port: 70000}]", "vs.yaml:8:20: t#1: port must be a port number from 1 to 65535, not a number (70000)"),
+    ("- match: [{uri: /a}]", "vs.yaml:8:19: t#1: uri must be a mapping with one of exact, prefix, regex, not a string ('/a')"),
+    ('- match: [{uri: {regex: ""}}]', "vs.yaml:8:27: t#1: uri: an empty regex (Istio refuses it)"),
+    ("- route: []", "vs.yaml:8:12: t#1: route is empty"),
+    ("- route: [{weight: 1}]", "vs.yaml:8:13: t#1: a route entry needs `destination` ({host, subset, port})"),
+    ("- route: [{destination: {subset: v1}}]", "vs.yaml:8:27: t#1: destination needs `host`"),
+    ("- route: [{destination: {host: svc, port: 80}}]",
+     "vs.yaml:8:45: t#1: destination port must be {number: N} with N from 1 to 65535"),
+    ("- route: [{destination: {host: svc, subset: v1}, wieght: 1}]",
+     "vs.yaml:8:52: unknown key 'wieght' in t#1: a route destination; expected one of: destination, headers, weight"),
+    ("- match: [{uri: {prefix: /a}}]\n  redirect: {redirectCode: 301}",
+     "vs.yaml:9:15: t#1: redirect needs uri, prefixRewrite, authority, port or scheme"),
+    ("- match: [{uri: {prefix: /a}}]\n  redirect: {uri: /b, prefixRewrite: /c}",
+     "vs.yaml:9:25: t#1: use one of redirect uri and prefixRewrite"),
+    ("- match: [{uri: {prefix: /a}}]\n  redirect: {scheme: ftp}", "vs.yaml:9:24: t#1: redirect scheme must be http or https"),
+    ("- match: [{uri: {prefix: /a}}]\n  redirect: {authority: a, derivePort: SOMETIMES}",
+     "vs.yaml:9:42: t#1: derivePort must be FROM_REQUEST_PORT or FROM_PROTOCOL_DEFAULT"),
+    ("- match: [{uri: {prefix: /a}}]\n  redirect: {uri: b}", "vs.yaml:9:21: t#1: redirect uri must be a path starting with '/'"),
+    ("- rewrite: {uri: /a, uriRegexRewrite: {match: a, rewrite: b}}",
+     "vs.yaml:8:24: t#1: use one of rewrite uri and uriRegexRewrite (Istio refuses both)"),
+    ("- rewrite: {uriRegexRewrite: {match: a}}", "vs.yaml:8:32: t#1: uriRegexRewrite needs both match (a regex) and rewrite"),
+    ("- match: [{uri: {prefix: /a}}]\n  directResponse: {status: 200, body: {string: a, bytes: YQ==}}",
+     "vs.yaml:9:41: t#1: directResponse body: use one of string and bytes"),
+    ("- match: [{uri: {prefix: /a}}]\n  directResponse: {status: 204, body: {string: a}}",
+     "vs.yaml:9:41: t#1: a 204 answer cannot have a body"),
+    ("- retries: {attempts: -1}", "vs.yaml:8:25: t#1: retries attempts must be a whole number >= 0, not a number (-1)"),
+    ("- mirror_percent: 5", "vs.yaml:8:5: t#1: mirror_percent: write mirrorPercentage: {value: N}"),
+    ("- headers: {request: {remove: [host]}}", "vs.yaml:8:34: t#1: remove host: Istio refuses removing the Host"),
+    ('- headers: {request: {set: {"a b": c}}}', "vs.yaml:8:31: t#1: set: 'a b' is not a header name"),
+    ('- headers: {request: {set: {x: "a\\nb"}}}',
+     "vs.yaml:8:34: t#1: set x: the value must not contain a line break or a control character"),
+    ("- mirror: {host: nowhere}", "vs.yaml:8:20: mirror nowhere does not resolve to an upstream: define one of nowhere"),
+]]
+WARNED_MORE = [
+    ("- mirrorPercentage: {value: 5}", "vs.yaml:8:5: t#1: mirrorPercentage without mirror does nothing"),
+    ("- match: [{uri: {exact: /a}}]\n  directResponse: {status: 200}\n  headers: {request: {set: {x: y}}}",
+     "vs.yaml:10:15: t#1: headers.request does nothing on a directResponse (no request is sent)"),
+    ("- fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}",
+     "vs.yaml:8:12: t#1: fault is not supported yet; requests are routed without it (Istio would answer gRPC status "
+     "UNAVAILABLE to every request this rule matches; condroute routes them)"),
+    ("- fault: {abort: {httpStatus: 503}}",
+     "vs.yaml:8:12: t#1: fault is not supported yet; requests are routed without it (Istio would answer 503 to 0% "
+     "of the requests)"),
+]
+
+
 @pytest.mark.parametrize("manifest, message", REFUSED)
 def test_refusals_are_located(tmp_path, manifest, message):
     found = errors(tmp_path, manifest)
@@ -551,6 +614,7 @@ WARNED = [
     """, "vs.yaml:9:5: t#2 is never used: t#1 before it matches every request (Istio leaves it out too)"),
 ]
 
+WARNED += [(_rule(rule) + "\n", message) for rule, message in WARNED_MORE]
 
 @pytest.mark.parametrize("manifest, message", WARNED)
 def test_warnings_are_located_and_the_file_loads(tmp_path, manifest, message):

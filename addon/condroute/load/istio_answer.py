@@ -145,7 +145,8 @@ def fault(cc: CompileCtx, node: Y, label: str) -> None:
     if ab is not None and isinstance(ab.v, dict):
         pct = percentage(ab.v.get("percentage"))
         status = ab.v.get("httpStatus")
-        code = status.v if status is not None else "a gRPC status"
+        grpc = ab.v.get("grpcStatus")
+        code = status.v if status is not None else f"gRPC status {grpc.text if grpc is not None else '?'}"
         if pct >= 100:
             what.append(f"Istio would answer {code} to every request this rule matches; condroute routes them")
         else:

@@ -212,7 +212,7 @@ class RuleReader:
         kept = tuple((up, w) for up, w, _ in arms if w > 0)
         return "weighted", None, Split(by="random", kind="random", key="", arms=kept, salt=""), dest_ops
 
-    def destination(self, node: Y, label: str) -> Upstream | None:
+    def destination(self, node: Y, label: str, role: str = "destination") -> Upstream | None:
         cc = self.cc
         if not cc.expect_map(node, f"{label}: destination") or not check_keys(node, DESTINATION_KEYS, f"{label}: destination", cc):
             return None
@@ -242,7 +242,7 @@ class RuleReader:
         if port:
             names += [f"{host}:{port}", f"{short}:{port}"]
         names += [host, short]
-        what = f"destination {host}" + (f" subset {subset}" if subset else "") + (f" port {port}" if port else "")
+        what = f"{role} {host}" + (f" subset {subset}" if subset else "") + (f" port {port}" if port else "")
         return resolve(cc, hn, list(dict.fromkeys(names)), what)
 
     # -- headers ------------------------------------------------------------------------------
@@ -298,6 +298,8 @@ class RuleReader:
                     t = n.text
                     if not t or not TOKEN.match(t):
                         cc.error(n, f"{label}: remove: {n.v!r} is not a header name (Istio refuses pseudo-headers here)")
+                    elif t.lower() == "host":
+                        cc.error(n, f"{label}: remove {t}: Istio refuses removing the Host")
                     elif t.lower() in REMOVE_KEPT:
                         cc.error(n, f"{label}: remove {t}: condroute cannot remove it: it {REQUEST_HEADERS_KEPT[t.lower()]}")
                     elif not direct:
@@ -373,7 +375,7 @@ class RuleReader:
             return ()
         out: list[Mirror] = []
         if "mirror" in v:
-            up = self.destination(v["mirror"], label)
+            up = self.destination(v["mirror"], label, "mirror")
             pct = 100.0
             if "mirrorPercentage" in v:
                 pct = percentage(v["mirrorPercentage"], default=100.0)
@@ -392,7 +394,7 @@ class RuleReader:
                 if "destination" not in m.v:
                     cc.error(m, f"{label}: a mirrors entry needs destination")
                     continue
-                up = self.destination(m.v["destination"], label)
+                up = self.destination(m.v["destination"], label, "mirror")
                 pct = percentage(m.v.get("percentage"), default=100.0)
                 if up is not None and pct > 0:
                     out.append(Mirror(up, pct))
