@@ -125,7 +125,7 @@ def _regex(node: Y, cc: CompileCtx, what: str) -> str | None:
     return full
 
 
-def _path(node: Y | None, at: Y, cc: CompileCtx) -> tuple[str, str, RoutePath] | None:
+def _path(node: Y | None, cc: CompileCtx) -> tuple[str, str, RoutePath] | None:
     """(type, value, RoutePath) of a match's ``path`` (PathPrefix / when absent)."""
     if node is None:
         return "PathPrefix", "/", RoutePath(text="/*", segs=(), has_rest=True)
@@ -282,7 +282,7 @@ def _entries(hr: HTTPRoute, spec: Y, cc: CompileCtx) -> None:
 def _match(m: Y, j: int, cc: CompileCtx, label: str) -> tuple | None:
     if not check_keys(m, MATCH_KEYS, f"matches[{j}]", cc):
         return None
-    path = _path(get(m, "path"), m, cc)
+    path = _path(get(m, "path"), cc)
     method = None
     mn = get(m, "method")
     if mn is not None:
