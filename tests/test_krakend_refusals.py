@@ -423,3 +423,20 @@ def test_geoip_without_the_geoip_plugin_is_an_error_in_krakends_terms():
     assert [str(p) for p in e.value.problems] == [
         f"k.json:{line}:{col}: this policy calls geoIP(), which needs KrakenD's geoip server plugin: add "
         'extra_config."plugin/http-server" with name ["geoip"] and geoip.citydb_path (a MaxMind City database)']
+
+
+def test_a_malformed_validator_is_a_located_error_and_other_key_strategies_a_warning(tmp_path):
+    bad = _validated({"alg": "HS256", "jwk_local_path": "keys/sym.json", "propagate_claims": [["tier"]]})
+    f, t = _write(tmp_path, bad)
+    with pytest.raises(RulesError) as e:
+        load_rules(str(f))
+    line, _ = at(t, '"tier"')           # the pair is located at its own list, the line before
+    assert [(p.line, p.message) for p in e.value.problems] == [
+        (line - 1, "endpoint GET /v: auth/validator: each propagate_claims entry must be a [claim, header] pair "
+                   "of names")]
+    f, t = _write(tmp_path, _validated({"alg": "HS256", "jwk_local_path": "keys/sym.json",
+                                        "key_identify_strategy": "x5t", "propagate_claims": [["tier", "X-Tier"]]}))
+    r = load_rules(str(f))
+    assert (*at(t, '"x5t"'), "endpoint GET /v: auth/validator: key_identify_strategy 'x5t': condroute finds the "
+                             "key by kid when the token has one, else tries every key") in warnings_at(r)
+    assert decide(r, req("http://gw/v", jwt_token=hs({"tier": "gold"}, kid=None))).backend == "backend-1"
