@@ -218,3 +218,17 @@ def test_validate_locates_a_shadowed_imported_route_in_its_own_file(tmp_path, ca
     err = capsys.readouterr().err
     assert (f"{tmp_path / 'h.yaml'}:7:1: warning: route 'r#1' can never own a request: the earlier route 'all' "
             f"(m.yaml:4) comes first") in err, err
+
+
+def test_an_httproute_loaded_directly_forwards_to_cluster_dns_names_and_says_how_to_map_them(tmp_path):
+    f = tmp_path / "h.yaml"
+    f.write_text("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: web}\n"
+                 "spec:\n  hostnames: [x.example]\n  rules:\n  - backendRefs: [{name: api, port: 8080}]\n"
+                 "  - matches: [{path: {value: /b}}]\n    backendRefs: [{name: b, port: 80}]\n")
+    rules = load_rules(str(f))
+    d = decide(rules, RequestView.from_url("http://x.example/a"))
+    assert (d.host, d.port, d.upstream) == ("api.web.svc.cluster.local", 8080, "api.web.svc.cluster.local:8080")
+    assert decide(rules, RequestView.from_url("http://x.example/b")).host == "b.web.svc.cluster.local"
+    dns = [w for w in rules.warnings if "cluster DNS names" in w.message]
+    assert len(dns) == 1 and (dns[0].line, dns[0].col) == (7, 28), dns
+    assert "import the file from a condroute file whose upstreams define one of api:8080, api.web, api" in dns[0].message

@@ -144,7 +144,8 @@ class RuleBackend:
         name = name_n.text
         ns = text_of(get(node, "namespace")) or self.info.namespace
         cands = ([f"{name}:{port}"] if port is not None else []) + [f"{name}.{ns}", name]
-        up = resolve(cc, name_n, cands, f"backendRef {name}" + (f" port {port}" if port is not None else ""))
+        up = resolve(cc, name_n, cands, f"backendRef {name}" + (f" port {port}" if port is not None else ""),
+                     cluster=(f"{name}.{ns}.svc.cluster.local", port or 80))
         return up, weight, name
 
     def backend_refs(self, node: Y | None) -> tuple[list[tuple[Upstream, int, str]], bool, bool]:
