@@ -230,5 +230,5 @@ def test_an_httproute_loaded_directly_forwards_to_cluster_dns_names_and_says_how
     assert (d.host, d.port, d.upstream) == ("api.web.svc.cluster.local", 8080, "api.web.svc.cluster.local:8080")
     assert decide(rules, RequestView.from_url("http://x.example/b")).host == "b.web.svc.cluster.local"
     dns = [w for w in rules.warnings if "cluster DNS names" in w.message]
-    assert len(dns) == 1 and (dns[0].line, dns[0].col) == (7, 28), dns
+    assert len(dns) == 1 and (dns[0].line, dns[0].col) == (7, 26), dns
     assert "import the file from a condroute file whose upstreams define one of api:8080, api.web, api" in dns[0].message
