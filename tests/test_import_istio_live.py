@@ -60,8 +60,8 @@ def test_weighted_canary_80_20(mesh):
     n = 500
     got = Counter(echoed(c.get("http://reviews:9080/reviews/0"))["backend"] for _ in range(n))
     assert set(got) == {"reviews-v1", "reviews-v2"}
-    # binomial, p = 0.2: 5 % of 500 is 2.8 standard deviations
-    assert abs(got["reviews-v2"] / n - 0.2) < 0.05, got
+    # binomial, p = 0.2 (sd 1.8 %): 6 % is 3.4 standard deviations, about one run in 1,500 outside
+    assert abs(got["reviews-v2"] / n - 0.2) < 0.06, got
 
 
 def test_header_and_uri_prefix_match_with_rewrite(mesh):
