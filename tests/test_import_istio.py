@@ -1,7 +1,10 @@
 """The Istio VirtualService importer (load/istio*.py, issue 14 §2): the fixture cases through
 `condroute check`, hosts and the order of VirtualServices, the withoutHeaders truth table, the
 weighted canary's distribution, what each rule field becomes, and every refusal and warning with its
-FILE:LINE:COLUMN. The live samples through mitmdump are in test_import_istio_live.py."""
+FILE:LINE:COLUMN. The live samples through mitmdump are in test_import_istio_live.py.
+
+Why this module is long: most of it is the two tables of refusals and warnings (one row each, with
+its exact located message), which read best side by side."""
 from __future__ import annotations
 
 import random
