@@ -260,6 +260,8 @@ def redirect_location(b: Backend, req: RequestView) -> str:
         port = default_port(scheme)
     else:
         port = req.dest_port
+        if scheme != req.scheme and port == default_port(req.scheme):
+            port = default_port(scheme)       # http -> https: the old scheme's default port goes (Envoy)
     path = req.path
     if r.path is not None and path.startswith("/"):
         path = rewrite_path(r.path, b.redirect_rx, path)

@@ -167,6 +167,7 @@ def _unused_upstreams(rules: Rules, w: _Where) -> Iterator[Problem]:
                 used.add(b.upstream.name)
             if b.split is not None:
                 used.update(up.name for up, _ in b.split.arms)
+            used.update(m.upstream.name for m in b.mirrors)
     un = w.root.v.get("upstreams") if w.root is not None else None
     for name in rules.upstreams:
         if name in used:

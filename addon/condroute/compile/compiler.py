@@ -38,7 +38,7 @@ def compile_settings(s: model.Settings, cc: CompileCtx) -> Settings:
 def compile_path(p: model.RoutePath, cc: CompileCtx) -> PathPattern | None:
     if p.matcher is not None:
         m = compile_matcher(p.matcher, cc, "path")
-        return PathPattern(text=p.text, matcher=m) if m else None
+        return PathPattern(text=p.text, matcher=m, literal_prefix=p.literal_prefix) if m else None
     if p.segs is not None:
         return PathPattern(text=p.text, params=p.params, has_rest=p.has_rest, literal_prefix=p.literal_prefix,
                            segs=p.segs)
