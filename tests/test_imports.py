@@ -232,3 +232,16 @@ def test_an_httproute_loaded_directly_forwards_to_cluster_dns_names_and_says_how
     dns = [w for w in rules.warnings if "cluster DNS names" in w.message]
     assert len(dns) == 1 and (dns[0].line, dns[0].col) == (7, 26), dns
     assert "import the file from a condroute file whose upstreams define one of api:8080, api.web, api" in dns[0].message
+
+
+def test_a_virtualservice_loaded_directly_reaches_services_by_dns_but_subsets_must_be_mapped(tmp_path):
+    f = tmp_path / "vs.yaml"
+    f.write_text("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\n"
+                 "spec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, port: {number: 9080}}\n")
+    rules = load_rules(str(f))
+    d = decide(rules, RequestView.from_url("http://reviews/r/1"))
+    assert (d.host, d.port) == ("reviews.shop.svc.cluster.local", 9080)
+    f.write_text(f.read_text().replace("{host: reviews, port: {number: 9080}}", "{host: reviews, subset: v2}"))
+    with pytest.raises(RulesError) as ei:
+        load_rules(str(f))
+    assert "vs.yaml:8:27: destination reviews subset v2 does not resolve to an upstream" in str(ei.value)

@@ -243,7 +243,11 @@ class RuleReader:
             names += [f"{host}:{port}", f"{short}:{port}"]
         names += [host, short]
         what = f"{role} {host}" + (f" subset {subset}" if subset else "") + (f" port {port}" if port else "")
-        return resolve(cc, hn, list(dict.fromkeys(names)), what)
+        # loaded directly (not imported): the service's cluster DNS name; a subset is a set of pods
+        # a DestinationRule selects, which no DNS name reaches, so it must be mapped
+        fqdn = host if "." in host else f"{host}.{self.ns}.svc.cluster.local"
+        return resolve(cc, hn, list(dict.fromkeys(names)), what,
+                       cluster=None if subset else (fqdn, port or 80))
 
     # -- headers ------------------------------------------------------------------------------
     def header_ops(self, node: Y | None, label: str, direct: bool) -> HeaderOps:
