@@ -245,3 +245,18 @@ def test_a_virtualservice_loaded_directly_reaches_services_by_dns_but_subsets_mu
     with pytest.raises(RulesError) as ei:
         load_rules(str(f))
     assert "vs.yaml:8:27: destination reviews subset v2 does not resolve to an upstream" in str(ei.value)
+
+
+def test_an_imported_krakend_endpoint_where_no_backend_holds_answers_502_as_krakend_does(tmp_path):
+    (tmp_path / "k.json").write_text(
+        '{"version": 3, "endpoints": [{"endpoint": "/c", "input_headers": ["X-V"], "backend": [\n'
+        ' {"host": ["http://127.0.0.1:9100"], "url_pattern": "/c",\n'
+        '  "extra_config": {"backend/conditional": {"strategy": "header", "name": "X-V", "value": "b"}}}]}]}')
+    main_file = tmp_path / "m.yaml"
+    main_file.write_text("version: 1\nimports: [k.json]\n")           # on_no_match: passthrough (default)
+    rules = load_rules(str(main_file))
+    d = decide(rules, RequestView.from_url("http://x/c"))
+    assert (d.route, d.outcome, d.status) == ("GET /c", "no_match", 502)
+    d = decide(rules, RequestView.from_url("http://x/c", headers=[("X-V", "b")]))
+    assert (d.outcome, d.port) == ("routed", 9100)
+    assert decide(rules, RequestView.from_url("http://x/other")).outcome == "passthrough"

@@ -324,7 +324,7 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
         return
     if chosen is None:
         d.outcome = "no_match"
-        if rules.settings.on_no_match == "error":
+        if (route.on_no_match or rules.settings.on_no_match) == "error":
             d.status = 502
         return
     d.backend, d.backend_obj = chosen.name, chosen

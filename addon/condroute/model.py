@@ -243,6 +243,7 @@ class Route:
     backends: tuple[Backend, ...] = ()         # in file order, fallback included
     file: str = ""                             # the file it was written in, when not the rules file (an import)
     origin: str = ""                           # an imported rule's source: "httproute header-matching, rule 3 (routes.yaml:27)"
+    on_no_match: str | None = None             # overrides settings.on_no_match (a KrakenD endpoint: "error")
 
     @property
     def fallback(self) -> Backend | None:

@@ -96,7 +96,7 @@ def _compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
             seen_h.setdefault(h.lower(), h)
     return Route(name=r.name, line=r.line, hosts=r.hosts, methods=r.methods, path=path, cond=cond,
                  backends=tuple(backends), fallback=next((b for b in backends if b.fallback), None),
-                 routing_headers=tuple(seen_h.values()), file=r.file, origin=r.origin)
+                 routing_headers=tuple(seen_h.values()), file=r.file, origin=r.origin, on_no_match=r.on_no_match)
 
 
 _BACKEND_FIELDS = tuple(f for f in model.Backend.__dataclass_fields__ if f != "when")

@@ -87,6 +87,7 @@ class Route:
     routing_headers: tuple[str, ...] = ()      # header names its conditions read (strip_routing_headers)
     file: str = ""                             # the file it was written in, when imported
     origin: str = ""                           # an imported rule's source label (model.Route.origin)
+    on_no_match: str | None = None             # model.Route.on_no_match
 
     def host_ok(self, host: str) -> bool:
         if not self.hosts:

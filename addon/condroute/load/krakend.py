@@ -318,7 +318,10 @@ class KrakendLoader:
                 fallback = be
             backends.append(be)
         self.merge_warning(node, name, backends[guards:], extra)
-        return Route(name=name, line=node.line, methods=frozenset({method}), path=pp, backends=tuple(backends))
+        # KrakenD answers an error when no backend of the endpoint holds, wherever the file is loaded
+        # from (an importing condroute file's on_no_match: passthrough does not apply)
+        return Route(name=name, line=node.line, methods=frozenset({method}), path=pp, backends=tuple(backends),
+                     on_no_match="error")
 
     @staticmethod
     def skipped(route: Route, why: str) -> Route:
