@@ -146,7 +146,7 @@ def test_regex_rewrite_replaces_every_match_with_groups_as_envoy_reads_them():
 def test_regex_rewrite_is_compiled_once_and_bad_ones_are_located_errors():
     rw = model.PathRewrite("regex", r"/\1", pattern="/(a)")
     rules = compiled(route(model.Backend("b", 2, upstream=A, rewrite=rw)))
-    rx = rules.routes[0].backends[0].rewrite_rx
+    rx = rules.routes[0].backends[0].path.rx        # in the path template's place
     assert rx is not None and rx.groups == 1
     for pattern, value, why in [("/(a", "/x", "missing"), ("/(a)", r"/\2", "group \\2"),
                                 ("/a", "/x\\", "lone backslash"), ("/a", r"/\n", "followed by a digit"),

@@ -101,7 +101,23 @@ async def test_a_redirect_is_answered_by_the_proxy(addon):
     assert f.response is not None and f.response.status_code == 301
     assert f.response.headers["Location"] == "https://shop.test/new?keep=1" and f.response.content == b""
     assert f.request.host == "shop.test"           # never forwarded
-    assert f.comment.startswith("shop.test:8080/old → shop#1/redirect [unconditional] | condroute answered 301")
+    assert f.comment == ("shop.test:8080/old → shop#1/redirect [unconditional] | condroute answered 301, "
+                         "redirect to https://shop.test/new?keep=1")
+    g = await cycle(addon, rules, make_flow("http://shop.test/old?access_token=SECRET"))
+    assert g.response.headers["Location"] == "https://shop.test/new?access_token=SECRET"    # the client needs it
+    assert "SECRET" not in g.comment and g.comment.endswith("redirect to https://shop.test/new?access_token=<redacted>")
+
+
+async def test_log_line_and_comment_of_a_mirrored_request(addon, caplog):
+    import logging
+    caplog.set_level(logging.INFO)
+    rules = compiled(imported(model.Backend("main", 8, upstream=A, mirrors=(model.Mirror(B), model.Mirror(A, 0.0)))))
+    f = await cycle(addon, rules, make_flow("http://shop.test/x"))
+    assert f.comment == ("shop.test/x → shop#1/main [unconditional] | to http://127.0.0.1:9001/x "
+                         "(upstream infra-backend-v1) | mirrored to infra-backend-v2")
+    assert "condroute: GET http://shop.test/x -> shop#1/main -> infra-backend-v1 (http://127.0.0.1:9001/x), " \
+           "mirrored to infra-backend-v2" in [r.getMessage() for r in caplog.records]
+    addon.mirrors.pending.clear()      # (not sent: this test is about the texts)
 
 
 async def test_a_random_split_in_the_comment_and_a_weight_zero_arm_never_served(addon):

@@ -139,6 +139,7 @@ async def test_a_copy_of_the_forwarded_request_goes_to_the_mirror(addon, recorde
     assert body == b"hello"
     await until(lambda: addon.mirrors.sent == 1 and not addon.mirrors.tasks)
     assert addon.mirrors.pending == {}
+    assert addon.status.snapshot()["mirrors"] == {"sent": 1, "failed": 0, "dropped": 0, "in_flight": 0, "failing": []}
 
 
 @pytest.mark.slow
@@ -167,10 +168,12 @@ async def test_a_failing_mirror_is_logged_once_and_the_request_goes_on(addon, re
         await addon.tctx.cycle(addon, f)
         assert f.request.port == 9001 and f.response is None and f.error is None
     await until(lambda: addon.mirrors.failed == 3)
-    said = [r.getMessage() for r in caplog.records if "mirror" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("condroute: mirror ")]
     assert said == [f"condroute: mirror shadow (127.0.0.1:{port}) refused the connection; the copy is dropped "
                     "(the request itself is not affected); further failures are not logged until it works again"]
     assert caplog.records[[r.getMessage() for r in caplog.records].index(said[0])].levelno == logging.WARNING
+    assert "SECRET" not in caplog.text
+    assert addon.status.snapshot()["mirrors"]["failing"] == ["shadow"]
 
 
 @pytest.mark.slow
@@ -260,3 +263,16 @@ def test_mirrors_through_a_real_mitmdump(tmp_path: Path, echo, proxy):
         assert not any("Traceback" in line for line in p.lines), p.output()
     finally:
         rec.close()
+
+
+async def test_a_request_decided_again_without_mirrors_sends_no_copy(addon):
+    """After a failed connection the flow is decided again (upstreams.py); when the new decision has
+    no mirrors, the first draw is void."""
+    up = model.Upstream("shadow", "http://127.0.0.1:9", "http", "127.0.0.1", 9, "")
+    addon.rules = rules_with(model.Mirror(up))
+    f = flow()
+    addon.requestheaders(f)
+    assert list(addon.mirrors.pending) == [f.id] and f.metadata["condroute"]["mirrors"]
+    f.metadata["condroute"].pop("mirrors")          # what the new decision's metadata looks like
+    addon.request(f)
+    assert addon.mirrors.pending == {} and not addon.mirrors.tasks

@@ -189,23 +189,21 @@ def escapes(path: str) -> bool:
 
 
 def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None) -> None:
-    own_query = False
+    qs = req.query_string
     if not req.path.startswith("/"):   # asterisk-form (OPTIONS *): nothing to rewrite
         path = req.path
     else:
-        if b.path is not None or b.rewrite is not None:
-            if b.rewrite is not None:      # an imported gateway's rewrite: instead of ``path``
-                path = rewrite_path(b.rewrite, b.rewrite_rx, req.path)
-            else:
-                path = b.path.render(req.params, req.path, req.rest)
+        if b.path is not None:             # a template, or an imported gateway's rewrite (compile.rewrite)
+            path = b.path.render(req.params, req.path, req.rest)
             if not path.startswith("/"):   # "{rest}": an origin-form path always starts with "/"
                 path = "/" + path
             if escapes(path):
-                text = render.rewrite_text(b.rewrite) if b.rewrite is not None else b.path.text
                 d.outcome, d.status = "bad_request", 400
-                d.reason = f"the path would leave the backend's path: {text} gives {path!r}"
+                d.reason = f"the path would leave the backend's path: {b.path.text} gives {path!r}"
                 return
-            own_query = "?" in path
+            if qs and "?" in path:         # a query string of its own: the request's is added to it
+                path += "&" + qs
+                qs = ""
         else:
             path = req.path
         if up is not None and up.base_path:
@@ -218,9 +216,8 @@ def build_target(d: Decision, b: Backend, req: RequestView, up: Upstream | None)
             d.host_header = up.authority
     else:
         d.scheme, d.host, d.port = req.scheme, req.host, req.port
-    if req.query_string:
-        # a template or rewrite with a query string of its own: the request's is added to it
-        path += ("&" if own_query else "?") + req.query_string
+    if qs:
+        path += "?" + qs
     d.path = path
 
 
@@ -332,7 +329,8 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
     if chosen.respond is not None:
         d.outcome, d.respond, d.status = "respond", chosen.respond, chosen.respond.status
         return
-    if chosen.extra and chosen.redirect is not None:
+    extra = chosen.extra
+    if extra and chosen.redirect is not None:
         status = chosen.redirect.status
         d.outcome, d.status = "respond", status
         d.respond = Respond(status, "", (("Location", redirect_location(chosen, req)),))
@@ -352,7 +350,7 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
             d.split += " (passed over, unavailable: " + ", ".join(sorted(u.name for u in down_arms)) + ")"
     build_target(d, chosen, req, up)
     d.set_headers, d.remove_headers = chosen.set_headers, chosen.remove_headers
-    if chosen.extra and d.outcome == "routed":     # fields an imported gateway writes
+    if extra and d.outcome == "routed":     # fields an imported gateway writes
         if chosen.host_rewrite is not None:
             d.host_header = chosen.host_rewrite
         d.add_headers = chosen.add_headers

@@ -59,9 +59,11 @@ def header_value(d: Decision) -> str:
 def outcome_text(d: Decision) -> str:
     """What became of the request: the part of the log line after the request."""
     if d.outcome == "routed":
+        if d.backend_obj.extra and d.mirrors:
+            return f"{d.route}/{d.backend} -> {d.upstream} ({redact_url(d.url)}), {mirrored(d)}"
         return f"{d.route}/{d.backend} -> {d.upstream} ({redact_url(d.url)})"
     if d.outcome == "respond":
-        return f"{d.route}/{d.backend} -> respond {d.status}"
+        return f"{d.route}/{d.backend} -> respond {d.status}{redirect_text(d)}"
     if d.outcome == "no_match":
         what = f"answered {d.status}" if d.status else "passthrough"
         return f"{d.route}: no backend holds, {what}"
@@ -70,6 +72,20 @@ def outcome_text(d: Decision) -> str:
     if d.outcome == "bad_request":
         return f"{d.route + ': ' if d.route else ''}refused {d.status}: {d.reason}"
     return "no route, passthrough"
+
+
+def mirrored(d: Decision) -> str:
+    """The mirrors a copy of the request goes to (log line, comment)."""
+    return "mirrored to " + ", ".join(m.upstream.name for m, _, _ in d.mirrors)
+
+
+def redirect_text(d: Decision) -> str:
+    """", redirect to LOCATION" for a redirect's answer (secret-named query parameters redacted);
+    "" for any other answer."""
+    b = d.backend_obj
+    if b is None or b.redirect is None:
+        return ""
+    return f", redirect to {redact_url(location(d))}"
 
 
 def summary(d: Decision) -> str:
@@ -203,11 +219,15 @@ def comment(d: Decision) -> str:
             rest = f" | to {up.origin}{path} (upstream {cleaned(up.name) or _c(up.name)})"
         if d.split:
             rest += f" | split {_c(d.split)}"
+        if d.mirrors:
+            rest += f" | {_clean(mirrored(d))}"
         why = trail[-1][2] if trail else ""
         rest = f" [{_held_texts.get(why) or _held(why)}]{rest}"
     elif o == "respond":
         why = trail[-1][2] if trail else ""
         rest = f" [{_held_texts.get(why) or _held(why)}] | condroute answered {status}"
+        if d.backend_obj is not None and d.backend_obj.redirect is not None:
+            rest += _clean(redirect_text(d))
     elif o == "no_match":
         rest = " [no backend holds] | " + (f"condroute answered {status}" if status else "passed through unchanged")
     elif o == "unavailable":
@@ -269,10 +289,13 @@ def to_dict(d: Decision) -> dict[str, Any]:
         out["set_headers"] = dict(d.set_headers)
     if d.remove_headers:
         out["remove_headers"] = list(d.remove_headers)
-    if d.add_headers:
-        out["add_headers"] = [list(h) for h in d.add_headers]
-    if d.mirrors:
-        out["mirrors"] = [{"upstream": m.upstream.name, "url": m.upstream.origin + path} for m, path, _ in d.mirrors]
+    b = d.backend_obj
+    if b is not None and b.extra:      # (an attribute of the backend: a Decision's unset fields cost more to test)
+        if d.add_headers:
+            out["add_headers"] = [list(h) for h in d.add_headers]
+        if d.mirrors:
+            out["mirrors"] = [{"upstream": m.upstream.name, "url": m.upstream.origin + path}
+                              for m, path, _ in d.mirrors]
     if d.routes_passed:
         out["routes_passed"] = [{"route": r, "reason": why} for r, why in d.routes_passed]
     return out
@@ -341,17 +364,6 @@ def _set_all(h: list[tuple[str, str]], name: str, value: str) -> list[tuple[str,
     if not done:
         out.append((name, value))
     return out
-
-
-def rewrite_text(rw: Any) -> str:
-    """A PathRewrite as explain and reasons name it."""
-    if rw.kind == "segments":
-        return f"prefix {rw.prefix or '/'} -> {rw.value or '/'} (by segment)"
-    if rw.kind == "prefix":
-        return f"prefix {rw.prefix} -> {rw.value}"
-    if rw.kind == "regex":
-        return f"regex {rw.pattern} -> {rw.value}"
-    return f"full path -> {rw.value}"
 
 
 def shown_header(name: str, value: str, rules: Rules | None) -> str:
@@ -503,7 +515,7 @@ def decision_data(rules: Rules, d: Decision, req: RequestView) -> dict[str, Any]
         if b is not None and b.host_rewrite is not None:
             out["host_rewrite"] = b.host_rewrite
         if b is not None and b.rewrite is not None:
-            out["rewrite"] = rewrite_text(b.rewrite)
+            out["rewrite"] = b.path.text        # the rewrite, compiled into the path's place
         if b is not None and b.mirrors:
             sent = [m for m, _, _ in d.mirrors]
             out["mirrors"] = [{"upstream": m.upstream.name, "url": m.upstream.url, "percent": m.percent,
@@ -600,8 +612,8 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
     else:
         lines.append(_row("upstream", f"{up.name} ({up.url})"))
     lines.append(_row("url", d.url or ""))
-    if b is not None and b.rewrite is not None:
-        lines.append(_row("rewrite", f"{rewrite_text(b.rewrite)}: {req.path} -> {(d.path or '').partition('?')[0]}"))
+    if b is not None and b.rewrite is not None:     # (compiled into the path's place: its text)
+        lines.append(_row("rewrite", f"{b.path.text}: {req.path} -> {(d.path or '').partition('?')[0]}"))
     if d.host_header is not None:
         how = " (host rewrite)" if b is not None and b.host_rewrite is not None else ""
         lines.append(_row("set", f"Host: {d.host_header}{how}"))

@@ -87,7 +87,7 @@ def _compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
                 ok = False
                 continue
             extras["extra"] = True
-        backends.append(Backend(**{f: getattr(b, f) for f in _BACKEND_FIELDS}, when=when, **extras))
+        backends.append(Backend(**{**{f: getattr(b, f) for f in _BACKEND_FIELDS}, **extras}, when=when))
     if not ok:
         return None     # the problems are recorded: the load fails
     seen_h: dict[str, str] = {}

@@ -78,6 +78,30 @@ def parse_replacement(text: str) -> tuple[str | int, ...]:
     return tuple(parts)
 
 
+class RewriteTemplate:
+    """A backend's ``rewrite`` in the place of its ``path`` template (the runtime Backend's ``path``):
+    the engine renders it like a template, so that a backend without a rewrite pays nothing for it."""
+
+    __slots__ = ("rewrite", "rx", "text")
+
+    def __init__(self, rewrite: model.PathRewrite, rx: RewriteRegex | None):
+        self.rewrite, self.rx, self.text = rewrite, rx, rewrite_text(rewrite)
+
+    def render(self, params: Any, path: str, rest: str | None) -> str:
+        return rewrite_path(self.rewrite, self.rx, path)
+
+
+def rewrite_text(rw: model.PathRewrite) -> str:
+    """A PathRewrite as explain and reasons name it."""
+    if rw.kind == "segments":
+        return f"prefix {rw.prefix or '/'} -> {rw.value or '/'} (by segment)"
+    if rw.kind == "prefix":
+        return f"prefix {rw.prefix} -> {rw.value}"
+    if rw.kind == "regex":
+        return f"regex {rw.pattern} -> {rw.value}"
+    return f"full path -> {rw.value}"
+
+
 def rewrite_path(rw: model.PathRewrite, rx: RewriteRegex | None, path: str) -> str:
     """The path (no query) after ``rw`` (see :class:`condroute.model.PathRewrite`)."""
     k = rw.kind
@@ -115,14 +139,16 @@ def _compile_rewrite(rw: model.PathRewrite, what: str, line: int, cc: CompileCtx
 
 
 def compile_backend_extras(b: model.Backend, cc: CompileCtx) -> dict[str, Any] | None:
-    """The compiled parts of ``b``'s rewrite and redirect (keyword arguments of the runtime
-    Backend), after checking its rewrite, redirect and mirrors; None after recording a problem."""
+    """The compiled parts of ``b``'s rewrite and redirect (keyword arguments of the runtime Backend:
+    a rewrite takes the place of ``path``), after checking its rewrite, redirect and mirrors; None
+    after recording a problem."""
     kw: dict[str, Any] = {}
     ok = True
     where = f"backend {b.name!r}"
     if b.rewrite is not None:
-        good, kw["rewrite_rx"] = _compile_rewrite(b.rewrite, f"{where}: rewrite", b.line, cc)
+        good, rx = _compile_rewrite(b.rewrite, f"{where}: rewrite", b.line, cc)
         ok = ok and good
+        kw["path"] = RewriteTemplate(b.rewrite, rx)     # instead of the path template
     r = b.redirect
     if r is not None:
         if not 300 <= r.status <= 399:

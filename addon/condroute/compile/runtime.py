@@ -19,12 +19,12 @@ __all__ = ["Backend", "PathPattern", "PathTemplate", "Respond", "Route", "Rules"
 
 @dataclass(frozen=True)
 class Backend(model.Backend):
-    """A model backend with its ``when`` compiled, and the RE2 patterns of a regex ``rewrite`` and
-    of a redirect's regex path compiled once (:class:`RewriteRegex`), not per request."""
+    """A model backend with its ``when`` compiled. A ``rewrite`` is also in ``path``, compiled
+    (compile.rewrite.RewriteTemplate: the engine renders it as a template); a redirect's regex path
+    is compiled once (``redirect_rx``)."""
     when: Cond | None = None     # type: ignore[assignment]
     # any of add_headers, host_rewrite, rewrite, redirect, mirrors (one test per request for the rest)
     extra: bool = field(default=False, compare=False)
-    rewrite_rx: Any = field(default=None, compare=False)
     redirect_rx: Any = field(default=None, compare=False)
 
     @lazy

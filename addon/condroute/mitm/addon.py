@@ -59,6 +59,7 @@ class ConditionalRouting(Commands, LiveRules):
         self.upstreams = Upstreams(self.route, lambda: self.rules)
         self.status = Status(self, self.upstreams)
         self.mirrors = Mirrors()
+        self._mirroring = self.mirrors.pending     # the same dict: "any copies to send?" per request
 
     # -- options (their types and checks: options.py) -------------------------------------------
     def load(self, loader: Any) -> None:
@@ -207,10 +208,8 @@ class ConditionalRouting(Commands, LiveRules):
                               "headers": self._original_headers(flow, d)}
             self.upstreams.remember(flow, d)   # before apply: a failover starts from the original
             self.apply(flow, d, view.host_at if view.fields is data.headers.fields else None)
-            if d.mirrors:
+            if d.backend_obj.extra and d.mirrors:
                 self.mirrors.remember(flow, d.mirrors)
-            elif self.mirrors.pending:         # decided again (failover): the earlier draw is void
-                self.mirrors.forget(flow)
             if not flow.marked:                # the user's own mark stays
                 flow.marked = REROUTED_MARK
         elif d.status is not None:  # respond, or no match with on_no_match: error
@@ -246,7 +245,7 @@ class ConditionalRouting(Commands, LiveRules):
 
     @staticmethod
     def _original_headers(flow: http.HTTPFlow, d: Decision) -> dict[str, list[str]]:
-        if not (d.remove_headers or d.set_headers or d.add_headers):
+        if not (d.remove_headers or d.set_headers or (d.backend_obj.extra and d.add_headers)):
             return {}
         h = flow.request.headers
         return {n: h.get_all(n) for n in {*d.remove_headers, *dict(d.set_headers), *dict(d.add_headers)}}
@@ -277,12 +276,13 @@ class ConditionalRouting(Commands, LiveRules):
         elif d.host_header is not None:                 # the original destination, its Host rewritten
             req.host_header = d.host_header
         data.path = d.path.encode("utf-8", "surrogateescape")
-        if d.remove_headers or d.set_headers or d.add_headers:
+        if d.remove_headers or d.set_headers:
             for name in d.remove_headers:
                 req.headers.pop(name, None)
             for name, value in d.set_headers:
                 req.headers[name] = value
-            for name, value in d.add_headers:       # a gateway's `add`: after remove and set
+        if d.backend_obj.extra and d.add_headers:   # a gateway's `add`: after remove and set
+            for name, value in d.add_headers:
                 req.headers.add(name, value)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -291,7 +291,7 @@ class ConditionalRouting(Commands, LiveRules):
             return
         self._answer_or_fix(flow)
         self.upstreams.request(flow)
-        if self.mirrors.pending:
+        if self._mirroring:
             self.mirrors.request(flow)
 
     def _answer_or_fix(self, flow: http.HTTPFlow) -> None:

@@ -59,7 +59,7 @@ class Mirrors:
     def remember(self, flow: http.HTTPFlow, mirrors: tuple) -> None:
         if len(self.pending) >= 4096:      # flows that ended without a request or error hook
             for k in list(self.pending)[:1024]:
-                del self.pending[k]
+                del self.pending[k]         # (the dict itself stays: the addon holds it)
         self.pending[flow.id] = mirrors
 
     def forget(self, flow: http.HTTPFlow) -> None:
@@ -69,8 +69,9 @@ class Mirrors:
     def request(self, flow: http.HTTPFlow) -> None:
         """The request body is complete: send the copies (tasks; nothing is awaited here)."""
         targets = self.pending.pop(flow.id, None)
-        if not targets or flow.response is not None or flow.error is not None:
-            return
+        md = flow.metadata.get("condroute")
+        if not targets or not md or not md.get("mirrors") or flow.response is not None or flow.error is not None:
+            return      # (decided again after a failed connection, without mirrors: the draw is void)
         r = flow.request
         body = r.raw_content
         if body is None:           # streamed: the body went on without being kept

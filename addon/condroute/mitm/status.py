@@ -23,6 +23,7 @@ it makes (routed, answered, passthrough), not for status-page requests.
      "upstreams": [{"name", "url", "state", ...}],
      "recent": [{"time", "method", "url", "outcome", "route", "backend", "upstream", "target",
                  "status", "reason", "skipped": [{"backend", "reason"}], "split"?}],
+     "mirrors": {"sent", "failed", "dropped", "in_flight", "failing"},
      "passthrough", "decisions", "recent_max", "cooldown", "status_host", "now"}
 
 ``path`` is null (``generation`` 0) while no rules are loaded; ``loaded_at`` and ``time`` are Unix
@@ -31,7 +32,8 @@ times in seconds; ``error`` is the last reload's error (null once a reload succe
 unavailable, refused before a backend was chosen); a backend's ``hits`` the requests it was chosen
 for. A route's ``origin`` names an imported rule by its source (``httproute header-matching, rule 3
 (routes.yaml:27)``; "" for a route of the rules file itself), ``file`` the imported file its ``line``
-is in ("" likewise). ``state`` is one of ``up`` (a connection is open, ``connections``, or the last one succeeded,
+is in ("" likewise). ``mirrors`` counts the copies sent to mirrors since the proxy started: answered
+(``sent``), failed, dropped (too many under way), under way now, and the mirrors whose last copy failed. ``state`` is one of ``up`` (a connection is open, ``connections``, or the last one succeeded,
 ``ok_ago`` seconds ago), ``down`` (it refused or timed out a connection: passed over for
 ``cooldown_left`` more seconds; ``error``, ``failed_ago``, ``attempts``), ``retrying`` (the
 cool-down is over: the next request tries it; ``error``, ``failed_ago``) or ``unknown`` (no
@@ -201,6 +203,13 @@ class Status:
             out.append(e)
         return out
 
+    def _mirrors(self) -> dict[str, Any]:
+        m = getattr(self.live, "mirrors", None)     # mitm/mirror.py (absent from bare test harnesses)
+        if m is None:
+            return {"sent": 0, "failed": 0, "dropped": 0, "in_flight": 0, "failing": []}
+        return {"sent": m.sent, "failed": m.failed, "dropped": m.dropped, "in_flight": len(m.tasks),
+                "failing": sorted(m.failing)}
+
     def snapshot(self) -> dict[str, Any]:
         """The status as plain data: the JSON of ``/api/status``."""
         live = self.live
@@ -225,6 +234,7 @@ class Status:
             "routes": routes,
             "upstreams": self._upstreams(rules) if rules is not None else [],
             "recent": [recent_entry(at, d) for at, d in reversed(self.recent)],
+            "mirrors": self._mirrors(),
             "passthrough": hits.get((None, None), 0),
             "decisions": sum(hits.values()),
             "recent_max": RECENT,
