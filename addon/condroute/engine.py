@@ -354,6 +354,8 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
         if chosen.host_rewrite is not None:
             d.host_header = chosen.host_rewrite
         d.add_headers = chosen.add_headers
+        if route.propagate is not None:     # KrakenD propagate_claims: the verified token's, never the client's
+            d.add_headers += tuple(route.propagate.headers(req))
         if chosen.mirrors:
             d.mirrors = _draw_mirrors(chosen, d)
     if rules.settings.strip_routing_headers and route.routing_headers:

@@ -244,6 +244,8 @@ class Route:
     file: str = ""                             # the file it was written in, when not the rules file (an import)
     origin: str = ""                           # an imported rule's source: "httproute header-matching, rule 3 (routes.yaml:27)"
     on_no_match: str | None = None             # overrides settings.on_no_match (a KrakenD endpoint: "error")
+    propagate: Any = None                      # a TokenCheck whose claim_headers are added to the forwarded
+                                               # request (KrakenD propagate_claims)
 
     @property
     def fallback(self) -> Backend | None:

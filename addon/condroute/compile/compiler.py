@@ -13,6 +13,7 @@ from ..conditions import restrict
 from ..conditions.base import Cond
 from ..conditions.geo import open_geoip_db
 from ..conditions.jwtauth import compile_jwt_settings
+from ..conditions.jwtvalidator import compile_token_check
 from ..conditions.matchers import compile_matcher
 from ..conditions.registry import compile_condition, compile_match_conditions
 from ..load.ctx import CompileCtx
@@ -87,6 +88,8 @@ def _compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
                 ok = False
                 continue
             extras["extra"] = True
+        elif r.propagate is not None:
+            extras["extra"] = True          # the route adds the token's claim headers (engine.select)
         backends.append(Backend(**{**{f: getattr(b, f) for f in _BACKEND_FIELDS}, **extras}, when=when))
     if not ok:
         return None     # the problems are recorded: the load fails
@@ -96,7 +99,8 @@ def _compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
             seen_h.setdefault(h.lower(), h)
     return Route(name=r.name, line=r.line, hosts=r.hosts, methods=r.methods, path=path, cond=cond,
                  backends=tuple(backends), fallback=next((b for b in backends if b.fallback), None),
-                 routing_headers=tuple(seen_h.values()), file=r.file, origin=r.origin, on_no_match=r.on_no_match)
+                 routing_headers=tuple(seen_h.values()), file=r.file, origin=r.origin, on_no_match=r.on_no_match,
+                 propagate=compile_token_check(r.propagate, cc) if r.propagate is not None else None)
 
 
 _BACKEND_FIELDS = tuple(f for f in model.Backend.__dataclass_fields__ if f != "when")

@@ -88,6 +88,7 @@ class Route:
     file: str = ""                             # the file it was written in, when imported
     origin: str = ""                           # an imported rule's source label (model.Route.origin)
     on_no_match: str | None = None             # model.Route.on_no_match
+    propagate: Any = None                      # the compiled token check (jwtvalidator.Validator) of model.Route.propagate
 
     def host_ok(self, host: str) -> bool:
         if not self.hosts:

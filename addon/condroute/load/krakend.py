@@ -321,7 +321,7 @@ class KrakendLoader:
         # KrakenD answers an error when no backend of the endpoint holds, wherever the file is loaded
         # from (an importing condroute file's on_no_match: passthrough does not apply)
         return Route(name=name, line=node.line, methods=frozenset({method}), path=pp, backends=tuple(backends),
-                     on_no_match="error")
+                     on_no_match="error", propagate=tc if names else None)
 
     @staticmethod
     def skipped(route: Route, why: str) -> Route:
