@@ -7,8 +7,31 @@ from pathlib import Path
 
 import pytest
 
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.test import taddons
+
 from condroute.cli.demo import start_echo
+from condroute.mitm import reload as mitm_reload
+from condroute.mitm.addon import ConditionalRouting
 from helpers import ADDON, Proxy
+
+
+@pytest.fixture
+def addon():
+    """condroute's addon in mitmproxy's test harness (taddons, with the proxy server's options);
+    ``addon.tctx`` is the context, for ``configure`` and ``cycle``."""
+    a = ConditionalRouting()
+    with taddons.context(Proxyserver(), a) as tctx:
+        a.tctx = tctx   # type: ignore[attr-defined]
+        yield a
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The rules watcher's monotonic clock, moved by the test instead of sleeping."""
+    now = [1000.0]
+    monkeypatch.setattr(mitm_reload, "_clock", lambda: now[0])
+    return now
 
 
 @pytest.fixture

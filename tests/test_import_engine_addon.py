@@ -4,15 +4,12 @@ remove and set (and a replay puts them back), a rewritten Host over HTTP/1 and a
 explain --flows naming an imported rule."""
 from __future__ import annotations
 
-import pytest
 from mitmproxy import http
-from mitmproxy.addons.proxyserver import Proxyserver
-from mitmproxy.test import taddons, tflow
+from mitmproxy.test import tflow
 
 from condroute import model
 from condroute.compile.compiler import compile_rules
 from condroute.load.ctx import CompileCtx
-from condroute.mitm.addon import ConditionalRouting
 from condroute.mitm.flows import flow_request, restore_request
 
 A = model.Upstream("infra-backend-v1", "http://127.0.0.1:9001", "http", "127.0.0.1", 9001, "")
@@ -42,14 +39,6 @@ def make_flow(url: str, headers: list[tuple[str, str]] = (), http2: bool = False
         req.headers.insert(0, "Host", req.pretty_url.split("/")[2])
         req.authority = ""
     return tflow.tflow(req=req)
-
-
-@pytest.fixture
-def addon():
-    a = ConditionalRouting()
-    with taddons.context(Proxyserver(), a) as tctx:
-        a.tctx = tctx
-        yield a
 
 
 async def cycle(addon, rules, f: http.HTTPFlow) -> http.HTTPFlow:

@@ -10,16 +10,13 @@ from pathlib import Path
 
 import pytest
 from mitmproxy import http
-from mitmproxy.addons.proxyserver import Proxyserver
-from mitmproxy.test import taddons, tflow
+from mitmproxy.test import tflow
 
 from condroute.engine import decide
 from condroute.errors import RulesError
 from condroute.load import services
 from condroute.load.ctx import CompileCtx, Importer
 from condroute.load.yamlpos import Docs, parse_text
-from condroute.mitm import reload as mitm
-from condroute.mitm.addon import ConditionalRouting
 from condroute.node import Y
 from condroute.request import RequestView
 from condroute.rules import load_rules, load_rules_text
@@ -154,21 +151,6 @@ def test_a_manifest_file_of_other_kinds_only_is_refused_and_names_them():
 
 def flow(path: str) -> http.HTTPFlow:
     return tflow.tflow(req=http.Request.make("GET", f"http://x.example{path}"))
-
-
-@pytest.fixture
-def addon():
-    a = ConditionalRouting()
-    with taddons.context(Proxyserver(), a) as tctx:
-        a.tctx = tctx   # type: ignore[attr-defined]
-        yield a
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(mitm, "_clock", lambda: now[0])
-    return now
 
 
 def age(path: Path, seconds: float = 3600) -> None:

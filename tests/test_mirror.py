@@ -13,14 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 from mitmproxy import http
-from mitmproxy.addons.proxyserver import Proxyserver
-from mitmproxy.test import taddons, tflow
+from mitmproxy.test import tflow
 
 from condroute import model
 from condroute.compile.compiler import compile_rules
 from condroute.load.ctx import CompileCtx
 from condroute.mitm import mirror
-from condroute.mitm.addon import ConditionalRouting
 from helpers import read_head, serve_raw
 
 A = model.Upstream("main", "http://127.0.0.1:9001", "http", "127.0.0.1", 9001, "")
@@ -90,14 +88,6 @@ def recorder():
     yield make
     for r in made:
         r.close()
-
-
-@pytest.fixture
-def addon():
-    a = ConditionalRouting()
-    with taddons.context(Proxyserver(), a) as tctx:
-        a.tctx = tctx
-        yield a
 
 
 def rules_with(*mirrors: model.Mirror, **backend):

@@ -19,13 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 from mitmproxy import http
-from mitmproxy.addons.proxyserver import Proxyserver
-from mitmproxy.test import taddons, tflow
+from mitmproxy.test import tflow
 
 from condroute.mitm import reload as mitm
 from condroute.load import rulesfile
 from condroute.errors import RulesError
-from condroute.mitm.addon import ConditionalRouting
 from condroute.rules import _no_gc, load_rules
 from helpers import ADDON, MITMDUMP, ROOT, run_mitmdump_until_exit
 
@@ -150,22 +148,6 @@ def flow(host: str) -> http.HTTPFlow:
     req = http.Request.make("GET", f"http://{host}/x")
     req.headers["Host"], req.authority = host, ""
     return tflow.tflow(req=req)
-
-
-@pytest.fixture
-def addon():
-    a = ConditionalRouting()
-    with taddons.context(Proxyserver(), a) as tctx:
-        a.tctx = tctx   # type: ignore[attr-defined]
-        yield a
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    """The watcher's monotonic clock, moved by the test instead of sleeping."""
-    now = [1000.0]
-    monkeypatch.setattr(mitm, "_clock", lambda: now[0])
-    return now
 
 
 def set_mtime(path: Path, seconds_ago: float) -> None:
