@@ -515,8 +515,8 @@ def test_explain_bad_rules_file_is_located_exit_1(capsys, tmp_path):
 # usage errors: one sentence, exit 2
 # ==================================================================================================
 @pytest.mark.parametrize("argv, sentence, helpfor", [
-    ([], "condroute: name a command: validate, explain, check or schema.", "condroute"),
-    (["frobnicate"], "condroute: unknown command 'frobnicate'; the commands are validate, explain, check, schema.",
+    ([], "condroute: name a command: validate, explain, check, export or schema.", "condroute"),
+    (["frobnicate"], "condroute: unknown command 'frobnicate'; the commands are validate, explain, check, export, schema.",
      "condroute"),
     (["validate"], "condroute validate: missing FILE.", "condroute validate"),
     (["explain"], "condroute explain: missing FILE.", "condroute explain"),

@@ -67,7 +67,7 @@ FLOOR_NAMES = {0: "base", 1: "request", 2: "loaders", 3: "condition base", 4: "C
                6: "compiler", 7: "render", 8: "engine", 9: "explain", 10: "adapters and front ends"}
 
 # module -> package whose every module it imports at import time by a computed name
-DISCOVERS = {"condroute.conditions.registry": "condroute.conditions"}
+DISCOVERS = {"condroute.conditions.registry": "condroute.conditions", "condroute.export.targets": "condroute.export"}
 
 MITMPROXY_ALLOWED = ("condroute.mitm.*", "condroute.cli.*")
 MODEL = "condroute.model"

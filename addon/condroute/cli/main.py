@@ -1,4 +1,4 @@
-"""The condroute command line: validate, explain, check, schema.
+"""The condroute command line: validate, explain, check, export, schema.
 
 Every command runs the same pure engine as the mitmproxy addon (``engine.decide``); nothing here
 touches the network. Exit status: 0 fine, 1 the data is wrong (a rules file that does not load,
@@ -20,6 +20,7 @@ from ..httptext import TOKEN
 from ..mitm.flows import explain_flows
 from ..render import decision_data, render_decision
 from ..rules import Rules, load_rules
+from . import export as export_cli
 from .cases import CasesError, load_cases, run_case
 from .lint import lint
 from .schema import schema_json
@@ -209,6 +210,7 @@ DESCRIPTIONS = {
              "there); headers: {NAME: VALUE | [V1, V2] | null} are the request headers as forwarded upstream, "
              "location a redirect's Location. Prints a line "
              "per case and 'N passed, N failed'; exit 1 when any case failed.",
+    "export": export_cli.DESCRIPTION,
     "schema": "Print the JSON Schema (draft 2020-12) of the rules file. Save it and point your editor's YAML "
               "language server at it with a first line\n"
               "  # yaml-language-server: $schema=./condroute.schema.json",
@@ -223,6 +225,7 @@ EXAMPLES = {
              "  - name: variant B by header\n"
              "    request: {url: \"http://shop.example/cart\", headers: {X-Ab-Test: B}}\n"
              "    expect: {route: shop-ab-test, backend: variant-b-by-header, upstream: variant-b}",
+    "export": export_cli.EXAMPLES,
     "schema": "example:\n  condroute schema > condroute.schema.json",
 }
 
@@ -261,6 +264,8 @@ def build_parser() -> _Parser:
     c.add_argument("cases", metavar="CASES", help="the golden cases file")
     c.set_defaults(fn=cmd_check)
 
+    export_cli.add_parser(command)
+
     s = command("schema", "print the JSON Schema of the rules file (for editors)")
     s.set_defaults(fn=cmd_schema)
     ap.set_defaults(commands=sub.choices)
@@ -282,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             prog = f"condroute {args.cmd}" if getattr(args, "cmd", None) else "condroute"
             raise UsageError(f"{prog}: unknown argument {extra[0]}", prog)
         if getattr(args, "fn", None) is None:
-            raise UsageError("condroute: name a command: validate, explain, check or schema")
+            raise UsageError("condroute: name a command: validate, explain, check, export or schema")
+        if args.fn is export_cli.cmd_export:
+            return args.fn(args, lambda msg: UsageError(f"condroute export: {msg}", "condroute export"))
         return args.fn(args)
     except UsageError as e:
         msg = str(e)
