@@ -56,29 +56,36 @@ ensure_venv() {
   echo "$spec $sum" > "$stamp"
 }
 
+# ensure_debian_package PACKAGE BINARY WHAT — install Debian's PACKAGE when BINARY is missing and
+# apt-get can (as root); otherwise say so in one line and go on (the tests that need it skip with
+# their reason). Silent when BINARY is already there.
+ensure_debian_package() {
+  local pkg="$1" bin="$2" what="$3" log why
+  [ -x "$bin" ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "no $bin and not root, so not installing it: $what will be skipped (sudo apt-get install $pkg)"
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "no $bin and no apt-get to install it with: $what will be skipped"
+    return 0
+  fi
+  echo "installing Debian's $pkg package for $what (once; about a minute)"
+  log="$(mktemp)"
+  # the package lists may be missing (a fresh image) or stale: update them only when needed
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >"$log" 2>&1 \
+         || { apt-get update -q >>"$log" 2>&1 \
+              && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >>"$log" 2>&1; }; } \
+     || [ ! -x "$bin" ]; then
+    why="$(grep -E '^(E|W): ' "$log" | tail -n 1)"
+    echo "installing $pkg failed (${why:-apt-get gave no reason}): $what will be skipped"
+  fi
+  rm -f "$log"
+}
+
 # ensure_chromium [BROWSER] — the status-page browser tests drive /usr/bin/chromium (headless). When
 # it is missing, install Debian's chromium package if apt-get can (as root); otherwise say so in one
 # line and go on (those tests skip with their reason). Silent when it is already there.
 ensure_chromium() {
-  local bin="${1:-/usr/bin/chromium}" log why
-  [ -x "$bin" ] && return 0
-  if [ "$(id -u)" != 0 ]; then
-    echo "no $bin and not root, so not installing it: the browser tests will be skipped (sudo apt-get install chromium)"
-    return 0
-  fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "no $bin and no apt-get to install it with: the browser tests will be skipped"
-    return 0
-  fi
-  echo "installing Debian's chromium package for the browser tests (once; about a minute)"
-  log="$(mktemp)"
-  # the package lists may be missing (a fresh image) or stale: update them only when needed
-  if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >"$log" 2>&1 \
-         || { apt-get update -q >>"$log" 2>&1 \
-              && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >>"$log" 2>&1; }; } \
-     || [ ! -x "$bin" ]; then
-    why="$(grep -E '^(E|W): ' "$log" | tail -n 1)"
-    echo "installing chromium failed (${why:-apt-get gave no reason}): the browser tests will be skipped"
-  fi
-  rm -f "$log"
+  ensure_debian_package chromium "${1:-/usr/bin/chromium}" "the browser tests"
 }

@@ -769,7 +769,7 @@ def test_schema_validates_the_shipped_rules_and_rejects_typos():
     s = build_schema()
     jsonschema.Draft202012Validator.check_schema(s)
     v = jsonschema.Draft202012Validator(s)
-    files = sorted((ROOT / "rules").glob("*.yaml"))
+    files = sorted(f for f in (ROOT / "rules").glob("*.yaml") if not f.name.endswith(".cases.yaml"))
     assert files
     for f in files:
         doc = yaml.safe_load(f.read_text())

@@ -170,10 +170,27 @@ def test_anchors_and_merge_keys_work():
 def test_shipped_rules_files_load():
     import pathlib
     root = pathlib.Path(__file__).resolve().parent.parent / "rules"
-    files = sorted(root.glob("*.yaml")) + sorted(root.glob("*.json"))
+    files = sorted(f for f in root.glob("*.yaml") if not f.name.endswith(".cases.yaml")) + sorted(root.glob("*.json"))
     assert files
     for f in files:
         assert load_rules(str(f)).routes, f
+
+
+def test_every_shipped_rules_file_has_golden_cases_that_pass():
+    """rules/X.yaml ships with rules/X.cases.yaml (what `condroute export --verify` sends through a
+    gateway); each passes `condroute check`."""
+    import pathlib
+    from condroute.cli.cases import load_cases, run_case
+    root = pathlib.Path(__file__).resolve().parent.parent / "rules"
+    files = sorted(f for f in root.glob("*.yaml") if not f.name.endswith(".cases.yaml"))
+    assert len(files) >= 6
+    for f in files:
+        cases_file = f.with_name(f.stem + ".cases.yaml")
+        assert cases_file.exists(), f"{f.name} has no {cases_file.name}"
+        rules = load_rules(str(f))
+        cases = load_cases(str(cases_file))
+        assert len(cases) >= 3
+        assert [(c.name, run_case(rules, c)) for c in cases if run_case(rules, c)] == []
 
 
 # -- direct answers and request headers that are valid HTTP (issue 11, item 13) ---------------------
