@@ -1,0 +1,511 @@
+"""The nginx exporter's configuration writer: the maps, geo and split_clients blocks, upstreams and
+locations of the nginx.conf that ``nginx.py`` assembles (see its docstring for the scheme)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .. import model
+from . import ir
+from .base import ExportOptions
+from .ir import NotExported, Where, where_line
+from .nginx_match import Test, cookie_first, cookie_rx, esc, query_first, query_rx, whole_rx
+
+PREFIX = "/_condroute/"
+BAD_RX = r"~(?i)%2e|%2f|%5c|\\|/\.\.?;"
+MIXED_RX = r"~%.*(?:/\.|//)|(?:/\.|//).*%"
+NORM_RX = r"~/\.|//"
+RAWPATH_RX = "~^(?:[A-Za-z][A-Za-z0-9+.-]*://[^/?]*)?([^?]*)"
+HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+# response headers nginx writes itself: a second one would be sent
+OWN_RESPONSE_HEADERS = {"content-length", "date", "server", "connection", "transfer-encoding", "content-type"}
+
+
+def q(s: str) -> str:
+    """A quoted nginx string (no variables in it)."""
+    s = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return '"' + s + '"'
+
+
+def qv(s: str) -> str:
+    """A quoted nginx string whose ``$`` are literal (nginx expands variables in it)."""
+    return q(s.replace("$", "\x00")).replace("\x00", "${cr_dollar}")
+
+
+@dataclass(frozen=True)
+class RawTest:
+    """A leaf written directly as a regular expression over an nginx variable."""
+    var: str
+    rx: str
+    at: Where
+
+
+def route_path_rx(p: model.RoutePath) -> tuple[str, dict[str, int]]:
+    """A route's path template as a PCRE over the normalised path, and the group of each parameter
+    (``rest`` included)."""
+    groups: dict[str, int] = {}
+    if p.segs is not None:
+        rx, n = "^", 0
+        for is_param, text in p.segs:
+            if is_param:
+                n += 1
+                groups[text] = n
+                rx += "/([^/]+)"
+            else:
+                rx += "/" + esc(text)
+        if p.has_rest:
+            n += 1
+            groups["rest"] = n
+            rx += "(?:/(.*))?$" if p.segs else "/(.*)$"
+        else:
+            rx += "$"
+        return rx, groups
+    assert p.pattern is not None
+    pat = p.pattern[:-2] if p.pattern.endswith(r"\Z") else p.pattern
+    cre = re.compile(pat)
+    groups = dict(cre.groupindex)
+    rx = re.sub(r"\(\?P<\w+>", "(", pat)
+    return "^" + rx + "$", groups
+
+
+class Config:
+    """Collects the blocks of the configuration; ``text()`` writes it."""
+
+    def __init__(self, rules: model.Rules, opts: ExportOptions):
+        self.rules, self.opts = rules, opts
+        self.maps: list[str] = []
+        self.upstreams: dict[str, str] = {}
+        self.locations: list[str] = []
+        self.files: dict[str, str] = {}
+        self.refused: list[NotExported] = []
+        self.notes: list[str] = []
+        self._leaf: dict[tuple, str] = {}
+        self._n = 0
+        self.keyvars: list[str] = []
+        self.entries: list[tuple[str, str]] = []
+        self._realip = False
+
+    esc = staticmethod(esc)
+
+    def var(self, stem: str) -> str:
+        self._n += 1
+        return f"$cr_{stem}{self._n}"
+
+    def raw_test(self, var: str, rx: str, at: Where) -> RawTest:
+        return RawTest(var, rx, at)
+
+    def regex_map(self, source: str, rx: str, comment: str, stem: str = "a", empty_false: bool = False) -> str:
+        key = ("rx", source, rx, empty_false)
+        if key in self._leaf:
+            return self._leaf[key]
+        v = self.var(stem)
+        lines = [f"map {q(source) if ' ' in source or '$' in source[1:] else source} {v} {{   # {comment}"]
+        if empty_false:
+            lines.append('    "~^$"  0;')
+        lines += [f"    {q('~' + rx)}  1;", "    default 0;", "}"]
+        self.maps.append("\n".join(lines))
+        self._leaf[key] = v
+        return v
+
+    def check_tree(self, tree) -> None:
+        """Nothing: every leaf raises NotExported itself when its variable is asked for."""
+
+    # ------------------------------------------------------------------------------------- leaves
+    def leaf_var(self, a) -> str:
+        if isinstance(a, RawTest):
+            return self.regex_map(a.var, a.rx, f"{a.at}")
+        if isinstance(a, ir.ClientIP):
+            return self.client_ip(a)
+        if isinstance(a, ir.Geo):
+            raise NotExported(a.at, "geo: the nginx export does not write GeoIP2 (a third-party "
+                                    "module with its own database settings)")
+        if isinstance(a, ir.Cel):
+            raise NotExported(a.at, "cel: a CEL expression has no nginx form")
+        if isinstance(a, ir.Opaque):
+            raise NotExported(a.at, a.why)
+        assert isinstance(a, Test), a
+        m, at = a.matcher, a.at
+        what = f"{a.source} {a.name}" if a.name else a.source
+        if a.source == "header":
+            if not HEADER_NAME.match(a.name or ""):
+                raise NotExported(at, f"header {a.name!r}: nginx passes on and reads only header names "
+                                      "of letters, digits and '-' (by default it drops the others)")
+            src = "$http_" + a.name.lower().replace("-", "_")
+            rx = whole_rx(m, at)
+            return self.regex_map(src, rx if rx is not None else ".", f"{at} {what}", empty_false=True)
+        if a.source == "cookie":
+            if isinstance(m, ir.Regex):
+                present = self.regex_map("$http_cookie", cookie_rx(a.name, ir.Present(True), at), f"{at} {what}")
+                val = self.cookie_value(a.name)
+                rxv = self.regex_map(val, whole_rx(m, at), f"{at} {what} (its first value)")
+                return self.bits_map("c", [present, rxv], "^11", f"{at} {what}")
+            return self.regex_map("$http_cookie", cookie_rx(a.name, m, at), f"{at} {what}")
+        if a.source == "query":
+            return self.regex_map("$args", query_rx(a.name, m, at), f"{at} {what}")
+        if a.source == "jwt":
+            raise NotExported(at, f"jwt {a.name}: JWT claims are not exported to nginx yet")
+        src = {"method": "$request_method", "host": "$host", "path": "$cr_path",
+               "port": "$cr_port", "authority": "$cr_authority"}.get(a.source)
+        if src is None:
+            raise NotExported(at, f"{a.source}: no nginx form")
+        rx = whole_rx(m, at)
+        if rx is None:      # present: always
+            return "1"
+        return self.regex_map(src, rx, f"{at} {what}")
+
+    def cookie_value(self, name: str) -> str:
+        key = ("cookie", name)
+        if key not in self._leaf:
+            v = self.var("ck")
+            self.maps.append(f"map $http_cookie {v} {{   # cookie {name}: its first value\n"
+                             f"    {q('~' + cookie_first(name))}  \"$1$2\";\n    default \"\";\n}}")
+            self._leaf[key] = v
+        return self._leaf[key]
+
+    def query_value(self, name: str) -> str:
+        key = ("query", name)
+        if key not in self._leaf:
+            v = self.var("qv")
+            self.maps.append(f"map $args {v} {{   # query {name}: its first value (raw)\n"
+                             f"    {q('~' + query_first(name))}  $1;\n    default \"\";\n}}")
+            self._leaf[key] = v
+        return self._leaf[key]
+
+    def client_ip_source(self, at: Where) -> str:
+        trusted = self.rules.settings.trusted_proxies
+        if self.opts.client_ip_header and trusted:
+            raise NotExported(at, "client_ip with settings.trusted_proxies in --verify: nginx's realip "
+                                  "module takes the client address from one header only (the verifier's), "
+                                  "so X-Forwarded-For cannot be walked on top of it")
+        self._realip = True
+        return "$remote_addr"
+
+    def client_ip(self, a: ir.ClientIP) -> str:
+        self.client_ip_source(a.at)
+        key = ("geo", a.nets)
+        if key not in self._leaf:
+            v = self.var("ip")
+            lines = [f"geo $remote_addr {v} {{   # {a.at} client_ip", "    default 0;"]
+            lines += [f"    {n}  1;" for n in a.nets]
+            lines.append("}")
+            self.maps.append("\n".join(lines))
+            self._leaf[key] = v
+        return self._leaf[key]
+
+    def bits_map(self, stem: str, vars_: list[str], rx: str, comment: str = "") -> str:
+        if rx == "^" + "".join("(?=.{%d}1)" % i if i else "(?=1)" for i in range(len(vars_))):
+            rx = "^" + "1" * len(vars_) + "$"
+        key = ("bits", tuple(vars_), rx)
+        if key in self._leaf:
+            return self._leaf[key]
+        v = self.var(stem)
+        src = "".join("${" + x[1:] + "}" if x.startswith("$") else x for x in vars_)
+        self.maps.append(f"map {q(src)} {v} {{   # {comment}\n    {q('~' + rx)}  1;\n    default 0;\n}}")
+        self._leaf[key] = v
+        return v
+
+    # ---------------------------------------------------------------------------------------- paths
+    def route_params(self, r: model.Route, i: int) -> dict[str, str]:
+        """Each path parameter of route ``r`` (and ``rest``) as a variable."""
+        if r.path is None or r.path.matcher is not None:
+            return {}
+        rx, groups = route_path_rx(r.path)
+        out = {}
+        for name, g in groups.items():
+            v = f"$cr_r{i}_{name}"
+            self.maps.append(f"map $cr_path {v} {{   # route {r.name}: {{{name}}}\n    {q('~' + rx)}  ${g};\n"
+                             f"    default \"\";\n}}")
+            out[name] = v
+        return out
+
+    # ------------------------------------------------------------------------------------ upstreams
+    def upstream(self, up: model.Upstream, retries: int) -> tuple[str, str]:
+        """(scheme, the upstream block's name) for ``up``, tried ``retries`` more times on error."""
+        addr = (self.opts.addresses or {}).get(up.origin)
+        scheme = "http" if addr is not None else up.scheme
+        host, port = addr if addr is not None else (up.host, up.port)
+        base = re.sub(r"[^A-Za-z0-9_]", "_", up.name)[:40]
+        name = f"cr_{base}" + (f"_try{retries + 1}" if retries else "")
+        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        text = "\n".join([f"upstream {name} {{   # {up.name}: {up.origin}"]
+                         + [f"    server {hostport} max_fails=0;"] * (retries + 1) + ["}"])
+        n = 1
+        while name in self.upstreams and self.upstreams[name] != text:
+            n += 1
+            name = f"cr_{base}{n}" + (f"_try{retries + 1}" if retries else "")
+            text = "\n".join([f"upstream {name} {{   # {up.name}: {up.origin}"]
+                             + [f"    server {hostport} max_fails=0;"] * (retries + 1) + ["}"])
+        self.upstreams[name] = text
+        return scheme, name
+
+    def target_map(self, spec: tuple[list[str], list[tuple[str, str]]]) -> None:
+        self.keyvars, self.entries = spec
+
+    # ----------------------------------------------------------------------------------------- text
+    def text(self) -> str:
+        o = self.opts
+        host = f"[{o.listen_host}]" if ":" in o.listen_host else o.listen_host
+        out = [f"# written by condroute export --to nginx from {self.rules.file}",
+               "# run: nginx -p DIR -c nginx.conf (pid and temporary files in DIR, the error log on stderr)",
+               "daemon off;", "worker_processes 1;", "pid nginx.pid;", "error_log stderr warn;",
+               "", "events {", "    worker_connections 1024;", "}", "", "http {",
+               "    access_log off;",
+               "    client_body_temp_path client_body_temp;", "    proxy_temp_path proxy_temp;",
+               "    fastcgi_temp_path fastcgi_temp;", "    uwsgi_temp_path uwsgi_temp;", "    scgi_temp_path scgi_temp;",
+               "    client_max_body_size 0;", "    server_tokens off;", "    default_type text/plain;",
+               "    proxy_http_version 1.1;", "    variables_hash_max_size 4096;", "    variables_hash_bucket_size 128;",
+               "    map_hash_bucket_size 128;", "",
+               '    geo $cr_dollar { default "$"; }   # a literal $ in strings nginx expands', ""]
+        out += ["    # the path condroute matches: RFC 3986 dot segments removed, // merged, %XX kept",
+                "    map $request_uri $cr_rawpath {",
+                f"        {q(RAWPATH_RX)}  $1;",
+                "    }",
+                "    map $cr_rawpath $cr_pathclass {",
+                f"        {q(BAD_RX)}  bad;     # condroute refuses these (400)",
+                f"        {q(MIXED_RX)}  mixed;   # dot segments and %XX: not exported (400)",
+                f"        {q(NORM_RX)}  norm;",
+                "        default raw;", "    }",
+                "    map $cr_pathclass $cr_path_now {", "        norm $uri;", "        default $cr_rawpath;", "    }",
+                '    map $http_host $cr_port { "~:([0-9]+)$" $1; default 80; }',
+                '    map $cr_port $cr_authority { 80 $host; default $host:$cr_port; }', ""]
+        for block in self.maps:
+            out += ["    " + ln for ln in block.split("\n")] + [""]
+        key = "".join("${" + v[1:] + "}" if v.startswith("$") else v for v in self.keyvars)
+        out.append(f"    map {q(key)} $cr_target {{   # routes in file order: the first that matches; "
+                   "its first backend that holds, else its fallback")
+        for rx, loc in self.entries:
+            out.append(f"        {q('~' + rx)}  {loc};")
+        out += ["        default none;", "    }",
+                '    map "$cr_pathclass $cr_target" $cr_dispatch {',
+                '        "~^bad (?!none$)"  bad;', '        "~^mixed "  mixed;', '        "~ (.*)$"  $1;', "    }", ""]
+        for text in self.upstreams.values():
+            out += ["    " + ln for ln in text.split("\n")] + [""]
+        out += ["    server {", f"        listen {host}:{o.listen_port};"]
+        if self._realip and o.client_ip_header:
+            out += ["        # --verify: the client address comes from the verifier's header",
+                    "        set_real_ip_from 127.0.0.1/32;", "        set_real_ip_from ::1/128;",
+                    f"        real_ip_header {o.client_ip_header};"]
+        elif self._realip and self.rules.settings.trusted_proxies:
+            out += ["        # settings.trusted_proxies: X-Forwarded-For walked from the right to the first untrusted address"]
+            out += [f"        set_real_ip_from {n};" for n in self.rules.settings.trusted_proxies]
+            out += ["        real_ip_header X-Forwarded-For;", "        real_ip_recursive on;"]
+        out += ["        set $cr_path $cr_path_now;",
+                f"        rewrite ^ {PREFIX}$cr_dispatch last;", "",
+                f"        location = {PREFIX}none {{ internal; return 404 \"no route\\n\"; }}",
+                f"        location = {PREFIX}error {{ internal; return 502 \"condroute: no backend of the route holds\\n\"; }}",
+                f"        location = {PREFIX}bad {{ internal; return 400 \"condroute: the path has an encoded '.', '/' or '\\\\\\\\', "
+                "a backslash or a '..;' segment\\n\"; }",
+                f"        location = {PREFIX}mixed {{ internal; return 400 \"condroute export: a path with both "
+                "dot segments or // and %XX escapes is not exported to nginx\\n\"; }",
+                '        location / { return 404 "no route\\n"; }', ""]
+        for loc in self.locations:
+            out += ["        " + ln for ln in loc.split("\n")] + [""]
+        out += ["    }", "}", ""]
+        return "\n".join(out)
+
+
+# -------------------------------------------------------------------------------------------- locations
+def _ms(seconds: float) -> str:
+    return f"{max(1, int(round(seconds * 1000)))}ms"
+
+
+def _template(cfg: Config, b: model.Backend, params: dict[str, str], at: Where) -> tuple[str, bool]:
+    """The forwarded path (without base path and query) as an nginx string, and whether it may hold
+    a '.' or '..' segment (then the location refuses it, as condroute)."""
+    if b.rewrite is not None:
+        rw = b.rewrite
+        v = cfg.var("rw")
+        if rw.kind == "full":
+            return qv(rw.value)[1:-1], False
+        if rw.kind == "segments":
+            p = rw.prefix.rstrip("/")
+            r = rw.value.rstrip("/")
+            cfg.maps.append("\n".join([
+                f"map $cr_path {v} {{   # {at} rewrite {rw.prefix or '/'} -> {rw.value or '/'} by segment",
+                f"    {q('~^' + esc(p) + '$')}  {qv(r or '/')};",
+                f"    {q('~^' + esc(p) + '/(.*)$')}  {qv(r + '/')[:-1]}$1\";",
+                "    default $cr_path;", "}"]))
+            return v, False
+        if rw.kind == "prefix":
+            cfg.maps.append("\n".join([
+                f"map $cr_path {v} {{   # {at} rewrite prefix {rw.prefix} -> {rw.value}",
+                f"    {q('~(?s)^.{%d}(.*)$' % len(rw.prefix))}  {qv(rw.value)[:-1]}$1\";",
+                f"    default {qv(rw.value)};", "}"]))
+            return v, True
+        raise NotExported(at, "a regular-expression rewrite (replace every match) has no nginx form")
+    if b.path is None:
+        return "$cr_path", False
+    out, risky = [], False
+    for is_ph, s in b.path.parts:
+        if not is_ph:
+            out.append(qv(s)[1:-1])
+        elif s == "path":
+            out.append("${cr_path}")
+        else:
+            var = params.get(s)
+            out.append("${" + var[1:] + "}" if var else "")
+            risky = True
+    text = "".join(out)
+    if not b.path.text.startswith("/") and not b.path.text.startswith("{path}"):
+        v = cfg.var("fw")
+        cfg.maps.append(f'map "{text}" {v} {{   # {at} a path always starts with /\n    "~^/"  "{text}";\n'
+                        f'    default "/{text}";\n}}')
+        text = v
+    return text, risky
+
+
+def _respond(cfg: Config, b: model.Backend, loc: str, at: Where) -> str:
+    rs = b.respond
+    assert rs is not None
+    lines = [f"location = {PREFIX}{loc} {{   # {at} {b.name}: respond {rs.status}", "    internal;"]
+    ctype = None
+    location = None
+    for k, v in rs.headers:
+        low = k.lower()
+        if low == "content-type":
+            ctype = v
+        elif low == "location" and 300 <= rs.status < 400:
+            location = v
+        elif low in OWN_RESPONSE_HEADERS or not HEADER_NAME.match(k):
+            raise NotExported(at, f"respond header {k}: nginx writes this header itself")
+        else:
+            lines.append(f"    add_header {q(k)} {qv(v)} always;")
+    if rs.status in (301, 302, 303, 307, 308):
+        if rs.body or location is None:
+            raise NotExported(at, f"respond {rs.status}: nginx answers {rs.status} only as a redirect (a Location, no body)")
+        lines.append(f"    return {rs.status} {qv(location)};")
+    else:
+        if location is not None:
+            lines.append(f"    add_header Location {qv(location)} always;")
+        if rs.status < 200 or rs.status > 599 or (rs.status in (204, 304) and rs.body):
+            raise NotExported(at, f"respond {rs.status}: nginx cannot answer that status with a body")
+        if ctype is not None:
+            lines.append(f"    default_type {q(ctype)};")
+        lines.append(f"    return {rs.status} {qv(rs.body)};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def backend_location(cfg: Config, rules: model.Rules, r: model.Route, b: model.Backend, loc: str,
+                     params: dict[str, str], file: str) -> None:
+    """The internal location of backend ``b`` (``/_condroute/LOC``), added to ``cfg``; raises
+    NotExported for what it cannot write."""
+    at = where_line(file, b.line)
+    if b.respond is not None:
+        cfg.locations.append(_respond(cfg, b, loc, at))
+        return
+    if b.redirect is not None:
+        raise NotExported(at, "a redirect (imported) is not exported to nginx yet")
+    if b.mirrors:
+        raise NotExported(at, "a mirror (imported) is not exported to nginx yet")
+    path, risky = _template(cfg, b, params, at)
+    query = "$is_args$args"
+    if b.path is not None and b.rewrite is None and "?" in b.path.text:
+        query = "${cr_ampargs}"
+        if not any("cr_ampargs" in m for m in cfg.maps):
+            cfg.maps.append('map $args $cr_ampargs { "" ""; default "&$args"; }')
+    lines = [f"location = {PREFIX}{loc} {{   # {at} route {r.name}, backend {b.name}", "    internal;"]
+    retries = max(0, int(b.retries or 0))
+    if b.split is not None:
+        sp = b.split
+        arms = [(up, w) for up, w in sp.arms if w > 0] or [(up, 1.0) for up, _ in sp.arms]
+        if not arms:
+            raise NotExported(at, "a split without arms")
+        key = _split_key(cfg, sp, at)
+        sv = cfg.var("split")
+        total = sum(w for _, w in arms)
+        body = []
+        for k, (_, w) in enumerate(arms):
+            if k == len(arms) - 1:
+                body.append(f"    *  {k};")
+            else:     # rounded down to nginx's 0.01 %: the last arm takes the rest
+                body.append(f"    {int(w / total * 10000) / 100:g}%  {k};")
+        cfg.maps.append(f"split_clients {q(key)} {sv} {{   # {at} split by {sp.by}: {', '.join(f'{u.name} {w:g}' for u, w in arms)}\n"
+                        + "\n".join(body) + "\n}")
+        schemes, groups, hosts, bases = set(), [], [], []
+        for up, _ in arms:
+            sch, g = cfg.upstream(up, retries)
+            schemes.add(sch)
+            groups.append(g)
+            hosts.append(up.authority)
+            bases.append(up.base_path)
+            if sch == "https":
+                raise NotExported(at, "a split with an https arm is not exported to nginx yet")
+        scheme = schemes.pop()
+        gv, hv, bv = sv + "_up", sv + "_host", sv + "_base"
+        for v, vals in ((gv, groups), (hv, hosts), (bv, bases)):
+            cfg.maps.append(f"map {sv} {v} {{\n" + "\n".join(f"    {k}  {qv(x)};" for k, x in enumerate(vals)) + "\n}")
+        group, authority, base = gv, hv, bv
+        sni = None
+    else:
+        up = b.upstream
+        if up is None:
+            raise NotExported(at, "a backend without an upstream")
+        scheme, group = cfg.upstream(up, retries)
+        authority, base = qv(up.authority), qv(up.base_path)[1:-1]
+        sni = up.host if scheme == "https" else None
+    fwd = f"$cr_fwd_{loc}"
+    lines.append(f'    set {fwd} "{base}{path}";')
+    if risky:
+        lines.append(f'    if ({fwd} ~ "(?:^|/)\\\\.\\\\.?(?:;[^/]*)?(?:/|$)") {{ return 400 "condroute: the path would leave '
+                     "the backend's path\\n\"; }")
+    lines.append(f"    proxy_pass {scheme}://{group}{fwd}{query};")
+    if sni:
+        lines += ["    proxy_ssl_server_name on;", f"    proxy_ssl_name {q(sni)};"]
+    sets = {k.lower(): (k, v) for k, v in b.set_headers}
+    host = sets.pop("host", None)
+    if host is not None:
+        lines.append(f"    proxy_set_header Host {qv(host[1])};")
+    elif b.host_rewrite is not None:
+        lines.append(f"    proxy_set_header Host {qv(b.host_rewrite)};")
+    elif b.preserve_host:
+        lines.append("    proxy_set_header Host $http_host;")
+    else:
+        lines.append(f"    proxy_set_header Host {authority if authority.startswith(('$', chr(34))) else q(authority)};")
+    for name in b.remove_headers:
+        if name.lower() in sets or name.lower() == "host":
+            continue
+        lines.append(f'    proxy_set_header {q(name)} "";')
+    for k, v in sets.values():
+        if v == "":
+            raise NotExported(at, f"set_headers {k}: \"\": nginx does not send a header set to an empty value")
+        if not HEADER_NAME.match(k):
+            raise NotExported(at, f"set_headers {k!r}: not a header name nginx sends")
+        lines.append(f"    proxy_set_header {q(k)} {qv(v)};")
+    for k, v in b.add_headers:
+        if k.lower() in sets or k.lower() in {n.lower() for n in b.remove_headers}:
+            raise NotExported(at, f"add_headers {k}: also set or removed; not exported to nginx")
+        lines.append(f"    proxy_set_header {q(k)} $http_{k.lower().replace('-', '_')};   # the client's, then added")
+        lines.append(f"    proxy_set_header {q(k)} {qv(v)};")
+    if b.timeout:
+        t = _ms(b.timeout)
+        lines += [f"    proxy_connect_timeout {t};", f"    proxy_send_timeout {t};", f"    proxy_read_timeout {t};"]
+    if retries:
+        lines += ["    proxy_next_upstream error;   # idempotent methods only (nginx's default)",
+                  f"    proxy_next_upstream_tries {retries + 1};"]
+    else:
+        lines.append("    proxy_next_upstream off;")
+    lines.append("}")
+    cfg.locations.append("\n".join(lines))
+
+
+def _split_key(cfg: Config, sp: model.Split, at: Where) -> str:
+    if sp.kind == "random":
+        return "$request_id"
+    if sp.kind == "cookie":
+        src = cfg.cookie_value(sp.key)
+    elif sp.kind == "header":
+        if not HEADER_NAME.match(sp.key):
+            raise NotExported(at, f"split by header {sp.key!r}: not a header name nginx reads")
+        src = "$http_" + sp.key.lower().replace("-", "_")
+    elif sp.kind == "query":
+        src = cfg.query_value(sp.key)
+    elif sp.kind == "client_ip":
+        src = cfg.client_ip_source(at)
+    else:
+        raise NotExported(at, f"split by {sp.by}: JWT claims are not exported to nginx yet")
+    kv = cfg.var("key")
+    cfg.maps.append(f'map {src} {kv} {{   # {at} the split key; missing: a random pick per request\n'
+                    f'    "" $request_id;\n    default "k{src}";\n}}')
+    return kv
+
