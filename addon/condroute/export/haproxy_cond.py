@@ -1,0 +1,195 @@
+"""condroute conditions as HAProxy ACLs: each atom one named ``acl``, a condition an OR of ANDs of
+possibly negated ACL names (HAProxy's ``if a b || !c``), for the HAProxy exporter.
+
+Why this is exact (see /work/notes/readme-haproxy.md for the edge cases HAProxy reads otherwise):
+
+- HAProxy evaluates a multi-valued fetch in an ACL over *every* value and the ACL holds when any
+  value matches (``req.fhdr``: every header line, whole, commas kept; ``req.cook``: every cookie of
+  that name on every Cookie line; ``url_param``: every occurrence) — condroute's any-value rule.
+- A missing value makes every ACL false, so ``!acl`` holds: condroute's ``not`` and ``{not: M}``
+  (a missing value makes ``M`` false, the negation true). ``{present: false}`` is ``!acl -m found``.
+- ``{prefix: ..., suffix: ...}`` (MAll) is an AND of ACLs, each over any value, as condroute's
+  matchers are (each part holds for some value, not necessarily the same one).
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+from . import ir
+from .haproxy_text import pcre, regex_problem, word
+
+Literal = tuple[str, bool]          # (acl name, negated)
+Term = tuple[Literal, ...]          # AND
+Dnf = list[Term]                    # OR; [] is false, [()] is true
+
+MAX_TERMS = 256                     # a condition that expands to more is refused, not written
+_NAME = re.compile(r"[A-Za-z0-9_.~-]+\Z")
+_METHODS = {ir.Eq: "str", ir.Prefix: "beg", ir.Suffix: "end", ir.Contains: "sub", ir.Regex: "reg"}
+
+
+class Acls:
+    """The ``acl`` lines of the frontend, one name per distinct definition."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple, str] = {}
+        self.lines: list[str] = []
+
+    def define(self, fetch: str, method: str, ic: bool, patterns: Iterable[str], hint: str) -> str:
+        pats = tuple(patterns)
+        key = (fetch, method, ic, pats)
+        name = self.by_key.get(key)
+        if name is None:
+            name = f"cr_{len(self.by_key) + 1}_{re.sub(r'[^a-z0-9]+', '_', hint.lower()).strip('_')[:24]}"
+            self.by_key[key] = name
+            flags = f"-m {method}" + (" -i" if ic else "")
+            fetch = word(fetch)
+            if not pats:
+                self.lines.append(f"acl {name} {fetch} {flags}")
+            # a line holds at most 64 words: many patterns go on several lines of the same name (ORed)
+            for i in range(0, len(pats), 40):
+                self.lines.append(f"acl {name} {fetch} {flags} -- " + " ".join(word(p) for p in pats[i:i + 40]))
+        return name
+
+
+def fetch_of(a: ir.Atom, jwt_fetch=None) -> str:
+    """The sample expression for an atom's value(s); NotExported when there is none."""
+    s, name = a.source, a.name
+    if s in ("header", "cookie", "query") and (name is None or not _NAME.match(name)):
+        raise ir.NotExported(a.at, f"the {s} name {name!r} has characters HAProxy's fetch arguments "
+                                   "cannot carry unchanged (only letters, digits and _ . ~ -)")
+    if s == "header":
+        return f"req.fhdr({name})"
+    if s == "cookie":
+        # condroute takes the quotes off a "quoted" cookie value; HAProxy keeps them
+        return f"req.cook({name}),regsub('^\"(.*)\"$','\\1')"
+    if s == "query":
+        return f"url_param({name}),url_dec(1)"
+    if s == "method":
+        return "method,upper"
+    if s == "host":
+        return "var(txn.cr_host)"
+    if s == "path":
+        return "path"
+    if s == "jwt":
+        if jwt_fetch is None:
+            raise ir.NotExported(a.at, "jwt conditions need settings.jwt")
+        return jwt_fetch(a)
+    raise ir.NotExported(a.at, f"the {s} condition is not exported to HAProxy yet")
+
+
+def matcher_dnf(acls: Acls, a: ir.Atom, m: ir.Matcher, fetch: str) -> Dnf:
+    if isinstance(m, ir.MNot):
+        return negate(matcher_dnf(acls, a, m.inner, fetch))
+    if isinstance(m, ir.MAll):
+        out: Dnf = [()]
+        for p in m.parts:
+            out = conj(out, matcher_dnf(acls, a, p, fetch), a.at)
+        return out
+    hint = f"{a.source}_{a.name or ''}"
+    if isinstance(m, ir.Present):
+        lit = acls.define(fetch, "found", False, (), hint)
+        return [((lit, not m.present),)]
+    if isinstance(m, ir.Compare):
+        raise ir.NotExported(a.at, "a number comparison (gt/ge/lt/le): HAProxy's integer match reads "
+                                   "values otherwise (no decimals, exponents or spaces) than condroute")
+    method = _METHODS[type(m)]
+    pats: tuple[str, ...]
+    if isinstance(m, ir.Eq):
+        pats = m.values
+    elif isinstance(m, ir.Regex):
+        why = regex_problem(m.pattern)
+        if why:
+            raise ir.NotExported(a.at, f"regex {m.pattern!r}: {why}")
+        pats = (pcre(m.pattern),)
+    else:
+        pats = (m.value,)
+    if m.ignore_case and not all(p.isascii() for p in pats):
+        raise ir.NotExported(a.at, "ignore_case with non-ASCII text: HAProxy's -i folds ASCII letters only")
+    if any(p == "" for p in pats) and method != "str":
+        raise ir.NotExported(a.at, "an empty prefix/suffix/contains/regex (always true for a present value)")
+    return [((acls.define(fetch, method, m.ignore_case, pats, hint), False),)]
+
+
+def cond_dnf(acls: Acls, c: ir.Cond | None, jwt_fetch=None) -> Dnf:
+    """``c`` as an OR of ANDs of ACL literals; NotExported for a part HAProxy cannot express."""
+    if c is None:
+        return [()]
+    if isinstance(c, ir.Atom):
+        return matcher_dnf(acls, c, c.matcher, fetch_of(c, jwt_fetch))
+    if isinstance(c, ir.ClientIP):
+        return [((acls.define("src", "ip", False, (str(n) for n in c.nets), "client_ip"), False),)]
+    if isinstance(c, ir.And):
+        out: Dnf = [()]
+        for p in c.parts:
+            out = conj(out, cond_dnf(acls, p, jwt_fetch), _at(p))
+        return out
+    if isinstance(c, ir.Or):
+        out = []
+        for p in c.parts:
+            out = disj(out, cond_dnf(acls, p, jwt_fetch), _at(p))
+        return out
+    if isinstance(c, ir.Not):
+        return negate(cond_dnf(acls, c.inner, jwt_fetch))
+    if isinstance(c, ir.Geo):
+        raise ir.NotExported(c.at, "geo: HAProxy has no MaxMind lookup of its own (a map file of CIDRs "
+                                   "per country would be a copy of the database, not the database)")
+    if isinstance(c, ir.Cel):
+        raise ir.NotExported(c.at, "cel: HAProxy has no CEL evaluator")
+    if isinstance(c, ir.Opaque):
+        raise ir.NotExported(c.at, c.why)
+    raise TypeError(c)
+
+
+def _at(c: ir.Cond) -> ir.Where | None:
+    for a in ir.atoms(c):
+        return a.at
+    return None
+
+
+def _check(d: Dnf, at: ir.Where | None) -> Dnf:
+    if len(d) > MAX_TERMS:
+        raise ir.NotExported(at or ir.Where("?", 0, 0),
+                             f"the condition expands to more than {MAX_TERMS} HAProxy rules (an OR of ANDs)")
+    return d
+
+
+def simplify_term(t: Iterable[Literal]) -> Term | None:
+    """A term without repeated literals; None when it holds ``x`` and ``!x`` (never true)."""
+    seen: dict[str, bool] = {}
+    for name, neg in t:
+        if seen.get(name, neg) != neg:
+            return None
+        seen[name] = neg
+    return tuple(seen.items())
+
+
+def conj(a: Dnf, b: Dnf, at: ir.Where | None) -> Dnf:
+    out: Dnf = []
+    for x in a:
+        for y in b:
+            t = simplify_term(x + y)
+            if t is not None and t not in out:
+                out.append(t)
+        _check(out, at)
+    return out
+
+
+def disj(a: Dnf, b: Dnf, at: ir.Where | None) -> Dnf:
+    out = list(a)
+    for t in b:
+        if t not in out:
+            out.append(t)
+    return _check(out, at)
+
+
+def negate(d: Dnf) -> Dnf:
+    """NOT (t1 OR t2 ...) = AND of (NOT t_i), each NOT t_i an OR of negated literals."""
+    out: Dnf = [()]
+    for t in d:
+        out = conj(out, [((n, not neg),) for n, neg in t], None)
+    return out
+
+
+def term_text(t: Term) -> str:
+    return " ".join(("!" if neg else "") + n for n, neg in t)
