@@ -55,7 +55,7 @@ def qchar(c: str, ignore_case: bool, name: bool) -> str:
     alts: list[str] = []
     for v in sorted(variants):
         if v == " ":
-            alts += [r"\+", "%20"]
+            alts += [r"\+", "%20", r"\ "]
             continue
         bs = v.encode("utf-8", "surrogateescape")
         if len(bs) == 1:
