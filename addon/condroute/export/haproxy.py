@@ -30,6 +30,7 @@ from .. import model
 from . import ir
 from .base import ExportOptions, Exported, Target
 from .haproxy_cond import Acls, Dnf, cond_dnf, conj, fetch_of, term_text
+from .haproxy_jwt import JwtAtoms
 from .haproxy_lua import LUA_NAME, lua_text
 from .haproxy_text import arg, lf, pcre_literal, regex_problem, word
 
@@ -52,6 +53,7 @@ class _Writer:
         self.use: list[str] = []           # use_backend lines
         self.sections: list[list[str]] = []
         self.reads_path = False
+        self.jwt = JwtAtoms(rules)
 
     # ------------------------------------------------------------------------------------ routes
     def route_dnf(self, i: int, r: model.Route, file: str) -> Dnf:
@@ -80,9 +82,8 @@ class _Writer:
             self.reads_path = True
         return conj(d, cond_dnf(self.acls, cond, self.jwt_fetch), at)
 
-    def jwt_fetch(self, a: ir.Atom) -> str:
-        raise ir.NotExported(a.at, "jwt: HAProxy's jwt_payload_query reads no list claims (a list claim "
-                                   "matches when any element does), so a claim condition would not be exact")
+    def jwt_fetch(self, a: ir.Atom) -> int:
+        return self.jwt.atom(a)
 
     def write_route(self, i: int, r: model.Route) -> None:
         file = ir.route_file(self.rules, r)
@@ -194,9 +195,13 @@ class _Writer:
         for i, r in enumerate(self.rules.routes, 1):
             self.write_route(i, r)
         files = {}
-        if self.rules.settings.trusted_proxies:
-            files[LUA_NAME] = lua_text(self.rules.settings.trusted_proxies)
+        if self.uses_lua:
+            files[LUA_NAME] = lua_text(self.rules.settings.trusted_proxies) + (self.jwt.lua() if self.jwt.used else "")
         return Exported(self.text(), files=files, refused=self.refused, notes=self.notes)
+
+    @property
+    def uses_lua(self) -> bool:
+        return bool(self.rules.settings.trusted_proxies) or self.jwt.used
 
     def lua_path(self) -> str:
         w = self.opts.workdir
@@ -208,7 +213,7 @@ class _Writer:
                "# Runs in the foreground (haproxy -db -f haproxy.cfg), unprivileged.",
                "global",
                "    expose-experimental-directives     # normalize-uri (path dot segments, //)",
-               *([f"    lua-load {word(self.lua_path())}"] if rules.settings.trusted_proxies else []),
+               *([f"    lua-load {word(self.lua_path())}"] if self.uses_lua else []),
                "",
                "defaults",
                "    mode http",
@@ -227,6 +232,9 @@ class _Writer:
                   f"http-request set-src req.fhdr({h},-1) if {{ req.fhdr({h},-1) -m found }}",
                   f"http-request del-header {h}"]
         f += trusted_lines(rules.settings.trusted_proxies)
+        if self.jwt.used:
+            f += ["# jwt conditions: the claims read as condroute reads them (condroute.lua)",
+                  "http-request lua.condroute_jwt"]
         f += ["# the path as condroute matches it: dot segments removed, // merged",
               "http-request set-var(txn.cr_rawpath) path",
               "http-request normalize-uri path-merge-slashes",

@@ -52,7 +52,7 @@ class Acls:
         return name
 
 
-def fetch_of(a: ir.Atom, jwt_fetch=None) -> str:
+def fetch_of(a: ir.Atom) -> str:
     """The sample expression for an atom's value(s); NotExported when there is none."""
     s, name = a.source, a.name
     if s in ("header", "cookie", "query") and (name is None or not _NAME.match(name)):
@@ -71,10 +71,6 @@ def fetch_of(a: ir.Atom, jwt_fetch=None) -> str:
         return "var(txn.cr_host)"
     if s == "path":
         return "path"
-    if s == "jwt":
-        if jwt_fetch is None:
-            raise ir.NotExported(a.at, "jwt conditions need settings.jwt")
-        return jwt_fetch(a)
     raise ir.NotExported(a.at, f"the {s} condition is not exported to HAProxy yet")
 
 
@@ -111,26 +107,32 @@ def matcher_dnf(acls: Acls, a: ir.Atom, m: ir.Matcher, fetch: str) -> Dnf:
     return [((acls.define(fetch, method, m.ignore_case, pats, hint), False),)]
 
 
-def cond_dnf(acls: Acls, c: ir.Cond | None, jwt_fetch=None) -> Dnf:
-    """``c`` as an OR of ANDs of ACL literals; NotExported for a part HAProxy cannot express."""
+def cond_dnf(acls: Acls, c: ir.Cond | None, jwt=None) -> Dnf:
+    """``c`` as an OR of ANDs of ACL literals; NotExported for a part HAProxy cannot express.
+    ``jwt(atom)`` gives the number of a jwt atom evaluated by the Lua action (haproxy_jwt)."""
     if c is None:
         return [()]
+    if isinstance(c, ir.Atom) and c.source == "jwt":
+        if jwt is None:
+            raise ir.NotExported(c.at, "jwt conditions need settings.jwt")
+        n = jwt(c)
+        return [((acls.define(f"var(txn.cr_jwt_{n})", "found", False, (), f"jwt_{c.name}"), False),)]
     if isinstance(c, ir.Atom):
-        return matcher_dnf(acls, c, c.matcher, fetch_of(c, jwt_fetch))
+        return matcher_dnf(acls, c, c.matcher, fetch_of(c))
     if isinstance(c, ir.ClientIP):
         return [((acls.define("src", "ip", False, (str(n) for n in c.nets), "client_ip"), False),)]
     if isinstance(c, ir.And):
         out: Dnf = [()]
         for p in c.parts:
-            out = conj(out, cond_dnf(acls, p, jwt_fetch), _at(p))
+            out = conj(out, cond_dnf(acls, p, jwt), _at(p))
         return out
     if isinstance(c, ir.Or):
         out = []
         for p in c.parts:
-            out = disj(out, cond_dnf(acls, p, jwt_fetch), _at(p))
+            out = disj(out, cond_dnf(acls, p, jwt), _at(p))
         return out
     if isinstance(c, ir.Not):
-        return negate(cond_dnf(acls, c.inner, jwt_fetch))
+        return negate(cond_dnf(acls, c.inner, jwt))
     if isinstance(c, ir.Geo):
         raise ir.NotExported(c.at, "geo: HAProxy has no MaxMind lookup of its own (a map file of CIDRs "
                                    "per country would be a copy of the database, not the database)")
