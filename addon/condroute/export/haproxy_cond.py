@@ -18,6 +18,7 @@ from typing import Iterable
 
 from . import ir
 from .haproxy_text import pcre, regex_problem, word
+from .nginx_match import cookie_rx, query_rx
 
 Literal = tuple[str, bool]          # (acl name, negated)
 Term = tuple[Literal, ...]          # AND
@@ -74,7 +75,9 @@ def fetch_of(a: ir.Atom) -> str:
     raise ir.NotExported(a.at, f"the {s} condition is not exported to HAProxy yet")
 
 
-def matcher_dnf(acls: Acls, a: ir.Atom, m: ir.Matcher, fetch: str) -> Dnf:
+def matcher_dnf(acls: Acls, a: ir.Atom, m: ir.Matcher, fetch: str | None) -> Dnf:
+    """One atom's matcher as ACL literals: each leaf one ACL over any value (``fetch``: the native
+    sample expression, worked out when a leaf needs it)."""
     if isinstance(m, ir.MNot):
         return negate(matcher_dnf(acls, a, m.inner, fetch))
     if isinstance(m, ir.MAll):
@@ -83,12 +86,20 @@ def matcher_dnf(acls: Acls, a: ir.Atom, m: ir.Matcher, fetch: str) -> Dnf:
             out = conj(out, matcher_dnf(acls, a, p, fetch), a.at)
         return out
     hint = f"{a.source}_{a.name or ''}"
-    if isinstance(m, ir.Present):
+    if fetch is None and (a.source not in ("cookie", "query") or isinstance(m, ir.Regex)):
+        fetch = fetch_of(a)
+    if isinstance(m, ir.Present) and a.source not in ("cookie", "query"):
         lit = acls.define(fetch, "found", False, (), hint)
         return [((lit, not m.present),)]
     if isinstance(m, ir.Compare):
         raise ir.NotExported(a.at, "a number comparison (gt/ge/lt/le): HAProxy's integer match reads "
                                    "values otherwise (no decimals, exponents or spaces) than condroute")
+    if a.source in ("cookie", "query") and not isinstance(m, ir.Regex):
+        # exact: a search of each raw Cookie line / the raw query for a pair that condroute's own
+        # parsing would read as this name and a matching value (the nginx exporter's expressions)
+        rx = cookie_rx(a.name, m, a.at) if a.source == "cookie" else query_rx(a.name, m, a.at)
+        raw = "req.fhdr(cookie)" if a.source == "cookie" else "query"
+        return [((acls.define(raw, "reg", False, (rx,), hint), False),)]
     method = _METHODS[type(m)]
     pats: tuple[str, ...]
     if isinstance(m, ir.Eq):
@@ -118,7 +129,7 @@ def cond_dnf(acls: Acls, c: ir.Cond | None, jwt=None) -> Dnf:
         n = jwt(c)
         return [((acls.define(f"var(txn.cr_jwt_{n})", "found", False, (), f"jwt_{c.name}"), False),)]
     if isinstance(c, ir.Atom):
-        return matcher_dnf(acls, c, c.matcher, fetch_of(c))
+        return matcher_dnf(acls, c, c.matcher, None)
     if isinstance(c, ir.ClientIP):
         return [((acls.define("src", "ip", False, (str(n) for n in c.nets), "client_ip"), False),)]
     if isinstance(c, ir.And):
