@@ -9,16 +9,19 @@
   the client is in (``x-condroute-client-net-N: 1``) and the address itself
   (``x-condroute-client-ip``), which the route match reads and the route configuration removes
   before anything goes upstream. With ``--verify`` the peer is the verifier's client header.
-- **JWT** (``jwt`` conditions, ``split: {by: jwt:CLAIM}``): ``jwt_authn`` verifies the token with
-  the key of ``settings.jwt.verify`` and writes each claim the rules read to an internal header
-  (``claim_to_headers``); a missing or failing token is let through without claims
-  (``allow_missing_or_failed``), as in condroute. A ``header_mutation`` filter first removes those
-  headers from the client's request, so they cannot be forged.
+- **JWT** (``jwt`` conditions, ``split: {by: jwt:CLAIM}``): a first Lua stage finds the token as
+  condroute does (the first value of the header, ``Bearer`` in any case or no scheme at all; or
+  the first cookie of that name, quotes removed) and hands it to ``jwt_authn`` in an internal
+  header; ``jwt_authn`` verifies it with the key of ``settings.jwt.verify`` and puts the payload
+  in dynamic metadata (a missing or failing token is let through without claims:
+  ``allow_missing_or_failed``, as in condroute). The second stage writes each claim the rules read
+  to an internal header, one value per element of a list claim (Envoy's ``claim_to_headers``
+  writes a list as base64 JSON, which no matcher can read). Every internal header the client
+  sends is removed first (the Lua filter clears the route cache), so none can be forged.
 """
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import os
 
@@ -116,10 +119,8 @@ local function in_net(ip, net)
   for k = 1, #ip do
     if bits <= 0 then return true end
     local take = bits >= 8 and 8 or bits
-    local mask = 256 - 2 ^ (8 - take)
     if math.floor(ip[k] / 2 ^ (8 - take)) ~= math.floor(net[1][k] / 2 ^ (8 - take)) then return false end
     bits = bits - take
-    local _ = mask
   end
   return true
 end
@@ -397,4 +398,4 @@ def _jwt(rules: model.Rules) -> tuple[dict, tuple[str, str]]:
     return {"name": "envoy.filters.http.jwt_authn", "typed_config": cfg}, token
 
 
-__all__ = ["filters", "ipaddress"]
+__all__ = ["filters"]

@@ -1,0 +1,608 @@
+"""``condroute export --to envoy`` (export/envoy.py, envoy_match.py, envoy_filters.py).
+
+- Fast: the generated bootstrap's shape (one virtual host, routes in condroute's order, the
+  no-match and no-route answers), and a small model of Envoy's route selection (``pick``: the
+  documented RouteMatch semantics that the slow tests measure on the binary: a header matcher holds
+  when one value matches, ``invert_match`` is false on a missing header, ``safe_regex`` is a full
+  match) run against condroute's own decision over many requests: cookies (quotes, blanks, several
+  Cookie headers), query strings (every encoding of the text, repeated parameters), hosts (case,
+  ports, trailing dots), ``not``/``any``; what Envoy cannot express is refused, located.
+- Slow (the real envoy from the ``gateways`` extra; skipped with the reason when missing): every
+  shipped rules file passes ``envoy --mode validate`` and verifies with its cases; a feature file
+  with the awkward requests verifies; a timeout answers 504; retries happen for idempotent methods
+  only; two Envoys run at once.
+"""
+from __future__ import annotations
+
+import glob
+import http.client
+import json
+import os
+import re
+import socket
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from condroute.engine import decide
+from condroute.export import verify as v
+from condroute.export.base import ExportOptions
+from condroute.export.envoy import TARGET, _int_weights
+from condroute.export.targets import read, verify_file
+from condroute.request import RequestView
+from helpers import ROOT, free_port
+
+ENVOY, MISSING = TARGET.binary()
+needs_envoy = pytest.mark.skipif(ENVOY is None, reason=MISSING or "envoy missing")
+
+
+def export(path, **kw):
+    _, m = read(str(path))
+    return TARGET.export(m, ExportOptions(**kw))
+
+
+def routes_of(text: str) -> list[dict]:
+    boot = yaml.safe_load(text)
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    vhosts = hcm["route_config"]["virtual_hosts"]
+    assert len(vhosts) == 1 and vhosts[0]["domains"] == ["*"]
+    return vhosts[0]["routes"]
+
+
+# ---------------------------------------------------------------- a model of Envoy's route selection
+def _string_match(sm: dict, value: str) -> bool:
+    ic = sm.get("ignore_case", False)
+    if "safe_regex" in sm:
+        return re.fullmatch(sm["safe_regex"]["regex"], value) is not None
+    key, want = next((k, w) for k, w in sm.items() if k != "ignore_case")
+    a, b = (value.lower(), want.lower()) if ic else (value, want)
+    return {"exact": a == b, "prefix": a.startswith(b), "suffix": a.endswith(b), "contains": b in a}[key]
+
+
+def _header_ok(hm: dict, headers: dict[str, list[str]]) -> bool:
+    vals = headers.get(hm["name"])
+    if "present_match" in hm:
+        return (vals is not None) == hm["present_match"]
+    if vals is None:
+        return False
+    hit = any(_string_match(hm["string_match"], x) for x in vals)
+    return hit != hm.get("invert_match", False)
+
+
+def _path_ok(m: dict, path: str) -> bool:
+    if "prefix" in m:
+        return path.startswith(m["prefix"])
+    if "path" in m:
+        return path == m["path"]
+    if "path_separated_prefix" in m:
+        p = m["path_separated_prefix"]
+        return path == p or path.startswith(p + "/")
+    return re.fullmatch(m["safe_regex"]["regex"], path) is not None
+
+
+def pick(routes: list[dict], method: str, url: str, headers: list[tuple[str, str]]) -> str:
+    """The name of the first route Envoy's documented matching selects (path already normal)."""
+    rv = RequestView.from_url(url, method, headers)
+    hs: dict[str, list[str]] = {}
+    for k, val in rv.headers:
+        hs.setdefault(":authority" if k.lower() == "host" else k.lower(), []).append(val)
+    hs[":method"] = [method]
+    hs[":path"] = [rv.path + (f"?{rv.query_string}" if rv.query_string else "")]
+    for r in routes:
+        if _path_ok(r["match"], rv.path) and all(_header_ok(h, hs) for h in r["match"].get("headers", ())):
+            return r["name"]
+    raise AssertionError("no route at all")   # pragma: no cover - the last route takes everything
+
+
+def condroute_pick(compiled, method: str, url: str, headers) -> str:
+    d = decide(compiled, RequestView.from_url(url, method, list(headers)))
+    if d.route is None:
+        return "no-route"
+    return f"{d.route}/{d.backend or '(none)'}"
+
+
+def agree(tmp_path, text: str, requests: list[tuple[str, str, list]]) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(textwrap.dedent(text))
+    compiled, m = read(str(p))
+    exp = TARGET.export(m, ExportOptions())
+    assert not exp.refused, [r.line("envoy") for r in exp.refused]
+    routes = routes_of(exp.text)
+    wrong, seen = [], set()
+    for method, url, headers in requests:
+        want, got = condroute_pick(compiled, method, url, headers), pick(routes, method, url, headers)
+        seen.add(want)
+        if want != got:
+            wrong.append(f"{method} {url} {headers}: condroute {want}, envoy {got}")
+    assert not wrong, "\n".join(wrong)
+    # every backend is selected by some request (the requests test each matcher both ways)
+    assert {f"{r.name}/{b.name}" for r in m.routes for b in r.backends} <= seen, seen
+
+
+# ------------------------------------------------------------------------------------------- shape
+def test_one_virtual_host_routes_in_file_order_then_no_match_then_no_route(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(textwrap.dedent("""\
+        version: 1
+        upstreams: {a: "http://127.0.0.1:9001", b: "https://b.internal:8443/base"}
+        settings: {on_no_match: error}
+        routes:
+          - name: first
+            match: {host: [shop.example, "*.shop.example"]}
+            backends:
+              - {name: fb, fallback: true, upstream: a}
+              - {name: one, when: {header: {X-A: "1"}}, upstream: b}
+          - name: second
+            backends:
+              - {name: two, when: {header: {X-B: "1"}}, upstream: a}
+        """))
+    exp = export(p)
+    routes = routes_of(exp.text)
+    assert [r["name"] for r in routes] == ["first/one", "first/fb", "second/two", "second/(none)", "no-route"]
+    assert routes[-1]["direct_response"] == {"status": 404, "body": {"inline_string": "no route\n"}}
+    assert routes[-2]["direct_response"]["status"] == 502          # on_no_match: error
+    assert routes[0]["route"]["host_rewrite_literal"] == "b.internal:8443"
+    assert routes[0]["route"]["regex_rewrite"] == {"pattern": {"regex": "^(.*)$"}, "substitution": "/base\\1"}
+    assert routes[0]["route"]["timeout"] == "0s"                    # condroute has no default timeout
+    boot = yaml.safe_load(exp.text)
+    tls = [c for c in boot["static_resources"]["clusters"] if "transport_socket" not in c]
+    assert len(tls) == 1      # the http upstream; the https one has TLS with SNI:
+    https = next(c for c in boot["static_resources"]["clusters"] if "transport_socket" in c)
+    assert https["transport_socket"]["typed_config"]["sni"] == "b.internal"
+    assert https["type"] == "STRICT_DNS"
+
+
+def test_verify_addresses_are_plain_http_but_the_host_stays_the_upstreams(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("version: 1\nupstreams: {b: 'https://b.internal/base'}\n"
+                 "routes: [{name: r, backends: [{name: x, upstream: b, preserve_host: false}]}]\n")
+    exp = export(p, addresses={"https://b.internal": ("127.0.0.1", 4567)}, admin_port=9999)
+    boot = yaml.safe_load(exp.text)
+    (c,) = boot["static_resources"]["clusters"]
+    assert "transport_socket" not in c and c["type"] == "STATIC"
+    assert c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == \
+        {"address": "127.0.0.1", "port_value": 4567}
+    assert routes_of(exp.text)[0]["route"]["host_rewrite_literal"] == "b.internal"
+    assert boot["admin"]["address"]["socket_address"]["port_value"] == 9999
+
+
+def test_not_on_a_header_is_its_absence_or_the_inverted_matcher(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("version: 1\nupstreams: {a: 'http://127.0.0.1:1'}\nroutes: [{name: r, backends: "
+                 "[{name: x, when: {not: {header: {X-A: v}}}, upstream: a}]}]\n")
+    rs = routes_of(export(p).text)
+    assert [r["match"]["headers"] for r in rs[:2]] == [
+        [{"name": "x-a", "present_match": False}],
+        [{"name": "x-a", "string_match": {"exact": "v"}, "invert_match": True}]]
+
+
+def test_actions_headers_respond_retries_timeouts_split(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(textwrap.dedent("""\
+        version: 1
+        upstreams: {a: "http://127.0.0.1:9001", b: "http://127.0.0.1:9002"}
+        routes:
+          - name: r
+            match: {path: "/u/{id}/*"}
+            backends:
+              - name: block
+                when: {header: {X-Block: "1"}}
+                respond: {status: 403, body: "100% no\\n", headers: {X-Why: "50%"}}
+              - name: go
+                when: {header: {X-Go: "1"}}
+                upstream: a
+                path: /v2/{id}/x/{rest}
+                set_headers: {X-Pct: "100%"}
+                remove_headers: [X-Go]
+                timeout: 2.5
+                retries: 2
+              - name: split
+                split: {by: cookie:uid, weights: {a: 1.5, b: 2.5}}
+        """))
+    rs = routes_of(export(p).text)
+    block, go, split = rs[0], rs[1], rs[2]
+    assert block["direct_response"] == {"status": 403, "body": {"inline_string": "100% no\n"}}
+    assert block["response_headers_to_add"][0]["header"] == {"key": "X-Why", "value": "50%%"}
+    assert go["match"]["safe_regex"]["regex"] == "/u/([^/]+)(?:/(.*))?"
+    ra = go["route"]
+    assert ra["regex_rewrite"] == {"pattern": {"regex": "^/u/([^/]+)(?:/(.*))?$"}, "substitution": "/v2/\\1/x/\\2"}
+    assert ra["host_rewrite_literal"] == "127.0.0.1:9001" and ra["timeout"] == "2.5s"
+    assert ra["retry_policy"]["num_retries"] == 2 and ra["retry_policy"]["retry_on"] == "connect-failure"
+    assert ra["retry_policy"]["retriable_request_headers"][0]["name"] == ":method"
+    assert go["request_headers_to_add"] == [{"header": {"key": "X-Pct", "value": "100%%"},
+                                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    assert go["request_headers_to_remove"] == ["X-Go"]
+    wc = split["route"]["weighted_clusters"]
+    assert [c["weight"] for c in wc["clusters"]] == [15, 25] and wc["use_hash_policy"] is True
+    assert split["route"]["hash_policy"] == [{"cookie": {"name": "uid"}}]
+
+
+def test_weights_are_scaled_to_whole_numbers():
+    assert _int_weights([90, 10]) == [90, 10]
+    assert _int_weights([1.5, 2.25]) == [150, 225]
+    assert _int_weights([1 / 3, 2 / 3]) == [333333, 666667]
+
+
+def test_what_envoy_cannot_express_is_refused_located_and_left_out(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(textwrap.dedent("""\
+        version: 1
+        upstreams: {a: "http://127.0.0.1:9001"}
+        settings: {jwt: {verify: false}}
+        routes:
+          - name: r
+            backends:
+              - {name: c, when: {cel: "request.method == 'GET'"}, upstream: a}
+              - {name: n, when: {header: {X-N: {gt: 3}}}, upstream: a}
+              - {name: k, when: {cookie: {k: {regex: "^a"}}}, upstream: a}
+              - {name: q, when: {query: {q: {regex: "^a"}}}, upstream: a}
+              - {name: j, when: {jwt: {sub: x}}, upstream: a}
+              - {name: h, when: {host: {regex: "^a"}}, upstream: a}
+              - {name: ok, fallback: true, upstream: a}
+        """))
+    exp = export(p)
+    lines = [r.line("envoy") for r in exp.refused]
+    assert [ln.split(": not exported to envoy: ")[0] for ln in lines] == [
+        f"{p}:7:26", f"{p}:8:35", f"{p}:9:35", f"{p}:10:34", f"{p}:11:32", f"{p}:12:26"]
+    assert "cel" in lines[0] and "number comparison" in lines[1] and "cookie" in lines[2]
+    assert "query" in lines[3] and "decode only" in lines[4] and "host" in lines[5]
+    assert [r["name"] for r in routes_of(exp.text)] == ["r/ok", "no-route"]
+
+
+# ------------------------------------------------------------------ condroute vs Envoy's selection
+COOKIE_RULES = """\
+    version: 1
+    upstreams: {a: "http://127.0.0.1:9001"}
+    routes:
+      - name: r
+        backends:
+          - {name: eq, when: {cookie: {ab: "B"}}, upstream: a}
+          - {name: ic, when: {cookie: {lang: {equals: en, ignore_case: true}}}, upstream: a}
+          - {name: pre, when: {cookie: {sess: {prefix: x1}}}, upstream: a}
+          - {name: suf, when: {cookie: {sess: {suffix: z9}}}, upstream: a}
+          - {name: has, when: {cookie: {sess: {contains: "m m"}}}, upstream: a}
+          - {name: present, when: {cookie: {flag: {present: true}}}, upstream: a}
+          - {name: notk, when: {not: {cookie: {k: "1"}}}, upstream: a}
+    """
+COOKIE_HEADERS = [
+    [], ["ab=B"], ['ab="B"'], ["ab = B ;x=1"], ["x=1;ab=B"], ["x=1; AB=B"], ["ab=BB"], ['ab=""B""'],
+    ["ab=b"], ["ab=B", "k=1"], ["k=1", "ab=B"], ["k=1; lang=EN"], ["k=1;lang=\"En\""], ["k=1; sess=x1y"],
+    ['k=1; sess="x1"'], ["k=1; sess=ax1"], ["k=1; sess=az9"], ['k=1; sess="z9"'], ["k=1; sess=am mb"],
+    ["k=1; flag="], ["k=1; flag"], ["k=1; xflag=1"], ["k=2"], ["k=1,ab=B"], ["k=1", "k=2"], ["k=1; ab=\"B"],
+    ["k=1;sess= x1 "], ["k=1; sess=\"x1 \""], ["k=1; lang=en;"], ["k=1; =x; ab=B"],
+]
+
+
+def test_cookie_matching_agrees_with_condroute(tmp_path):
+    agree(tmp_path, COOKIE_RULES, [("GET", "http://x.example/", [("Cookie", c) for c in hs]) for hs in COOKIE_HEADERS])
+
+
+QUERY_RULES = """\
+    version: 1
+    upstreams: {a: "http://127.0.0.1:9001"}
+    routes:
+      - name: r
+        backends:
+          - {name: eq, when: {query: {tag: {in: ["a b", "x&y", "1+1"]}}}, upstream: a}
+          - {name: ic, when: {query: {Lang: {equals: En, ignore_case: true}}}, upstream: a}
+          - {name: empty, when: {query: {e: ""}}, upstream: a}
+          - {name: pre, when: {query: {p: {prefix: "a="}}}, upstream: a}
+          - {name: nq, when: {not: {query: {n: {present: true}}}}, upstream: a}
+    """
+QUERIES = ["tag=a+b", "tag=a%20b", "tag=a%20B", "x=1&tag=x%26y", "tag=x&y", "tag=1%2B1", "tag=1+1", "%74ag=a+b",
+           "tag=1&tag=a+b", "n&Lang=en", "n&lang=en", "n&Lang=%45N", "n&e", "n&e=", "n&e=1", "n&p=a=b",
+           "n&p=a%3Db", "n&p=ab", "", "n=1", "nn=1", "tag", "n&&tag=a+b&"]
+
+
+def test_query_matching_agrees_with_condroute(tmp_path):
+    agree(tmp_path, QUERY_RULES, [("GET", f"http://x.example/p{'?' + q if q else ''}", []) for q in QUERIES])
+
+
+HOST_RULES = """\
+    version: 1
+    upstreams: {a: "http://127.0.0.1:9001"}
+    routes:
+      - name: shop
+        match: {host: [shop.example, "*.shop.example"], methods: [GET]}
+        backends: [{name: s, upstream: a}]
+      - name: api
+        match: {path: "/v1/*", any: [{header: {X-T: {regex: "^(a|b)-[0-9]+$"}}}, {host: {suffix: .api.example}}]}
+        backends:
+          - {name: m, when: {method: [PUT, DELETE]}, upstream: a}
+          - {name: p, when: {path: {prefix: /v1/x}}, upstream: a}
+          - {name: id, when: {all: [{header: {X-A: {not: {contains: q}}}}, {not: {host: api.example}}]}, upstream: a}
+    """
+HOST_REQUESTS = [
+    ("GET", "http://shop.example/"), ("GET", "http://SHOP.Example:8080/"), ("GET", "http://a.shop.example./x"),
+    ("POST", "http://shop.example/"), ("GET", "http://evilshop.example/"), ("GET", "http://shop.example.evil/"),
+    ("GET", "http://eu.api.example/v1"), ("PUT", "http://eu.api.example/v1/z"), ("GET", "http://eu.api.example/v1/x?a"),
+    ("GET", "http://eu.api.example/v1/y"), ("GET", "http://api.example/v1/y"), ("GET", "http://eu.api.example/v1x"),
+    ("GET", "http://EU.API.example:81/v1/y"),
+]
+
+
+def test_hosts_methods_paths_and_logic_agree_with_condroute(tmp_path):
+    reqs = [(m, u, h) for m, u in HOST_REQUESTS for h in ([], [("X-T", "a-1")], [("X-T", "c-1"), ("X-T", "b-22")],
+                                                           [("X-A", "qq"), ("X-T", "a-1")])]
+    agree(tmp_path, HOST_RULES, reqs)
+
+
+# ------------------------------------------------------------------------------ the real Envoy
+SHIPPED = sorted(p for p in glob.glob(str(ROOT / "rules" / "*.yaml")) + glob.glob(str(ROOT / "rules" / "recipes" / "*.yaml"))
+                 if not p.endswith(".cases.yaml"))
+# what Envoy cannot do, by file: the reason must be in the located line
+REFUSED = {"geoip.yaml": "geo:", "jwt-decode.yaml": "decode only"}
+
+
+def _cases_for(path: str) -> list[str]:
+    c = path[:-5] + ".cases.yaml"
+    out = [c] if os.path.exists(c) else []
+    if path.endswith("canary-split.yaml"):
+        out.append(str(ROOT / "rules" / "recipes" / "qa-pin.cases.yaml"))
+    return out
+
+
+@pytest.mark.slow
+@needs_envoy
+@pytest.mark.parametrize("path", SHIPPED, ids=[os.path.relpath(p, ROOT) for p in SHIPPED])
+def test_every_shipped_rules_file_validates_in_envoy(path, tmp_path):
+    exp = export(path, listen_port=free_port(), admin_port=free_port())
+    (tmp_path / TARGET.config_name).write_text(exp.text)
+    for name, text in exp.files.items():
+        (tmp_path / name).write_text(text)
+    assert TARGET.check(str(tmp_path)) is None
+    want = REFUSED.get(os.path.basename(path))
+    if want is None:
+        assert not exp.refused, [r.line("envoy") for r in exp.refused]
+    else:
+        assert exp.refused and all(want in r.line("envoy") and r.at.file == path and r.at.line > 1 for r in exp.refused)
+
+
+@pytest.mark.slow
+@needs_envoy
+@pytest.mark.parametrize("path", SHIPPED, ids=[os.path.relpath(p, ROOT) for p in SHIPPED])
+def test_every_shipped_rules_file_verifies_on_envoy(path):
+    cases = _cases_for(path)
+    assert cases, f"{path} has no cases file"
+    for c in cases:
+        res = verify_file("envoy", path, c, allow_partial=True)
+        assert res.failed == 0, "\n".join(res.lines)
+        if os.path.basename(path) in REFUSED:
+            assert res.refused
+        else:
+            assert not res.refused and res.passed > 0 and res.skipped == 0, res.lines
+
+
+FEATURES = """\
+    version: 1
+    upstreams:
+      a: http://127.0.0.1:9001
+      b: http://127.0.0.1:9002/base
+      c: http://c.internal:9003
+    settings: {trusted_proxies: [127.0.0.1/32]}
+    routes:
+      - name: users
+        match: {host: [shop.example, "*.shop.example"], path: "/users/{id}", methods: [GET, POST]}
+        backends:
+          - name: not-beta
+            when: {not: {header: {X-Beta: "1"}}}
+            upstream: b
+            path: /v2/users/{id}
+            set_headers: {X-Id: "100%", X-Two: x}
+            remove_headers: [X-Drop]
+          - {name: beta, upstream: a, preserve_host: true}
+      - name: files
+        match: {path: "/files/*"}
+        backends:
+          - name: q
+            when: {any: [{query: {tag: {in: ["a b", "x&y"]}}}, {query: {flag: {present: true}}}]}
+            upstream: a
+            path: /store/{rest}
+          - {name: ck, when: {cookie: {sess: {prefix: ab}}}, upstream: c, path: "{path}"}
+          - name: ck2
+            when: {cookie: {s2: "q v"}, header: {x-m: {regex: "^a.c$", ignore_case: true}}}
+            respond: {status: 418, body: "teapot\\n", headers: {X-T: "yes"}}
+      - name: ext
+        match: {path: "/ext/{name}.json"}
+        backends:
+          - {name: json, when: {method: [PUT]}, upstream: c, path: "/j/{name}", timeout: 2, retries: 1}
+          - {name: other, fallback: true, upstream: b}
+      - name: office
+        match: {path: /office}
+        backends:
+          - {name: in, when: {client_ip: [10.20.0.0/16, "fd00:20::/32"]}, upstream: a}
+          - {name: out, when: {not: {client_ip: 192.0.2.0/24}}, upstream: b}
+      - name: hdr
+        match: {header: {x-route: {not: {prefix: "no"}}}}
+        backends:
+          - name: hv
+            when: {all: [{header: {x-v: {suffix: z}}}, {not: {cookie: {k: {contains: e}}}}]}
+            upstream: a
+      - name: split
+        match: {path: /split}
+        backends: [{name: s, split: {by: "header:x-user", weights: {a: 1.5, c: 2.5}}}]
+    """
+FEATURE_REQUESTS = [
+    ("GET", "http://shop.example/users/7", {}, None), ("GET", "http://SHOP.example:8080/users/7?x=1", {"X-Beta": "1"}, None),
+    ("GET", "http://a.shop.example./users/7", {"X-Beta": "2", "X-Drop": "d", "X-Id": "old"}, None),
+    ("DELETE", "http://shop.example/users/7", {}, None), ("GET", "http://shop.example/users/7/x", {}, None),
+    ("GET", "http://evilshop.example/users/7", {}, None), ("GET", "http://shop.example/users/./7", {}, None),
+    ("GET", "http://shop.example/users//7", {}, None), ("GET", "http://shop.example/x/../users/7", {}, None),
+    ("GET", "http://x.example/files/a/b?tag=a+b", {}, None), ("GET", "http://x.example/files/a/b?z=1&tag=a%20b&q", {}, None),
+    ("GET", "http://x.example/files/?tag=x%26y", {}, None), ("GET", "http://x.example/files?flag", {}, None),
+    ("GET", "http://x.example/files/x?%74ag=a%2Bb", {}, None), ("GET", "http://x.example/files/x?%74ag=a%20b", {}, None),
+    ("GET", "http://x.example/files/x", {"Cookie": "sess=abc"}, None),
+    ("GET", "http://x.example/files/x", {"Cookie": 'a=1; sess="abz"; b=2'}, None),
+    ("GET", "http://x.example/files/x", {"Cookie": 'a=1;  sess = "xab"'}, None),
+    ("GET", "http://x.example/files/x", {"Cookie": 's2="q v"', "X-M": "AbC"}, None),
+    ("GET", "http://x.example/files/x", {"Cookie": "s2=q v", "X-M": "zabcz"}, None),
+    ("GET", "http://x.example/filesx", {}, None), ("PUT", "http://x.example/ext/a.b.json", {}, None),
+    ("GET", "http://x.example/ext/a.json?q=1", {}, None),
+    ("GET", "http://x.example/office", {}, "10.20.3.4"), ("GET", "http://x.example/office", {}, "fd00:20::7"),
+    ("GET", "http://x.example/office", {}, "192.0.2.9"), ("GET", "http://x.example/office", {}, "198.51.100.1"),
+    ("GET", "http://x.example/office", {"X-Forwarded-For": "10.20.0.1"}, "127.0.0.1"),
+    ("GET", "http://x.example/office", {"X-Forwarded-For": "10.20.0.1, 192.0.2.1"}, "127.0.0.1"),
+    ("GET", "http://x.example/office", {"X-Forwarded-For": "192.0.2.1, 127.0.0.1"}, "127.0.0.1"),
+    ("GET", "http://x.example/office", {"X-Forwarded-For": "garbage, 127.0.0.1"}, "127.0.0.1"),
+    ("GET", "http://x.example/office", {"X-Real-IP": "10.20.9.9"}, "127.0.0.1"),
+    ("GET", "http://x.example/office", {"X-Forwarded-For": "10.20.0.1"}, "192.0.2.7"),
+    ("GET", "http://x.example/", {"x-route": "yes", "x-v": "baz"}, None),
+    ("GET", "http://x.example/", {"x-route": "nope", "x-v": "baz"}, None),
+    ("GET", "http://x.example/", {"x-v": "baz", "Cookie": "k=see"}, None),
+    ("GET", "http://x.example/", {"x-v": "baz", "Cookie": "k=saw"}, None), ("GET", "http://x.example/", {"x-v": "bar"}, None),
+    ("GET", "http://x.example/split", {"x-user": "alice"}, None), ("GET", "http://x.example/split", {"x-user": "bob"}, None),
+    ("GET", "http://x.example/split", {}, None),
+    ("GET", "http://x.example/files/a%2fb?flag", {}, None),
+]
+
+
+def verify_requests(path: str, requests) -> v.Result:
+    compiled, m = read(path)
+    wires = []
+    for i, (method, url, headers, client) in enumerate(requests):
+        view = RequestView.from_url(url, method, list(headers.items()), peer=client)
+        wires.append(v.wire(f"{method} {url} {headers} from {client}", f"request {i}", view, m))
+    return v.run(TARGET, compiled, m, wires)
+
+
+@pytest.mark.slow
+@needs_envoy
+def test_envoy_routes_the_awkward_requests_as_condroute_does(tmp_path):
+    p = tmp_path / "features.yaml"
+    p.write_text(textwrap.dedent(FEATURES))
+    res = verify_requests(str(p), FEATURE_REQUESTS)
+    assert not res.refused, res.refused
+    assert res.failed == 0 and res.passed == len(FEATURE_REQUESTS), "\n".join(res.lines)
+
+
+# what Envoy's normalisation does differently (documented in the README): it decodes percent-encoded
+# unreserved characters and reads %2e as '.', where condroute keeps them and refuses %2e
+@pytest.mark.slow
+@needs_envoy
+def test_envoy_path_normalisation_differences_are_the_documented_ones(tmp_path):
+    p = tmp_path / "features.yaml"
+    p.write_text(textwrap.dedent(FEATURES))
+    res = verify_requests(str(p), [("GET", "http://x.example/files/%41?flag", {}, None),
+                                   ("GET", "http://x.example/x/%2e%2e/files/b?flag", {}, None)])
+    assert res.failed == 2
+    assert "condroute /store/%41?flag, envoy /store/A?flag" in res.lines[0]
+    assert "condroute refuses it (400)" in res.lines[1]
+
+
+# --------------------------------------------------------------------- running Envoy by hand
+class Envoy:
+    """The exported configuration of ``text`` running in ``workdir`` (upstreams mapped to ``addresses``)."""
+
+    def __init__(self, tmp_path: Path, rules: str, addresses: dict[str, tuple[str, int]]):
+        p = tmp_path / "r.yaml"
+        p.write_text(textwrap.dedent(rules))
+        self.opts = ExportOptions(listen_host="127.0.0.1", listen_port=free_port(), admin_port=free_port(),
+                                  addresses=addresses, workdir=str(tmp_path))
+        _, m = read(str(p))
+        exp = TARGET.export(m, self.opts)
+        assert not exp.refused
+        v.write(exp, TARGET, str(tmp_path))
+        assert TARGET.check(str(tmp_path)) is None
+        self.proc = TARGET.start(str(tmp_path), self.opts)
+        why = v._wait_listening(self.proc, self.opts.listen_port, time.monotonic() + 30)
+        assert why is None, why
+
+    def request(self, method: str, path: str, timeout: float = 20) -> tuple[int, bytes, float]:
+        t = time.monotonic()
+        c = http.client.HTTPConnection("127.0.0.1", self.opts.listen_port, timeout=timeout)
+        try:
+            c.request(method, path, headers={"Host": "x.example", "Content-Length": "0"})
+            r = c.getresponse()
+            return r.status, r.read(), time.monotonic() - t
+        finally:
+            c.close()
+
+    def stat(self, suffix: str) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.opts.admin_port}/stats?format=json") as r:
+            stats = json.load(r)["stats"]
+        return sum(s.get("value", 0) for s in stats if s.get("name", "").endswith(suffix))
+
+    def stop(self) -> None:
+        v.stop(self.proc)
+
+
+def _silent_server() -> socket.socket:
+    """Accepts connections and reads, never answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held = []
+
+    def loop():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            held.append(conn)
+    threading.Thread(target=loop, daemon=True).start()
+    return srv
+
+
+@pytest.mark.slow
+@needs_envoy
+def test_a_timeout_answers_504_and_retries_are_for_idempotent_methods_only(tmp_path):
+    silent = _silent_server()
+    closed = free_port()        # nothing listens there: every connection is refused
+    rules = """\
+        version: 1
+        upstreams: {slow: "http://slow.internal:80", gone: "http://gone.internal:80"}
+        routes:
+          - name: slow
+            match: {path: /slow}
+            backends: [{name: s, upstream: slow, timeout: 0.5}]
+          - name: gone
+            match: {path: /gone}
+            backends: [{name: g, upstream: gone, retries: 2}]
+        """
+    env = Envoy(tmp_path, rules, {"http://slow.internal": ("127.0.0.1", silent.getsockname()[1]),
+                                  "http://gone.internal": ("127.0.0.1", closed)})
+    try:
+        status, _, took = env.request("GET", "/slow")
+        assert status == 504 and 0.4 < took < 5
+        assert env.request("GET", "/gone")[0] == 503
+        assert env.stat("gone.internal.upstream_rq_retry") == 2
+        assert env.request("POST", "/gone")[0] == 503
+        assert env.stat("gone.internal.upstream_rq_retry") == 2      # no retry for POST
+        assert env.request("PUT", "/gone")[0] == 503
+        assert env.stat("gone.internal.upstream_rq_retry") == 4
+    finally:
+        env.stop()
+        silent.close()
+
+
+@pytest.mark.slow
+@needs_envoy
+def test_two_envoys_run_at_once(tmp_path):
+    rules = "version: 1\nupstreams: {a: 'http://127.0.0.1:1'}\nroutes: [{name: r, match: {path: /r}, " \
+            "backends: [{name: x, respond: {status: 200, body: ok}}]}]\n"
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    one = Envoy(tmp_path / "1", rules, {})
+    try:
+        two = Envoy(tmp_path / "2", rules, {})
+        try:
+            assert one.request("GET", "/r")[:2] == (200, b"ok") and two.request("GET", "/r")[:2] == (200, b"ok")
+            assert two.request("GET", "/other")[:2] == (404, b"no route\n")
+        finally:
+            two.stop()
+    finally:
+        one.stop()
+
+
+def test_binary_says_how_to_install_when_missing(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    exe, why = TARGET.binary()
+    assert exe is None and "pip install 'condroute[gateways]'" in why
+    assert TARGET.check(str(tmp_path)) == why
