@@ -120,7 +120,8 @@ class NginxTarget(Target):
                 kept.append((b, bit))
             routes.append(Route(r, i, rbit, kept))
         cfg.target_map(_targets(rules, routes))
-        return Exported(cfg.text(), cfg.files, cfg.refused, cfg.notes)
+        text = cfg.text()      # (also writes cfg.files: the njs script)
+        return Exported(text, cfg.files, cfg.refused, cfg.notes)
 
     # ------------------------------------------------------------------------------------- running
     def binary(self) -> tuple[str | None, str]:

