@@ -53,6 +53,7 @@ class _Writer:
         self.use: list[str] = []           # use_backend lines
         self.sections: list[list[str]] = []
         self.reads_path = False
+        self.alt_owner: list[str] = []     # the routes' match again, on the path read decoded
         self.jwt = JwtAtoms(rules)
 
     # ------------------------------------------------------------------------------------ routes
@@ -96,6 +97,8 @@ class _Writer:
         self.select.append(f"# {label}")
         for t in own:
             self.select.append(f"http-request set-var(txn.cr_route) int({i}) if !cr_routed {term_text(t)}".rstrip())
+            self.alt_owner.append(f"http-request set-var(txn.cr_alt) int({i}) if cr_altread !cr_altowned "
+                                  f"{term_text(t)}".rstrip())
         in_route = f"cr_route_{i}"
         self.acls.lines.append(f"acl {in_route} var(txn.cr_route) -m int eq {i}")
         fallback_line: list[str] = []
@@ -250,7 +253,7 @@ class _Writer:
         f += ["# condroute refuses an owned path written with %2e, %2f, %5c, a backslash or '..;' (400)",
               "http-request deny deny_status 400 if cr_routed cr_badpath"]
         if self.reads_path:
-            f.append("http-request deny deny_status 400 if cr_badpath   # a route might own it read decoded")
+            f += alt_reading(self.alt_owner)
         f += self.answer
         f.append(f"http-request return status 404 content-type text/plain string {word(NO_ROUTE)} if !cr_routed")
         f += self.use
@@ -265,6 +268,27 @@ class _Writer:
 
 
 NO_ROUTE = "no route\n"
+
+
+def alt_reading(owners: list[str]) -> list[str]:
+    """engine.decide: a path with %2e/%2f/%5c, a backslash or a '..;' segment that no route owns is
+    still refused (400) when a route would own it read as a server that decodes them would read it
+    (decoded, backslashes as '/', '..;x' as '..', then normalised): so the path is read that way for
+    a moment, every route's match is tried on it, and the normal path is put back."""
+    decode = word("%[var(txn.cr_rawpath),regsub('%2[eE]','.','g'),regsub('%2[fF]','/','g'),"
+                  "regsub('%5[cC]','/','g'),regsub('[\\\\]','/','g'),"
+                  "regsub('(^|/)(\\.\\.?);[^/]*','\\1\\2','g')]")
+    return (["# a refused path no route owns: would a route own it read decoded? (then 400, as condroute)",
+             "acl cr_altread var(txn.cr_normpath) -m found",
+             "acl cr_altowned var(txn.cr_alt) -m found",
+             "http-request set-var(txn.cr_normpath) path if cr_badpath !cr_routed",
+             f"http-request set-path {decode} if cr_altread",
+             "http-request normalize-uri path-merge-slashes if cr_altread",
+             "http-request normalize-uri path-strip-dot if cr_altread",
+             "http-request normalize-uri path-strip-dotdot full if cr_altread"]
+            + owners +
+            ["http-request deny deny_status 400 if cr_altread cr_altowned",
+             "http-request set-path %[var(txn.cr_normpath)] if cr_altread"])
 
 
 def bind_address(host: str, port: int) -> str:
@@ -475,11 +499,12 @@ class HaproxyTarget(Target):
         exe, why = self.binary()
         if exe is None:
             return why
-        p = subprocess.run([exe, "-c", "-q", "-f", self.config_name], cwd=workdir, capture_output=True,
+        p = subprocess.run([exe, "-c", "-f", self.config_name], cwd=workdir, capture_output=True,
                            text=True, timeout=60)
         if p.returncode == 0:
             return None
-        return (p.stderr + p.stdout).strip() or f"haproxy -c exited with {p.returncode}"
+        said = [x for x in (p.stderr + p.stdout).splitlines() if x.strip() and "[NOTICE]" not in x]
+        return "\n".join(said) or f"haproxy -c exited with {p.returncode}"
 
     def start(self, workdir: str, opts: ExportOptions) -> subprocess.Popen:
         exe, why = self.binary()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-_PLAIN = re.compile(r"[A-Za-z0-9_.:/@+=-]+\Z")
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/@+=(),\[\]-]+\Z")
 
 
 def word(s: str) -> str:
