@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from condroute.cli.cases import load_cases
-from condroute.export.httproute import TARGET, duration
-from condroute.export.httproute_roundtrip import roundtrip
+from condroute.export.httproute import TARGET
+from condroute.export.httproute_action import duration
+from condroute.export.httproute_documents import roundtrip
 from condroute.export.ir import NotExported, Where
 from condroute.explain import build_request
 from condroute.export.targets import read, read_model

@@ -13,7 +13,7 @@ from condroute.cli.cases import load_cases
 from condroute.compile.runtime import Rules
 from condroute.engine import decide
 from condroute.explain import build_request
-from condroute.export.httproute_roundtrip import roundtrip
+from condroute.export.httproute_documents import roundtrip
 from condroute.export.ir import NotExported, Where
 from condroute.export.krakend import TARGET, _relation, go_duration
 from condroute.export.targets import read, read_model

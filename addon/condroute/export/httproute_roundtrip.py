@@ -14,8 +14,9 @@ Compared, per request (``compare``):
   through, or answers 404 itself (the gateway's own answer); nothing selected with
   ``on_no_match: error``: 502 in both; a refused path: 400 in both.
 
-Requests decided by a rule that was not exported (or by a route after one) are skipped and
-counted as such. Used by ``export.httproute`` and ``export.krakend`` (also re-exported there).
+Requests decided by a part that was not exported are skipped and counted as such. Used by
+``export.httproute`` and ``export.krakend``; ``export.httproute_documents.roundtrip`` runs it on
+files.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ..engine import Decision, decide
 from ..errors import RulesError
 from ..render import final_path, forwarded_headers, location, passes_through
 from ..request import RequestView
+from ..rules import load_rules
 from .verify import Result
 
 
@@ -144,22 +146,7 @@ def run(target: str, compiled: Rules, wires: list, refused: list, write: Callabl
 
 
 def _load(path: str) -> Rules:
-    from ..rules import load_rules      # the loader (F6): imported when a round trip runs
     return load_rules(path)
-
-
-def roundtrip(target_name: str, rules_path: str, cases_path: str) -> tuple[int, int, list[str]]:
-    """Export ``rules_path`` to ``target_name`` (httproute | krakend), import it again and compare
-    every case of ``cases_path``: (passed, failed, lines). Refused parts are listed first in
-    ``lines`` and the cases they decide are skipped (neither passed nor failed)."""
-    from ..cli.cases import load_cases
-    from .targets import read, target
-    from .verify import wire
-    t = target(target_name)
-    compiled, m = read(rules_path)
-    wires = [wire(c.name, f"{cases_path}:{c.line}", c.request, m) for c in load_cases(cases_path)]
-    res = t.roundtrip(compiled, m, wires)
-    return res.passed, res.failed, list(res.refused) + list(res.lines)
 
 
 def workdir_file(tmp: str, name: str, text: str) -> str:

@@ -42,7 +42,6 @@ from typing import Any
 from .. import model
 from . import ir
 from .base import Exported, ExportOptions, Target
-from .httproute_roundtrip import roundtrip as roundtrip   # noqa: F401  (the document targets' verify)
 from .httproute_roundtrip import run as run_roundtrip
 from .httproute_roundtrip import workdir_file
 from .ir import NotExported, Where, where_line
