@@ -158,8 +158,8 @@ class _Export:
             rw = b.rewrite
             if rw.kind == "full":
                 return {"pattern": {"regex": "^.*$"}, "substitution": lit(base + rw.value)}
-            if rw.kind == "prefix":
-                return {"pattern": {"regex": f"^{rx_escape(rw.prefix)}(.*)$"},
+            if rw.kind == "prefix":     # the first len(prefix) characters (the prefix in any case)
+                return {"pattern": {"regex": f"^(?s:.{{{len(rw.prefix)}}})(.*)$"},
                         "substitution": lit(base + rw.value) + "\\1"}
             if rw.kind == "segments":
                 pfx, val = rw.prefix.rstrip("/"), rw.value.rstrip("/")
@@ -208,8 +208,8 @@ class _Export:
                     for k, v in b.respond.headers]
             return out
         if b.redirect is not None:
-            raise NotExported(at, "redirect: not exported to Envoy yet (its port and default-port rules differ "
-                                  "from Envoy's redirect action in ways not yet verified)")
+            out["redirect"] = self.redirect(b.redirect, at)
+            return out
         _, path_rx, groups, rest = pathinfo
         ra: dict = {}
         if b.split is not None:
@@ -272,6 +272,37 @@ class _Export:
             out["request_headers_to_add"] = add
         if r.propagate is not None:
             raise NotExported(at, "a KrakenD propagate_claims route: not exported to Envoy")
+        return out
+
+    def redirect(self, r: model.Redirect, at: Where) -> dict:
+        """Envoy's RedirectAction: condroute's redirect follows Envoy's newUri (the request's port
+        kept, an old scheme's default port swapped for the new scheme's)."""
+        codes = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
+                 308: "PERMANENT_REDIRECT"}
+        if r.status not in codes:
+            raise NotExported(at, f"a redirect with status {r.status}: Envoy redirects with 301, 302, 303, 307 or 308")
+        out: dict = {"response_code": codes[r.status]}
+        if r.scheme is not None:
+            out["scheme_redirect"] = r.scheme
+        if r.host is not None:
+            out["host_redirect"] = r.host
+        # the listener is plain HTTP: without a new scheme the Location's scheme is http
+        default = 443 if (r.scheme or "http") == "https" else 80
+        port = r.port if r.port is not None else default if r.port_from == "scheme" else None
+        if port is not None and port != default:
+            out["port_redirect"] = port
+        elif port is not None and r.host is None:
+            # condroute leaves the default port out of the Location; Envoy writes a port_redirect
+            # out, and without one keeps the request's port unless the host changes too
+            raise NotExported(at, "a redirect to the scheme's default port without a new host: Envoy would "
+                                  "write the port into the Location or keep the request's")
+        if r.path is not None:
+            rw = r.path
+            if rw.kind == "full":
+                out["path_redirect"] = rw.value
+            else:
+                fake = model.Backend(name="", line=0, rewrite=rw)
+                out["regex_rewrite"] = self.rewrite(fake, None, {}, None, "", at)
         return out
 
     def hash_policy(self, s: model.Split, at: Where) -> dict:
