@@ -224,8 +224,9 @@ def test_trusted_proxies_and_jwt_bring_the_lua_helper(tmp_path, monkeypatch):
     lua = e.files["condroute.lua"]
     assert 'core.parse_addr("10.0.0.0/8")' in lua
     assert '["secret_env"] = "CR_TEST_SECRET"' in lua and '["audience"] = {"x", "y"}' in lua
-    assert '[1] = {claim = "roles", m = {op = "eq", set = {["a"] = true, ["b"] = true}, ic = false}},' in lua
-    assert '[2] = {claim = "org.id", m = {op = "not", m = {op = "prefix", s = "t-", ic = false}}},' in lua
+    assert '[1] = {src = "jwt", name = "roles", m = {op = "eq", set = {["a"] = true, ["b"] = true}, ic = false}},' in lua
+    assert '[2] = {src = "jwt", name = "org.id", m = {op = "not", m = {op = "prefix", s = "t-", ic = false}}},' in lua
+    assert "http-request lua.condroute_atoms" in e.text and "var(txn.cr_lua_2) -m found" in e.text
 
 
 def test_a_key_file_is_refused_for_jwt(tmp_path):
@@ -491,3 +492,57 @@ def test_paths_hosts_and_sticky_splits_as_condroute_does(tmp_path):
     compiled, wires = _verify(tmp_path, PATHS, reqs)
     outcomes = [decide(compiled, w.view).outcome for w in wires]
     assert outcomes.count("bad_request") == 5 and outcomes.count("passthrough") >= 3, outcomes
+
+
+VALUES = textwrap.dedent("""\
+    version: 1
+    upstreams:
+      a: http://127.0.0.1:9001
+      b: http://127.0.0.1:9002
+      c: http://127.0.0.1:9003
+    routes:
+      - name: r
+        backends:
+          - name: cookie-rx
+            when: {cookie: {s: {regex: "^v[0-9]+$"}}}
+            upstream: a
+          - name: query-rx
+            when: {query: {"q": {regex: "^a b;c$|^x$|^$|%zz"}}}
+            upstream: b
+          - name: header
+            when: {header: {X-H: {not: ""}, X-Tag: {regex: "^T", ignore_case: true}}}
+            upstream: c
+          - name: query-not
+            when: {query: {n: {not: {in: ["1", "2"]}}}, method: [get]}
+            upstream: a
+          - name: fb
+            fallback: true
+            upstream: c
+    """)
+
+
+@pytest.mark.slow
+def test_cookie_query_and_header_values_as_condroute_reads_them(tmp_path):
+    haproxy_or_skip()
+    u = "http://v.example/"
+    reqs = [
+        (u, {"Cookie": "s=v1"}, "GET", None),
+        (u, {"Cookie": 's="v22"'}, "GET", None),
+        (u, {"Cookie": "s=w, s=v3"}, "GET", None),           # HAProxy's req.cook splits on ','
+        (u, {"Cookie": "t=1;s = v4 ;"}, "GET", None),
+        (u, [("Cookie", "s=x"), ("Cookie", "s=v5")], "GET", None),
+        (u + "?q=a+b;c", {}, "GET", None),                  # url_param ends at ';'
+        (u + "?%71=x", {}, "GET", None),                    # an encoded name
+        (u + "?q", {}, "GET", None),                        # no '=': the empty value
+        (u + "?q=%zz", {}, "GET", None),                    # a bad escape stays as written
+        (u + "?q=y&q=x", {}, "GET", None),
+        (u, {"X-H": "", "X-Tag": "tall"}, "GET", None),
+        (u, {"X-Tag": "a,Tb"}, "GET", None),
+        (u, {"X-Tag": "a", "X-H": "1"}, "GET", None),
+        (u + "?n=3", {}, "get", None),
+        (u + "?n=1&n=3", {}, "GET", None),
+        (u + "?n=1", {}, "GET", None),
+        (u, {}, "GET", None),
+        (u, {}, "POST", None),
+    ]
+    _verify(tmp_path, VALUES, reqs)

@@ -236,8 +236,8 @@ class _Writer:
                   f"http-request del-header {h}"]
         f += trusted_lines(rules.settings.trusted_proxies)
         if self.jwt.used:
-            f += ["# jwt conditions: the claims read as condroute reads them (condroute.lua)",
-                  "http-request lua.condroute_jwt"]
+            f += ["# jwt claims, and cookies/query parameters under a regex, read as condroute reads them (condroute.lua)",
+                  "http-request lua.condroute_atoms"]
         f += ["# the path as condroute matches it: dot segments removed, // merged",
               "http-request set-var(txn.cr_rawpath) path",
               "http-request normalize-uri path-merge-slashes",

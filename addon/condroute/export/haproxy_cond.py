@@ -113,9 +113,15 @@ def matcher_dnf(acls: Acls, a: ir.Atom, m: ir.Matcher, fetch: str | None) -> Dnf
         pats = (m.value,)
     if m.ignore_case and not all(p.isascii() for p in pats):
         raise ir.NotExported(a.at, "ignore_case with non-ASCII text: HAProxy's -i folds ASCII letters only")
-    if any(p == "" for p in pats) and method != "str":
-        raise ir.NotExported(a.at, "an empty prefix/suffix/contains/regex (always true for a present value)")
-    return [((acls.define(fetch, method, m.ignore_case, pats, hint), False),)]
+    if method != "str" and "" in pats:
+        # an empty prefix/suffix/substring/regex holds for every value that is there
+        return [((acls.define(fetch, "found", False, (), hint), False),)]
+    out: Dnf = []
+    if any(p != "" for p in pats):
+        out.append(((acls.define(fetch, method, m.ignore_case, tuple(p for p in pats if p != ""), hint), False),))
+    if "" in pats:      # HAProxy drops an empty string pattern: the empty value is "length 0"
+        out.append(((acls.define(fetch, "len", False, ("0",), hint), False),))
+    return out
 
 
 def cond_dnf(acls: Acls, c: ir.Cond | None, jwt=None) -> Dnf:
@@ -123,11 +129,11 @@ def cond_dnf(acls: Acls, c: ir.Cond | None, jwt=None) -> Dnf:
     ``jwt(atom)`` gives the number of a jwt atom evaluated by the Lua action (haproxy_jwt)."""
     if c is None:
         return [()]
-    if isinstance(c, ir.Atom) and c.source == "jwt":
+    if isinstance(c, ir.Atom) and (c.source == "jwt" or c.source in ("cookie", "query") and _has_regex(c.matcher)):
         if jwt is None:
-            raise ir.NotExported(c.at, "jwt conditions need settings.jwt")
+            raise ir.NotExported(c.at, f"{c.source} conditions need the Lua helper")
         n = jwt(c)
-        return [((acls.define(f"var(txn.cr_jwt_{n})", "found", False, (), f"jwt_{c.name}"), False),)]
+        return [((acls.define(f"var(txn.cr_lua_{n})", "found", False, (), f"{c.source}_{c.name}"), False),)]
     if isinstance(c, ir.Atom):
         return matcher_dnf(acls, c, c.matcher, None)
     if isinstance(c, ir.ClientIP):
@@ -152,6 +158,14 @@ def cond_dnf(acls: Acls, c: ir.Cond | None, jwt=None) -> Dnf:
     if isinstance(c, ir.Opaque):
         raise ir.NotExported(c.at, c.why)
     raise TypeError(c)
+
+
+def _has_regex(m: ir.Matcher) -> bool:
+    if isinstance(m, ir.MNot):
+        return _has_regex(m.inner)
+    if isinstance(m, ir.MAll):
+        return any(_has_regex(p) for p in m.parts)
+    return isinstance(m, ir.Regex)
 
 
 def _at(c: ir.Cond) -> ir.Where | None:

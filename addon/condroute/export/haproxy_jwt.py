@@ -1,4 +1,5 @@
-"""``jwt`` conditions for the HAProxy export, as a Lua action (part of ``condroute.lua``).
+"""``jwt`` conditions (and cookie / query regexes) for the HAProxy export, as a Lua action (part of
+``condroute.lua``).
 
 HAProxy's own ``jwt_payload_query`` returns nothing for an array claim (and ``$.groups[0]`` is not
 read either), while condroute's ``jwt: {groups: beta-testers}`` holds when *any* element of a list
@@ -7,10 +8,14 @@ reads them (``conditions/jwtauth.py``: the token where ``settings.jwt.from`` say
 stripped; decode-only, or an HS256/384/512 signature checked with HAProxy's ``hmac`` converter and
 then PyJWT's claim checks: iat, nbf, exp with leeway, iss, aud, sub and jti types), and each jwt
 atom's whole matcher is evaluated over the claim's values (a list claim: its elements), setting
-``txn.cr_jwt_N`` when it holds; its ACL is ``var(txn.cr_jwt_N) -m found``. A token that fails gives
+``txn.cr_lua_N`` when it holds; its ACL is ``var(txn.cr_lua_N) -m found``. A token that fails gives
 no claims: every jwt atom is false, ``{not: ...}`` true, as in condroute.
 
-Refused: keys from public_key_file or jwks_file (RS*/ES*/PS*/EdDSA), number comparisons on claims.
+The same action evaluates a cookie or query parameter under a regular expression: the raw-text
+expressions of ``haproxy_cond`` cover the other matchers, and HAProxy's ``req.cook``/``url_param``
+split and decode otherwise than condroute (cookies on ',', parameters on ';', no decoded names).
+
+Refused: keys from public_key_file or jwks_file (RS*/ES*/PS*/EdDSA), number comparisons.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ class JwtAtoms:
         self.by_key: dict[tuple, int] = {}
         self._config: str | None = None
         self._problem: str | None = None
+        self.reads_jwt = False
         if self.settings is not None:
             try:
                 self._config = self._read_settings(self.settings.plain())
@@ -72,21 +78,26 @@ class JwtAtoms:
         return _lua_table(conf)
 
     def atom(self, a: ir.Atom) -> int:
-        """The number of a jwt atom (its Lua matcher written once); NotExported when it cannot be."""
-        if self._problem is not None:
-            raise ir.NotExported(a.at, self._problem)
-        if self.settings is None:
-            raise ir.NotExported(a.at, "jwt conditions need settings.jwt")
+        """The number of an atom evaluated in Lua (its matcher written once): a jwt claim, or a
+        cookie / query parameter under a regular expression (the raw-text expressions cover the
+        other matchers; ``req.cook``/``url_param`` split and decode otherwise than condroute).
+        NotExported when it cannot be."""
+        if a.source == "jwt":
+            if self._problem is not None:
+                raise ir.NotExported(a.at, self._problem)
+            if self.settings is None:
+                raise ir.NotExported(a.at, "jwt conditions need settings.jwt")
+            self.reads_jwt = True
         expr = _lua_matcher(a.matcher, a.at)
-        key = (a.name, expr)
+        key = (a.source, a.name, expr)
         n = self.by_key.get(key)
         if n is None:
             n = self.by_key[key] = len(self.atoms) + 1
-            self.atoms.append(f"  [{n}] = {{claim = {_lua_str(a.name or '')}, m = {expr}}},")
+            self.atoms.append(f"  [{n}] = {{src = \"{a.source}\", name = {_lua_str(a.name or '')}, m = {expr}}},")
         return n
 
     def lua(self) -> str:
-        return (_LUA.replace("%CONFIG%", self._config or "{}")
+        return (_LUA.replace("%CONFIG%", self._config or "nil")
                     .replace("%ATOMS%", "\n".join(self.atoms)))
 
 
@@ -117,7 +128,7 @@ def _lua_matcher(m: ir.Matcher, at: ir.Where) -> str:
     if isinstance(m, ir.Present):
         return f"{{op = \"present\", p = {'true' if m.present else 'false'}}}"
     if isinstance(m, ir.Compare):
-        raise ir.NotExported(at, "a number comparison on a claim (gt/ge/lt/le): Lua reads numbers otherwise "
+        raise ir.NotExported(at, "a number comparison (gt/ge/lt/le): Lua reads numbers otherwise "
                                  "than condroute (hexadecimal, no underscores)")
     ic = getattr(m, "ignore_case", False)
     texts = m.values if isinstance(m, ir.Eq) else (m.pattern if isinstance(m, ir.Regex) else m.value,)
@@ -136,7 +147,8 @@ def _lua_matcher(m: ir.Matcher, at: ir.Where) -> str:
 
 
 _LUA = r"""
--- jwt conditions (settings.jwt), read as condroute reads them: http-request lua.condroute_jwt
+-- jwt claims (settings.jwt), cookies and query parameters under a regex, read as condroute reads
+-- them: http-request lua.condroute_atoms sets txn.cr_lua_N when atom N holds
 local JWT = %CONFIG%
 
 local function rx(pattern, case_sensitive)
@@ -367,9 +379,10 @@ local function holds(m, values)
 end
 
 -- condroute's cookie parsing (request.parse_cookie_header): ';' pairs, the first '=', quotes taken off
-local function cookie(headers, name)
+local function cookies(headers, name)
+  local out = {}
   local lines = headers["cookie"]
-  if lines == nil then return nil end
+  if lines == nil then return out end
   local i = 0
   while lines[i] ~= nil do
     for part in (lines[i] .. ";"):gmatch("([^;]*);") do
@@ -378,12 +391,12 @@ local function cookie(headers, name)
         k = k:match("^%s*(.-)%s*$")
         v = v:match("^%s*(.-)%s*$")
         if #v >= 2 and v:sub(1, 1) == '"' and v:sub(-1) == '"' then v = v:sub(2, -2) end
-        if k == name then return v end
+        if k == name then out[#out + 1] = v end
       end
     end
     i = i + 1
   end
-  return nil
+  return out
 end
 
 local function token_of(txn)
@@ -400,7 +413,7 @@ local function token_of(txn)
     if v == "" then return nil end
     return v
   end
-  local v = cookie(headers, JWT.name)
+  local v = cookies(headers, JWT.name)[1]
   if v == nil then return nil end
   v = v:match("^%s*(.-)%s*$")
   if v == "" then return nil end
@@ -490,12 +503,42 @@ local function claims_of(txn, token)
   return claims
 end
 
-core.register_action("condroute_jwt", {"http-req"}, function(txn)
-  local token = token_of(txn)
-  local claims = token and claims_of(txn, token)
+-- condroute's parse_query: '&' pairs, the first '=', unquote_plus on name and value
+local function unquote_plus(s)
+  s = s:gsub("+", " ")
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+local function query_values(query, name)
+  local out = {}
+  if query == nil or query == "" then return out end
+  for part in (query .. "&"):gmatch("([^&]*)&") do
+    if part ~= "" then
+      local k, v = part, ""
+      local eq = part:find("=", 1, true)
+      if eq then k, v = part:sub(1, eq - 1), part:sub(eq + 1) end
+      if unquote_plus(k) == name then out[#out + 1] = unquote_plus(v) end
+    end
+  end
+  return out
+end
+
+core.register_action("condroute_atoms", {"http-req"}, function(txn)
+  local claims, headers = false, nil
   for n, a in pairs(ATOMS) do
-    local values = claims and values_at(claims, a.claim) or {}
-    if holds(a.m, values) then txn:set_var("txn.cr_jwt_" .. n, 1) end
+    local values
+    if a.src == "jwt" then
+      if claims == false then
+        local token = token_of(txn)
+        claims = token and claims_of(txn, token) or nil
+      end
+      values = claims and values_at(claims, a.name) or {}
+    elseif a.src == "cookie" then
+      headers = headers or txn.http:req_get_headers()
+      values = cookies(headers, a.name)
+    else
+      values = query_values(txn.f:query(), a.name)
+    end
+    if holds(a.m, values) then txn:set_var("txn.cr_lua_" .. n, 1) end
   end
 end)
 """
