@@ -2,7 +2,8 @@
 of ACLs, first-match order, refusals located), ``haproxy -c`` on every shipped rules file, and the
 real HAProxy verified against condroute's decisions (slow): the shipped cases, the awkward requests
 the nginx export is tested with, and HAProxy's own hard parts (X-Forwarded-For walks beyond the 10
-hops HAProxy's fetches reach, JWT list claims and verification, path rewrites, sticky splits)."""
+hops HAProxy's fetches reach, JWT list claims and verification, path rewrites, sticky splits).
+Over 500 lines: most of it is rules files and request tables, each case one line."""
 from __future__ import annotations
 
 import glob

@@ -32,7 +32,8 @@ from .base import ExportOptions, Exported, Target
 from .haproxy_cond import Acls, Dnf, cond_dnf, conj, fetch_of, term_text
 from .haproxy_jwt import JwtAtoms
 from .haproxy_lua import LUA_NAME, lua_text
-from .haproxy_text import arg, lf, pcre_literal, regex_problem, word
+from .haproxy_paths import path_lines, path_regex
+from .haproxy_text import lf, word
 
 BUCKETS = 10000
 DEFAULT_SERVER_TIMEOUT = "300s"
@@ -372,112 +373,6 @@ def split_key(split: model.Split, at: ir.Where) -> str | None:
                                  "claim paths exactly")
     return fetch_of(ir.Atom(k, split.key, ir.Present(True), at)).replace("req.fhdr(" + split.key + ")",
                                                                           "req.fhdr(" + split.key + ",1)")
-
-
-# ------------------------------------------------------------------------------------------- paths
-def path_regex(rp: model.RoutePath, at: ir.Where) -> tuple[str, dict[str, int]]:
-    """A route path template as one anchored PCRE pattern, and the group number of each parameter
-    ("rest" included), as ``compile.runtime.PathPattern.match`` reads it."""
-    groups: dict[str, int] = {}
-    if rp.segs is not None:
-        if not rp.segs and not rp.has_rest:
-            return "^\\b\\B", {}         # matches nothing, as the template matches nothing
-        parts = []
-        for is_param, text in rp.segs:
-            if is_param:
-                groups[text] = len(groups) + 1
-                parts.append("([^/]+)")
-            else:
-                parts.append(pcre_literal(text))
-        rx = "^/" + "/".join(parts)
-        if rp.has_rest:
-            groups["rest"] = len(groups) + 1
-            rx += "(?:/(.*))?$" if rp.segs else "(.*)$"
-        else:
-            rx += "$"
-        return rx, groups
-    assert rp.pattern is not None
-    pat = rp.pattern
-    if pat.endswith("\\Z"):
-        pat = pat[:-2]
-    why = regex_problem(pat)
-    if why:
-        raise ir.NotExported(at, f"path {rp.text!r}: {why}")
-    import re
-    for m in re.finditer(r"\(\?P<(\w+)>", pat):
-        groups[m.group(1)] = len(groups) + 1
-    if re.search(r"\((?!\?)", pat):
-        raise ir.NotExported(at, f"path {rp.text!r}: an unnamed group in the path pattern")
-    return "^" + pat.replace("'", "\\x27") + "$", groups
-
-
-def path_lines(r: model.Route, b: model.Backend, up: model.Upstream, at: ir.Where) -> list[str]:
-    """The backend's ``http-request`` lines that write the forwarded path (engine.build_target):
-    a template or a rewrite, the "must start with /" fix, the escape check (400), the base path,
-    and the query string (kept; joined with & when the template has its own)."""
-    out: list[str] = []
-    base = up.base_path
-    tpl = b.path
-    if b.rewrite is not None:
-        fmt = rewrite_fmt(b.rewrite, at, out)
-        has_q = False
-    elif tpl is not None:
-        groups: dict[str, int] = {}
-        rx = ""
-        if r.path is not None and r.path.matcher is None:
-            rx, groups = path_regex(r.path, at)
-        fmt_parts = []
-        for is_ph, s in tpl.parts:
-            if not is_ph:
-                fmt_parts.append(lf(s))
-            elif s == "path":
-                fmt_parts.append("%[path]")
-            elif s in groups:
-                out.append(f"http-request set-var(txn.cr_p_{s}) {word('path,regsub(' + arg(rx) + ',' + arg(chr(92) + str(groups[s])) + ')')}")
-                fmt_parts.append(f"%[var(txn.cr_p_{s})]")
-            # a placeholder the route does not capture renders as "" in condroute
-        fmt = "".join(fmt_parts)
-        has_q = "?" in "".join(s for is_ph, s in tpl.parts if not is_ph)
-    else:
-        if base:
-            out.append(f"http-request set-path {word(lf(base) + '%[path]')}")
-        out += _empty_query()
-        return out
-    out.append(f"http-request set-var-fmt(txn.cr_np) {word(fmt)}")
-    out.append("http-request set-var-fmt(txn.cr_np) /%[var(txn.cr_np)] unless { var(txn.cr_np) -m beg / }")
-    out.append("http-request deny deny_status 400 if { var(txn.cr_np) -m reg -- '(^|/)\\.\\.?(;[^/]*)?(/|$)' }")
-    np = lf(base) + "%[var(txn.cr_np)]"
-    if has_q:
-        out.append(f"http-request set-pathq {word(np + '&%[query]')} if {{ query -m len gt 0 }}")
-        out.append(f"http-request set-pathq {word(np)} unless {{ query -m len gt 0 }}")
-    else:
-        out.append(f"http-request set-path {word(np)}")
-        out += _empty_query()
-    return out
-
-
-def _empty_query() -> list[str]:
-    # "/a?" is forwarded as "/a" by condroute (an empty query string is no query string)
-    return ["http-request set-pathq %[path] if { query -m found } { query -m len 0 }"]
-
-
-def rewrite_fmt(rw: model.PathRewrite, at: ir.Where, out: list[str]) -> str:
-    """A log-format string for an imported rewrite (compile.rewrite.rewrite_path)."""
-    if rw.kind == "full":
-        return lf(rw.value)
-    if rw.kind == "prefix":
-        return lf(rw.value) + f"%[path,bytes({len(rw.prefix.encode())})]"
-    if rw.kind == "segments":
-        p = rw.prefix.rstrip("/")
-        rv = rw.value.rstrip("/")
-        if not p:                   # every path is under "/": "/" + rest is the whole path
-            return lf(rv) + "%[path]"
-        # the prefix itself becomes the value ("/" for none); under it, the value + the rest
-        out.append(f"http-request set-var-fmt(txn.cr_np) {word(lf(rv or '/'))} if {{ path -m str -- {word(p)} }}")
-        out.append(f"http-request set-var-fmt(txn.cr_np) {word(lf(rv) + f'%[path,bytes({len(p.encode())})]')} "
-                   f"unless {{ path -m str -- {word(p)} }}")
-        return "%[var(txn.cr_np)]"
-    raise ir.NotExported(at, f"a {rw.kind} path rewrite: not exported to HAProxy yet")
 
 
 class HaproxyTarget(Target):
