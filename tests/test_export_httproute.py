@@ -128,6 +128,35 @@ def test_shipped_rules_round_trip(path: Path) -> None:
     assert (skipped > 0) == bool(refused) or not refused      # a refusal skips only the cases it decides
 
 
+FIXTURES = ROOT / "tests/fixtures"
+
+
+@pytest.mark.parametrize("rules", sorted((FIXTURES / "httproute").glob("*.rules.yaml")), ids=lambda p: p.name)
+def test_imported_httproutes_export_back_whole(rules: Path) -> None:
+    """An HTTPRoute imported into condroute exports back to HTTPRoute with nothing refused, and the
+    Gateway API conformance cases behind the import decide the same (queryParams and redirects too)."""
+    cases = rules.with_name(rules.name.replace(".rules.yaml", ".cases.yaml"))
+    text, refused, _ = export_text(rules)
+    check_document(text)
+    assert refused == []
+    passed, failed, lines = roundtrip("httproute", str(rules), str(cases))
+    assert (passed, failed) == (len(load_cases(str(cases))), 0), lines
+
+
+@pytest.mark.parametrize("rules", sorted((FIXTURES / "istio").glob("*.rules.yaml")), ids=lambda p: p.name)
+def test_imported_virtualservices_round_trip(rules: Path) -> None:
+    """Istio VirtualServices imported into condroute: what exports decides the same; the rest
+    (retries, direct answers, faults, ...) is refused where it was written."""
+    cases = rules.with_name(rules.name.replace(".rules.yaml", ".cases.yaml"))
+    text, refused, _ = export_text(rules)
+    check_document(text)
+    passed, failed, lines = roundtrip("httproute", str(rules), str(cases))
+    assert failed == 0, lines
+    assert passed + sum(1 for ln in lines if ln.startswith("skip ")) == len(load_cases(str(cases)))
+    for r in refused:
+        assert Path(r.at.file).is_file() and r.at.line > 0
+
+
 def test_exact_recipes_pass_every_case() -> None:
     for name, n in (("rules/recipes/header-ab.yaml", 6), ("rules/recipes/httproute-canary.yaml", 6),
                     ("rules/local-build.yaml", 3)):

@@ -54,6 +54,16 @@ def duration(secs: float, at: Where) -> str:
     return "".join(f"{n}{u}" for n, u in parts if n) or "0s"
 
 
+def _literal_prefix(r: model.Route) -> str | None:
+    """The prefix of a ``/prefix/*`` route ("" for every path), None for any other path."""
+    p = r.path
+    if p is None:
+        return ""
+    if p.segs is not None and p.has_rest and all(not is_p for is_p, _ in p.segs):
+        return "/" + "/".join(t for _, t in p.segs) if p.segs else ""
+    return None
+
+
 class Actions:
     """Writes actions; the exporter (``httproute._Export``) holds the state it fills."""
     services: dict[tuple[str, str], str]      # (upstream name, origin+base) -> Service
@@ -142,8 +152,7 @@ class Actions:
             rw = b.rewrite
             if rw.kind == "full":
                 return [(None, {"type": "ReplaceFullPath", "replaceFullPath": rw.value}, False)]
-            if rw.kind == "segments" and r.path is not None and r.path.has_rest and r.path.segs is not None \
-                    and all(not p for p, _ in r.path.segs) and r.path.literal_prefix == rw.prefix:
+            if rw.kind == "segments" and _literal_prefix(r) == rw.prefix.rstrip("/"):
                 return [(None, {"type": "ReplacePrefixMatch", "replacePrefixMatch": rw.value or "/"}, True)]
             raise NotExported(at, f"the path rewrite ({rw.kind}) has no HTTPRoute URLRewrite")
         bases = {up.base_path for up in ups}
@@ -220,15 +229,22 @@ class Actions:
                 body["port"] = rd.port
             elif rd.port_from == "scheme" and not rd.scheme:
                 raise NotExported(at, "a redirect to the scheme's default port without a scheme")
+            elif rd.port_from == "request" and rd.scheme:
+                raise NotExported(at, "a redirect to another scheme that keeps the request's port: a gateway "
+                                      "sends it to the scheme's own port")
+            single = False
             if rd.path is not None:
                 if rd.path.kind == "full":
                     body["path"] = {"type": "ReplaceFullPath", "replaceFullPath": rd.path.value}
+                elif rd.path.kind == "segments" and _literal_prefix(r) == rd.path.prefix.rstrip("/"):
+                    body["path"] = {"type": "ReplacePrefixMatch", "replacePrefixMatch": rd.path.value or "/"}
+                    single = True
                 else:
                     raise NotExported(at, f"the redirect's path rewrite ({rd.path.kind}) is not exported")
             body["statusCode"] = rd.status
             filters.append({"type": "RequestRedirect", "requestRedirect": body})
             rule["filters"] = filters
-            return rule, [(None, None, False)]
+            return rule, [(None, None, single)]
         ups: list[model.Upstream] = []
         if b.split is not None:
             if b.split.kind != "random":

@@ -17,6 +17,7 @@ Query values use ``(?s:.*)`` (a decoded value may hold a line break); header val
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import re2
@@ -211,6 +212,34 @@ _REFUSED_SOURCE = {
 }
 
 
+_JSTR = r'"(?:[^"\\]|\\.)*"'
+_QUERY_TEST = re2.compile(rf'hasQuery\(({_JSTR})\) && getQuery\(({_JSTR})\)(?: == ({_JSTR})|\.matches\(({_JSTR})\))')
+
+
+def query_tests(expr: str) -> list[tuple[str, str, str]] | None:
+    """The ``queryParams`` of condroute's HTTPRoute import, which writes them as CEL testing a
+    parameter's first value (``hasQuery("q") && getQuery("q") == "v"``, ``.matches("^(?:R)$")``),
+    read back as (name, type, value); None for any other expression."""
+    out = []
+    for part in expr.split(" && hasQuery("):
+        if out or not part.startswith("hasQuery("):
+            part = "hasQuery(" + part if out else part
+        m = _QUERY_TEST.fullmatch(part)
+        if m is None:
+            return None
+        name, again = json.loads(m.group(1)), json.loads(m.group(2))
+        if name != again:
+            return None
+        if m.group(3) is not None:
+            out.append((name, "Exact", json.loads(m.group(3))))
+        else:
+            rx = json.loads(m.group(4))
+            if not (rx.startswith("^(?:") and rx.endswith(")$")):
+                return None
+            out.append((name, "RegularExpression", rx[4:-2]))
+    return out
+
+
 def apply(base: Match, conj: list[ir.Cond]) -> list[Match]:
     """The matches for ``base`` AND every leaf of ``conj`` ([] when they can never hold together)."""
     out = [base.copy()]
@@ -220,7 +249,15 @@ def apply(base: Match, conj: list[ir.Cond]) -> list[Match]:
         if isinstance(leaf, ir.Geo):
             raise NotExported(leaf.at, "GeoIP cannot be matched by an HTTPRoute")
         if isinstance(leaf, ir.Cel):
-            raise NotExported(leaf.at, "a CEL expression cannot be matched by an HTTPRoute")
+            qs = query_tests(leaf.expr)
+            if qs is None:
+                raise NotExported(leaf.at, "a CEL expression cannot be matched by an HTTPRoute")
+            for m in out:
+                for name, t, v in qs:
+                    if name in m.query:
+                        raise NotExported(leaf.at, f"query parameter {name} is tested twice in one match")
+                    m.query[name] = (t, v)
+            continue
         if isinstance(leaf, ir.Opaque):
             raise NotExported(leaf.at, leaf.why)
         assert isinstance(leaf, ir.Atom)

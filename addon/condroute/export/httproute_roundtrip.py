@@ -130,8 +130,8 @@ def run(target: str, compiled: Rules, wires: list, refused: list, write: Callabl
             d0 = decide(compiled, w.view)
             if skip(d0):
                 res.skipped += 1
-                res.lines.append(f"skip  {w.name} ({w.where}): decided by {d0.route}/{d0.backend}, which was not "
-                                 f"exported")
+                what = f"{d0.route}/{d0.backend}" if d0.backend else f"route {d0.route} (no backend holds)"
+                res.lines.append(f"skip  {w.name} ({w.where}): decided by {what}, which was not exported")
                 continue
             d1 = decide(imported, w.view) if imported is not None else Decision("passthrough", req=w.view)
             diffs = compare(d0, d1, w.view, target, host_free)
