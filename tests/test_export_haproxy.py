@@ -196,6 +196,11 @@ def test_forwarding_sets_host_timeouts_retries_and_tls_towards_https(tmp_path):
     assert 'http-request set-path "/base%[path]"' in sec
     assert "server b b.example:8443 ssl verify required ca-file @system-ca sni str(b.example) verifyhost b.example" in sec
     assert "retries 0" in e.text.split("backend cr_2_0\n")[1]
+    # condroute retries idempotent methods only: the others go to a copy without retries
+    once = e.text.split("backend cr_1_4_once\n")[1].split("\n\n")[0]
+    assert "retries 0" in once and "retry-on" not in once
+    assert "use_backend cr_1_4_once if cr_be_1_4 !cr_idempotent\n    use_backend cr_1_4 if cr_be_1_4\n" in e.text
+    assert "acl cr_idempotent method,upper -m str GET HEAD PUT DELETE OPTIONS TRACE" in e.text
 
 
 def test_verify_addresses_replace_the_upstreams_but_not_the_host_header(tmp_path):

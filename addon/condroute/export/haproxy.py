@@ -143,7 +143,7 @@ class _Writer:
         if b.split is not None:
             arms = split_arms(b.split, at)
             key = split_key(b.split, at)
-            sections = [self.section(f"{name}_{k}", r, b, up, file, at) for k, (up, _) in enumerate(arms)]
+            uses = [self.place(f"{name}_{k}", r, b, up, file, at) for k, (up, _) in enumerate(arms)]
             self.acls.lines.append(f"acl {chosen} var(txn.cr_backend) -m str {name}")
             seed = zlib.crc32(f"{b.split.salt}\x00{r.name}".encode()) & 0x7FFFFFFF
             if key is None:
@@ -159,26 +159,35 @@ class _Writer:
             for k, (_, upto) in enumerate(arms):
                 last = k == len(arms) - 1
                 cond = chosen + ("" if last else f" {{ var(txn.cr_bucket) -m int lt {upto} }}")
-                self.use.append(f"use_backend {name}_{k} if {cond}")
-            self.sections.extend(sections)
+                self.use += [line.replace("%COND%", cond) for line in uses[k]]
             if b.split.kind != "random":
                 self.notes.append(f"{at}: split by {b.split.by}: sticky per key with the same weights, "
                                   "but a key's arm is HAProxy's hash, not condroute's")
             return
         if b.upstream is None:
             raise ir.NotExported(at, "a backend without upstream, split or respond")
-        sec = self.section(name, r, b, b.upstream, file, at)
+        use = self.place(name, r, b, b.upstream, file, at)
         self.acls.lines.append(f"acl {chosen} var(txn.cr_backend) -m str {name}")
-        self.use.append(f"use_backend {name} if {chosen}")
-        self.sections.append(sec)
+        self.use += [line.replace("%COND%", chosen) for line in use]
+
+    def place(self, name: str, r: model.Route, b: model.Backend, up: model.Upstream, file: str,
+              at: ir.Where) -> list[str]:
+        """The backend section(s) for ``up`` and their ``use_backend`` lines (``%COND%`` for the
+        condition): with retries, a second section without them for the methods condroute does not
+        retry (it retries idempotent methods only; HAProxy retries a failed connection for any)."""
+        self.sections.append(self.section(name, r, b, up, file, at, b.retries))
+        if not b.retries:
+            return [f"use_backend {name} if %COND%"]
+        self.sections.append(self.section(f"{name}_once", r, b, up, file, at, 0))
+        return [f"use_backend {name}_once if %COND% !cr_idempotent", f"use_backend {name} if %COND%"]
 
     def section(self, name: str, r: model.Route, b: model.Backend, up: model.Upstream, file: str,
-                at: ir.Where) -> list[str]:
+                at: ir.Where, retries: int) -> list[str]:
         s = [f"backend {name}", f"    # route {r.name!r}, backend {b.name!r} ({at}) -> {up.name}"]
         if b.timeout is not None:
             s.append(f"    timeout server {max(1, round(b.timeout * 1000))}ms")
-        s.append(f"    retries {b.retries}")
-        if b.retries:
+        s.append(f"    retries {retries}")
+        if retries:
             s.append("    retry-on conn-failure")
         s += ["    " + x for x in path_lines(r, b, up, at)]
         if b.host_rewrite is not None:
@@ -248,6 +257,7 @@ class _Writer:
                                                           "regsub('^\\[(.*)\\]$','\\1')")]
         acl_head = ["acl cr_routed var(txn.cr_route) -m found",
                     "acl cr_chosen var(txn.cr_backend) -m found",
+                    "acl cr_idempotent method,upper -m str GET HEAD PUT DELETE OPTIONS TRACE",
                     "acl cr_badpath var(txn.cr_rawpath) -m reg -i -- '%2[ef]|%5c|\\\\' '(^|/)\\.\\.?;'"]
         f += acl_head + self.acls.lines
         f += ["# routes in file order: the first whose match holds owns the request"] + self.select
