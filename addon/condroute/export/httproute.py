@@ -159,6 +159,9 @@ class _Export(Actions):
                 self._note(f"{bat}: route {r.name}: backend {b.name} is never selected (an earlier backend always "
                            f"holds): not written")
                 continue
+            if isinstance(b.when, model.Never):
+                self._note(f"{bat}: route {r.name}: backend {b.name} can never hold ({b.when.reason}): not written")
+                continue
             if b.respond is not None and b.respond.status == 404 and not b.respond.headers and b.when is None:
                 # the gateway's own 404: nothing written, and no later rule may take these requests
                 info.ends = True

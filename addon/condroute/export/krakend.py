@@ -179,6 +179,9 @@ class _Export:
                 self._note(f"{bat}: route {r.name}: backend {b.name} is never selected (an earlier backend always "
                            f"holds): not written")
                 continue
+            if isinstance(b.when, model.Never):
+                self._note(f"{bat}: route {r.name}: backend {b.name} can never hold ({b.when.reason}): not written")
+                continue
             try:
                 d = self.backend(r, b, bat)
                 c = ir.when(b, file)
