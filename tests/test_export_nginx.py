@@ -214,7 +214,7 @@ def test_respond_keeps_dollars_literal_and_forwarding_sets_host_timeouts_retries
     assert 'proxy_ssl_name "b.example";' in e.text
     assert "proxy_read_timeout 2500ms;" in e.text and "proxy_next_upstream_tries 3;" in e.text
     assert e.text.count("server b.example:8443 max_fails=0;") == 3
-    assert 'set $cr_fwd_r1b5 "/base$cr_path";' in e.text
+    assert 'set $cr_fwdp_r1b5 "$cr_path";' in e.text and 'set $cr_fwd_r1b5 "/base${cr_fwdp_r1b5}";' in e.text
 
 
 def test_verify_addresses_replace_the_upstreams_but_not_the_host_header(tmp_path):
@@ -372,3 +372,65 @@ def test_nginx_routes_the_awkward_requests_as_condroute_does(tmp_path):
     r = run(TARGET, compiled, m, wires)
     assert r.refused == []
     assert (r.passed, r.failed) == (len(REQUESTS), 0), "\n".join(r.lines)
+
+
+def istio_actions(tmp_path) -> tuple[str, str]:
+    """tests/fixtures/istio/actions.* without its scheme match (CEL, which nginx is not given)."""
+    import yaml
+    fx = os.path.join(ROOT, "tests", "fixtures", "istio")
+    vs = open(os.path.join(fx, "own", "actions-vs.yaml")).read().replace("      scheme:\n        exact: http\n", "")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "actions-vs.yaml").write_text(vs)
+    rules = tmp_path / "actions.rules.yaml"
+    rules.write_text(open(os.path.join(fx, "actions.rules.yaml")).read())
+    cases = [c for c in yaml.safe_load(open(os.path.join(fx, "actions.cases.yaml"))) if "scheme match" not in c["name"]]
+    (tmp_path / "actions.cases.yaml").write_text(yaml.safe_dump(cases))
+    return str(rules), str(tmp_path / "actions.cases.yaml")
+
+
+@pytest.mark.slow
+def test_imported_redirects_rewrites_and_header_edits_verify_on_nginx(tmp_path):
+    nginx_or_skip()
+    rules, cases = istio_actions(tmp_path)
+    r = verify_file("nginx", rules, cases)
+    assert r.refused == [] and r.failed == 0 and r.passed == 9, "\n".join(r.lines)
+
+
+@pytest.mark.slow
+def test_a_mirror_sends_a_copy_to_its_own_upstream(tmp_path):
+    import http.client
+    import time
+
+    from condroute import model
+    from condroute.export import verify as v
+    nginx_or_skip()
+    rules, _ = istio_actions(tmp_path)
+    _, m = read(rules)
+    recs = {}
+    for up in model.every_upstream(m):
+        recs.setdefault(up.origin, v.Recorder(up.name))
+    work = tmp_path / "work"
+    work.mkdir()
+    opts = ExportOptions(listen_host="127.0.0.1", listen_port=v.free_port(), workdir=str(work),
+                         addresses={o: ("127.0.0.1", r.port) for o, r in recs.items()})
+    v.write(TARGET.export(m, opts), TARGET, str(work))
+    assert TARGET.check(str(work)) is None
+    proc = TARGET.start(str(work), opts)
+    try:
+        assert v._wait_listening(proc, opts.listen_port, time.monotonic() + 20) is None
+        for i in range(40):
+            c = http.client.HTTPConnection("127.0.0.1", opts.listen_port, timeout=10)
+            c.request("GET", f"/m/{i}?x=1", headers={"Host": "web.shop.example"})
+            assert c.getresponse().status == 200
+            c.close()
+        stable, shadow = recs["http://127.0.0.1:9501"], recs["http://127.0.0.1:9503"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(shadow.arrivals) < 5:
+            time.sleep(0.05)
+        assert [a["target"] for a in stable.arrivals] == [f"/m/{i}?x=1" for i in range(40)]
+        copies = [a["target"] for a in shadow.arrivals]
+        assert 5 <= len(copies) <= 35 and set(copies) <= {f"/m/{i}?x=1" for i in range(40)}   # 50 %
+    finally:
+        v.stop(proc)
+        for r in recs.values():
+            r.close()

@@ -15,7 +15,8 @@ The scheme (readable top to bottom in the file it writes):
 
 Sticky splits are ``split_clients`` on the split key (a missing key: ``$request_id``, a random
 pick per request, as condroute). Helpers: ``nginx_match`` (matchers as PCRE), ``nginx_parts``
-(paths, upstreams and the locations).
+(the configuration's blocks, paths, upstreams), ``nginx_locations`` (a backend's location),
+``nginx_njs`` (the njs script for JWT claims and trusted-proxy client addresses).
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ import shutil
 import subprocess
 
 from .. import model
+from ..compile.compiler import NEVER_STRIP
 from . import ir
 from .base import ExportOptions, Exported, Target
 from .ir import NotExported, where_line
 from .nginx_match import bits_rx, leaves, tree_atoms
-from .nginx_parts import Config, backend_location, route_path_rx
+from .nginx_locations import backend_location
+from .nginx_parts import Config, route_path_rx
 
 
 class Route:
@@ -102,6 +105,11 @@ class NginxTarget(Target):
             except NotExported as e:
                 cfg.refused.append(e)
                 continue
+            strip: tuple[str, ...] = ()
+            if rules.settings.strip_routing_headers:     # the header names the route's conditions read
+                conds = [ir.route_conditions(r, file)] + [ir.when(b, file) for b in r.backends]
+                strip = tuple(sorted({a.name for c in conds for a in ir.atoms(c) if isinstance(a, ir.Atom)
+                                      and a.source == "header" and a.name and a.name not in NEVER_STRIP}))
             kept: list[tuple[model.Backend, str | None]] = []
             for j, b in enumerate(r.backends, 1):
                 try:
@@ -113,7 +121,7 @@ class NginxTarget(Target):
                         else:
                             t = leaves(w)
                             bit = _cond_var(cfg, t, f"r{i}b{j}")
-                    backend_location(cfg, rules, r, b, f"r{i}b{j}", params, file)
+                    backend_location(cfg, rules, r, b, f"r{i}b{j}", params, file, strip)
                 except NotExported as e:
                     cfg.refused.append(e)
                     continue

@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from .. import model
+from ..compile.rewrite import parse_replacement
 from . import ir
 from .ir import NotExported, Where
 from .nginx_match import translate_regex
@@ -221,6 +222,14 @@ function claimKey(r) {          // a split by jwt:CLAIM: the first value, '' wit
     return values.length ? asText(values[0]) : '';
 }
 
+function rewrite(r, n) {       // every match of the pattern replaced (compile.rewrite.RewriteRegex.sub)
+    var R = CFG.rewrites[n];
+    return r.variables.cr_path.replace(new RegExp(R.p, 'g'), function () {
+        var a = arguments;
+        return R.parts.map(function (p) { return typeof p === 'number' ? (a[p] === undefined ? '' : a[p]) : p; }).join('');
+    });
+}
+
 // ------------------------------------------------------------------------------- the client address
 function parse4(s) {
     var p = s.split('.');
@@ -346,10 +355,11 @@ class Njs:
         self.jwt: dict[str, Any] | None = None
         self.split_claims: list[str] = []
         self.client = False
+        self.rewrites: list[dict[str, Any]] = []
 
     @property
     def used(self) -> bool:
-        return bool(self.leaves or self.client or self.split_claims)
+        return bool(self.leaves or self.client or self.split_claims or self.rewrites)
 
     def jwt_settings(self, at: Where) -> dict[str, Any]:
         """``settings.jwt`` as the script reads it; NotExported for keys njs cannot check in js_set."""
@@ -394,6 +404,12 @@ class Njs:
         self.leaves.append(spec)
         return f"j{len(self.leaves)}"
 
+    def rewrite(self, pattern: str, replacement: str, at: Where) -> str:
+        """The js_set function of a regular-expression rewrite of the path (every match replaced,
+        ``\\N`` a group, as RE2's rewrite string)."""
+        self.rewrites.append({"p": translate_regex(pattern, at), "parts": list(parse_replacement(replacement))})
+        return f"rw{len(self.rewrites)}"
+
     def split_claim(self, claim: str, at: Where) -> str:
         self.jwt_settings(at)
         if self.split_claims and self.split_claims[0] != claim:
@@ -410,9 +426,12 @@ class Njs:
         for n in self.rules.settings.trusted_proxies:
             trusted.append([list(n.network_address.packed), n.prefixlen])
         cfg = {"jwt": self.jwt, "leaves": self.leaves, "trusted": trusted, "peerHeader": self.peer_header,
+               "rewrites": self.rewrites,
                "splitClaim": self.split_claims[0] if self.split_claims else None}
         funcs = [f"function j{i}(r) {{ return leaf(r, {i - 1}); }}" for i in range(1, len(self.leaves) + 1)]
-        exports = [f"j{i}" for i in range(1, len(self.leaves) + 1)] + ["client", "claimKey"]
+        funcs += [f"function rw{i}(r) {{ return rewrite(r, {i - 1}); }}" for i in range(1, len(self.rewrites) + 1)]
+        exports = ([f"j{i}" for i in range(1, len(self.leaves) + 1)] + ["client", "claimKey"]
+                   + [f"rw{i}" for i in range(1, len(self.rewrites) + 1)])
         return (SCRIPT.replace("@CFG@", json.dumps(cfg, indent=1))
                 .replace("@FUNCS@", "\n".join(funcs)).replace("@EXPORTS@", ", ".join(exports)))
 

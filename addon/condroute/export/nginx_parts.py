@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .. import model
 from . import ir
 from .base import ExportOptions
-from .ir import NotExported, Where, where_line
+from .ir import NotExported, Where
 from .nginx_match import Test, cookie_first, cookie_rx, esc, query_first, query_rx, whole_rx
 from .nginx_njs import Njs
 
@@ -263,7 +263,8 @@ class Config:
                "    client_max_body_size 0;", "    server_tokens off;", "    default_type text/plain;",
                "    proxy_http_version 1.1;", "    variables_hash_max_size 4096;", "    variables_hash_bucket_size 128;",
                "    map_hash_bucket_size 128;", "",
-               '    geo $cr_dollar { default "$"; }   # a literal $ in strings nginx expands', ""]
+               '    geo $cr_dollar { default "$"; }   # a literal $ in strings nginx expands',
+               '    geo $cr_empty { default ""; }     # an empty answer body (a literal "" gets nginx\'s error page)', ""]
         out += ["    # the path condroute matches: RFC 3986 dot segments removed, // merged, %XX kept",
                 "    map $request_uri $cr_rawpath {",
                 f"        {q(RAWPATH_RX)}  $1;",
@@ -302,6 +303,9 @@ class Config:
             out += ["        # settings.trusted_proxies: X-Forwarded-For walked from the right to the first untrusted address"]
             out += [f"        set_real_ip_from {n};" for n in self.rules.settings.trusted_proxies]
             out += ["        real_ip_header X-Forwarded-For;", "        real_ip_recursive on;"]
+        if any("set $cr_routed 1;" in loc for loc in self.locations):
+            out += ["        uninitialized_variable_warn off;",
+                    "        if ($cr_routed) { break; }     # a mirror's subrequest: already dispatched"]
         out += ["        set $cr_path $cr_path_now;",
                 f"        rewrite ^ {PREFIX}$cr_dispatch last;", "",
                 f"        location = {PREFIX}none {{ internal; return 404 \"no route\\n\"; }}",
@@ -315,211 +319,3 @@ class Config:
             out += ["        " + ln for ln in loc.split("\n")] + [""]
         out += ["    }", "}", ""]
         return "\n".join(out)
-
-
-# -------------------------------------------------------------------------------------------- locations
-def _ms(seconds: float) -> str:
-    return f"{max(1, int(round(seconds * 1000)))}ms"
-
-
-def _template(cfg: Config, b: model.Backend, params: dict[str, str], at: Where) -> tuple[str, bool]:
-    """The forwarded path (without base path and query) as an nginx string, and whether it may hold
-    a '.' or '..' segment (then the location refuses it, as condroute)."""
-    if b.rewrite is not None:
-        rw = b.rewrite
-        v = cfg.var("rw")
-        if rw.kind == "full":
-            return qv(rw.value)[1:-1], False
-        if rw.kind == "segments":
-            p = rw.prefix.rstrip("/")
-            r = rw.value.rstrip("/")
-            cfg.maps.append("\n".join([
-                f"map $cr_path {v} {{   # {at} rewrite {rw.prefix or '/'} -> {rw.value or '/'} by segment",
-                f"    {q('~^' + esc(p) + '$')}  {qv(r or '/')};",
-                f"    {q('~^' + esc(p) + '/(.*)$')}  {qv(r + '/')[:-1]}$1\";",
-                "    default $cr_path;", "}"]))
-            return v, False
-        if rw.kind == "prefix":
-            cfg.maps.append("\n".join([
-                f"map $cr_path {v} {{   # {at} rewrite prefix {rw.prefix} -> {rw.value}",
-                f"    {q('~(?s)^.{%d}(.*)$' % len(rw.prefix))}  {qv(rw.value)[:-1]}$1\";",
-                f"    default {qv(rw.value)};", "}"]))
-            return v, True
-        raise NotExported(at, "a regular-expression rewrite (replace every match) has no nginx form")
-    if b.path is None:
-        return "$cr_path", False
-    out, risky = [], False
-    for is_ph, s in b.path.parts:
-        if not is_ph:
-            out.append(qv(s)[1:-1])
-        elif s == "path":
-            out.append("${cr_path}")
-        else:
-            var = params.get(s)
-            out.append("${" + var[1:] + "}" if var else "")
-            risky = True
-    text = "".join(out)
-    if not b.path.text.startswith("/") and not b.path.text.startswith("{path}"):
-        v = cfg.var("fw")
-        cfg.maps.append(f'map "{text}" {v} {{   # {at} a path always starts with /\n    "~^/"  "{text}";\n'
-                        f'    default "/{text}";\n}}')
-        text = v
-    return text, risky
-
-
-def _respond(cfg: Config, b: model.Backend, loc: str, at: Where) -> str:
-    rs = b.respond
-    assert rs is not None
-    lines = [f"location = {PREFIX}{loc} {{   # {at} {b.name}: respond {rs.status}", "    internal;"]
-    ctype = None
-    location = None
-    for k, v in rs.headers:
-        low = k.lower()
-        if low == "content-type":
-            ctype = v
-        elif low == "location" and 300 <= rs.status < 400:
-            location = v
-        elif low in OWN_RESPONSE_HEADERS or not HEADER_NAME.match(k):
-            raise NotExported(at, f"respond header {k}: nginx writes this header itself")
-        else:
-            lines.append(f"    add_header {q(k)} {qv(v)} always;")
-    if rs.status in (301, 302, 303, 307, 308):
-        if rs.body or location is None:
-            raise NotExported(at, f"respond {rs.status}: nginx answers {rs.status} only as a redirect (a Location, no body)")
-        lines.append(f"    return {rs.status} {qv(location)};")
-    else:
-        if location is not None:
-            lines.append(f"    add_header Location {qv(location)} always;")
-        if rs.status < 200 or rs.status > 599 or (rs.status in (204, 304) and rs.body):
-            raise NotExported(at, f"respond {rs.status}: nginx cannot answer that status with a body")
-        if ctype is not None:
-            lines.append(f"    default_type {q(ctype)};")
-        lines.append(f"    return {rs.status} {qv(rs.body)};")
-    lines.append("}")
-    return "\n".join(lines)
-
-
-def backend_location(cfg: Config, rules: model.Rules, r: model.Route, b: model.Backend, loc: str,
-                     params: dict[str, str], file: str) -> None:
-    """The internal location of backend ``b`` (``/_condroute/LOC``), added to ``cfg``; raises
-    NotExported for what it cannot write."""
-    at = where_line(file, b.line)
-    if b.respond is not None:
-        cfg.locations.append(_respond(cfg, b, loc, at))
-        return
-    if b.redirect is not None:
-        raise NotExported(at, "a redirect (imported) is not exported to nginx yet")
-    if b.mirrors:
-        raise NotExported(at, "a mirror (imported) is not exported to nginx yet")
-    path, risky = _template(cfg, b, params, at)
-    query = "$is_args$args"
-    if b.path is not None and b.rewrite is None and "?" in b.path.text:
-        query = "${cr_ampargs}"
-        if not any("cr_ampargs" in m for m in cfg.maps):
-            cfg.maps.append('map $args $cr_ampargs { "" ""; default "&$args"; }')
-    lines = [f"location = {PREFIX}{loc} {{   # {at} route {r.name}, backend {b.name}", "    internal;"]
-    retries = max(0, int(b.retries or 0))
-    if b.split is not None:
-        sp = b.split
-        arms = [(up, w) for up, w in sp.arms if w > 0] or [(up, 1.0) for up, _ in sp.arms]
-        if not arms:
-            raise NotExported(at, "a split without arms")
-        key = _split_key(cfg, sp, at)
-        sv = cfg.var("split")
-        total = sum(w for _, w in arms)
-        body = []
-        for k, (_, w) in enumerate(arms):
-            if k == len(arms) - 1:
-                body.append(f"    *  {k};")
-            else:     # rounded down to nginx's 0.01 %: the last arm takes the rest
-                body.append(f"    {int(w / total * 10000) / 100:g}%  {k};")
-        cfg.maps.append(f"split_clients {q(key)} {sv} {{   # {at} split by {sp.by}: {', '.join(f'{u.name} {w:g}' for u, w in arms)}\n"
-                        + "\n".join(body) + "\n}")
-        schemes, groups, hosts, bases = set(), [], [], []
-        for up, _ in arms:
-            sch, g = cfg.upstream(up, retries)
-            schemes.add(sch)
-            groups.append(g)
-            hosts.append(up.authority)
-            bases.append(up.base_path)
-            if sch == "https":
-                raise NotExported(at, "a split with an https arm is not exported to nginx yet")
-        scheme = schemes.pop()
-        gv, hv, bv = sv + "_up", sv + "_host", sv + "_base"
-        for v, vals in ((gv, groups), (hv, hosts), (bv, bases)):
-            cfg.maps.append(f"map {sv} {v} {{\n" + "\n".join(f"    {k}  {qv(x)};" for k, x in enumerate(vals)) + "\n}")
-        group, authority, base = gv, hv, bv
-        sni = None
-    else:
-        up = b.upstream
-        if up is None:
-            raise NotExported(at, "a backend without an upstream")
-        scheme, group = cfg.upstream(up, retries)
-        authority, base = qv(up.authority), qv(up.base_path)[1:-1]
-        sni = up.host if scheme == "https" else None
-    fwd = f"$cr_fwd_{loc}"
-    lines.append(f'    set {fwd} "{base}{path}";')
-    if risky:
-        lines.append(f'    if ({fwd} ~ "(?:^|/)\\\\.\\\\.?(?:;[^/]*)?(?:/|$)") {{ return 400 "condroute: the path would leave '
-                     "the backend's path\\n\"; }")
-    lines.append(f"    proxy_pass {scheme}://{group}{fwd}{query};")
-    if sni:
-        lines += ["    proxy_ssl_server_name on;", f"    proxy_ssl_name {q(sni)};"]
-    sets = {k.lower(): (k, v) for k, v in b.set_headers}
-    host = sets.pop("host", None)
-    if host is not None:
-        lines.append(f"    proxy_set_header Host {qv(host[1])};")
-    elif b.host_rewrite is not None:
-        lines.append(f"    proxy_set_header Host {qv(b.host_rewrite)};")
-    elif b.preserve_host:
-        lines.append("    proxy_set_header Host $http_host;")
-    else:
-        lines.append(f"    proxy_set_header Host {authority if authority.startswith(('$', chr(34))) else q(authority)};")
-    for name in b.remove_headers:
-        if name.lower() in sets or name.lower() == "host":
-            continue
-        lines.append(f'    proxy_set_header {q(name)} "";')
-    for k, v in sets.values():
-        if v == "":
-            raise NotExported(at, f"set_headers {k}: \"\": nginx does not send a header set to an empty value")
-        if not HEADER_NAME.match(k):
-            raise NotExported(at, f"set_headers {k!r}: not a header name nginx sends")
-        lines.append(f"    proxy_set_header {q(k)} {qv(v)};")
-    for k, v in b.add_headers:
-        if k.lower() in sets or k.lower() in {n.lower() for n in b.remove_headers}:
-            raise NotExported(at, f"add_headers {k}: also set or removed; not exported to nginx")
-        lines.append(f"    proxy_set_header {q(k)} $http_{k.lower().replace('-', '_')};   # the client's, then added")
-        lines.append(f"    proxy_set_header {q(k)} {qv(v)};")
-    if b.timeout:
-        t = _ms(b.timeout)
-        lines += [f"    proxy_connect_timeout {t};", f"    proxy_send_timeout {t};", f"    proxy_read_timeout {t};"]
-    if retries:
-        lines += ["    proxy_next_upstream error;   # idempotent methods only (nginx's default)",
-                  f"    proxy_next_upstream_tries {retries + 1};"]
-    else:
-        lines.append("    proxy_next_upstream off;")
-    lines.append("}")
-    cfg.locations.append("\n".join(lines))
-
-
-def _split_key(cfg: Config, sp: model.Split, at: Where) -> str:
-    if sp.kind == "random":
-        return "$request_id"
-    if sp.kind == "cookie":
-        src = cfg.cookie_value(sp.key)
-    elif sp.kind == "header":
-        if not HEADER_NAME.match(sp.key):
-            raise NotExported(at, f"split by header {sp.key!r}: not a header name nginx reads")
-        src = "$http_" + sp.key.lower().replace("-", "_")
-    elif sp.kind == "query":
-        src = cfg.query_value(sp.key)
-    elif sp.kind == "client_ip":
-        src = cfg.client_ip_source(at)
-    else:
-        cfg.js_sets["$cr_jwtkey"] = cfg.njs.split_claim(sp.key, at)
-        src = "$cr_jwtkey"
-    kv = cfg.var("key")
-    cfg.maps.append(f'map {src} {kv} {{   # {at} the split key; missing: a random pick per request\n'
-                    f'    "" $request_id;\n    default "k{src}";\n}}')
-    return kv
-
