@@ -528,3 +528,18 @@ def test_differential_generated_rules(tmp_path: Path) -> None:
         total += len(cases)
         compared += p
     assert compared > total // 3          # most requests are decided by exported parts
+
+
+# ------------------------------------------------------------------------------------------ command line
+def test_cli_export_and_verify(tmp_path: Path, capsys) -> None:
+    from condroute.cli.main import main
+    out = tmp_path / "httproute.yaml"
+    assert main(["export", "--to", "httproute", str(ROOT / "rules/recipes/header-ab.yaml"), "-o", str(out)]) == 0
+    check_document(out.read_text())
+    capsys.readouterr()
+    rc = main(["export", "--to", "httproute", "--verify", str(ROOT / "rules/recipes/header-ab.yaml"),
+               "--cases", str(ROOT / "rules/recipes/header-ab.cases.yaml")])
+    assert rc == 0 and "6 passed, 0 failed" in capsys.readouterr().out
+    rc = main(["export", "--to", "httproute", str(ROOT / "rules/ab-test.yaml")])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{ROOT / 'rules/ab-test.yaml'}:21:25: not exported to httproute: cookies" in err

@@ -324,3 +324,22 @@ def test_differential_generated_rules(tmp_path: Path) -> None:
         p, f, lines, _ = both(d, rules, requests)
         assert f == 0, (rules, [ln for ln in lines if ln.startswith("FAIL")][:5])
         assert p == len(requests), (rules, lines)
+
+
+def test_cli_export_and_verify(tmp_path: Path, capsys) -> None:
+    from condroute.cli.main import main
+    rp = write(tmp_path, "rules.yaml", RULES)
+    out = tmp_path / "krakend.json"
+    rc = main(["export", "--to", "krakend", str(rp), "-o", str(out)])
+    assert rc == 0 and "route me has no methods: written for GET, POST" in capsys.readouterr().err
+    assert json.loads(out.read_text())["version"] == 3
+    cases = write(tmp_path, "cases.yaml", """\
+- request: {url: "http://api.example/users/7", headers: {X-Beta: "1"}}
+  expect: {backend: beta, path: /base/v2/users/7}
+- request: {url: "http://api.example/users/7?tenant=eu-1"}
+  expect: {backend: eu}
+- request: {url: "http://api.example/nowhere"}
+  expect: {outcome: passthrough}
+""")
+    rc = main(["export", "--to", "krakend", "--verify", str(rp), "--cases", str(cases)])
+    assert rc == 0 and "3 passed, 0 failed" in capsys.readouterr().out

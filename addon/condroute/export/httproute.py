@@ -290,6 +290,9 @@ class _Export(Actions):
                                                          f"answers 502 (on_no_match: error); an HTTPRoute cannot "
                                                          f"answer 502 (a gateway answers 404, or 500 for a rule "
                                                          f"without backends): add a fallback backend"), ri, -1)
+        if any(e.match.headers for e in self.entries):
+            self._note("headers: condroute tests each value of a repeated header on its own (so does its HTTPRoute "
+                       "import); Envoy-based gateways test the values joined with ','")
         if any(e.match.query for e in self.entries):
             self._note("query parameters: the gateway tests a parameter's first value (as the specification "
                        "recommends); condroute tests every value of a repeated one")
