@@ -291,6 +291,9 @@ class _Export:
         port = r.port if r.port is not None else default if r.port_from == "scheme" else None
         if port is not None and port != default:
             out["port_redirect"] = port
+        elif port is None and r.host is not None:
+            raise NotExported(at, "a redirect to a new host that keeps the request's port: Envoy's host_redirect "
+                                  "drops the port")
         elif port is not None and r.host is None:
             # condroute leaves the default port out of the Location; Envoy writes a port_redirect
             # out, and without one keeps the request's port unless the host changes too
