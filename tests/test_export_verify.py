@@ -88,6 +88,14 @@ def test_each_difference_of_an_arrival_is_named(tmp_path, arrival, wanted):
     assert v.compare(d, w, answer_from(*arrival), origins, compiled, "gw") == wanted
 
 
+def test_repeated_header_fields_folded_into_one_are_the_same(tmp_path):
+    compiled, m, w, d, origins = setup(tmp_path, "http://shop.example/", [("X-Ab", "B"), ("X-Ab", "B")])
+    folded = answer_from("b", "/base/", [("Host", "127.0.0.1:9002"), ("X-Ab", "B,B"), ("X-Variant", "B")])
+    assert v.compare(d, w, folded, origins, compiled, "gw") == []
+    other = answer_from("b", "/base/", [("Host", "127.0.0.1:9002"), ("X-Ab", "B"), ("X-Variant", "B")])
+    assert v.compare(d, w, other, origins, compiled, "gw") == ["header x-ab: condroute [B, B], gw B"]
+
+
 def test_a_direct_answer_is_compared_by_status_body_and_headers(tmp_path):
     compiled, m, w, d, origins = setup(tmp_path, "http://shop.example/", [("X-Ab", "block")])
     assert d.outcome == "respond"
