@@ -552,3 +552,85 @@ def test_cookie_query_and_header_values_as_condroute_reads_them(tmp_path):
         (u, {}, "POST", None),
     ]
     _verify(tmp_path, VALUES, reqs)
+
+
+# ------------------------------------------------------------------------------ generated rule sets
+_WORDS = ["a", "B", "ab", "a b", "x,y", "é"]
+
+
+def _matcher(rnd: random.Random, depth: int = 0) -> str:
+    w = rnd.choice(_WORDS)
+    forms = [f'"{w}"', f'["{w}", "{rnd.choice(_WORDS)}"]', f'{{prefix: "{w[0]}"}}', f'{{suffix: "{w[-1]}"}}',
+             f'{{contains: "{w}", ignore_case: {str(w.isascii()).lower()}}}', '{regex: "^[aA]"}', f"{{present: {rnd.choice(['true', 'false'])}}}",
+             f'{{equals: "{w.lower()}", ignore_case: true}}' if w.isascii() else '""']
+    if depth == 0 and rnd.random() < 0.2:
+        return f"{{not: {_matcher(rnd, 1)}}}"
+    return rnd.choice(forms)
+
+
+def _cond(rnd: random.Random, depth: int = 0) -> str:
+    r = rnd.random()
+    if depth < 2 and r < 0.15:
+        return f"{{any: [{_cond(rnd, depth + 1)}, {_cond(rnd, depth + 1)}]}}"
+    if depth < 2 and r < 0.25:
+        return f"{{not: {_cond(rnd, depth + 1)}}}"
+    kind = rnd.choice(["header", "cookie", "query", "method", "path", "host"])
+    if kind in ("header", "cookie", "query"):
+        return f"{{{kind}: {{{rnd.choice(['k', 'K2'] if kind == 'header' else ['k', 'k2'])}: {_matcher(rnd)}}}}}"
+    if kind == "method":
+        return f"{{method: {rnd.choice(['GET', '[GET, POST]', '{prefix: P}'])}}}"
+    if kind == "path":
+        return "{path: " + rnd.choice(["{prefix: /a}", '{regex: "^/[ab]/?$"}', "/b"]) + "}"
+    return f"{{host: {rnd.choice(['{suffix: .example}', 'h.example'])}}}"
+
+
+def _rules(rnd: random.Random) -> str:
+    # (a split's arms without base paths: --verify compares the path with condroute's own arm's)
+    out = ["version: 1", "upstreams:", "  u1: http://127.0.0.1:9001", "  u2: http://127.0.0.1:9002",
+           "  u3: http://127.0.0.1:9003/base",
+           f"settings: {{on_no_match: {rnd.choice(['passthrough', 'error'])}}}", "routes:"]
+    for i in range(rnd.randint(1, 3)):
+        match = rnd.choice(["", "match: {path: /a/*}", 'match: {path: "/{x}/b"}', "match: {host: ['*.example']}",
+                            "match: {methods: [GET]}"])
+        out += [f"  - name: r{i}"] + ([f"    {match}"] if match else []) + ["    backends:"]
+        for j in range(rnd.randint(1, 3)):
+            out += [f"      - name: b{j}", f"        when: {_cond(rnd)}"]
+            kind = rnd.random()
+            if kind < 0.15:
+                out.append('        respond: {status: 403, body: "no\\n", headers: {X-R: "1"}}')
+            elif kind < 0.3:
+                out.append('        split: {by: "header:k", weights: {u1: 50, u2: 50}}')
+            else:
+                out.append(f"        upstream: {rnd.choice(['u1', 'u2', 'u3'])}")
+                if "{x}" in match and rnd.random() < 0.5:
+                    out.append('        path: "/p/{x}/{path}"')
+                elif "/a/*" in match and rnd.random() < 0.5:
+                    out.append('        path: "/r/{rest}"')
+                if rnd.random() < 0.4:
+                    out.append('        set_headers: {X-Set: "v"}')
+                    out.append("        remove_headers: [K2]")
+        if rnd.random() < 0.5:
+            out += ["      - name: fb", "        fallback: true", "        upstream: u1"]
+    return "\n".join(out) + "\n"
+
+
+def _request(rnd: random.Random) -> tuple:
+    path = rnd.choice(["/", "/a", "/a/", "/a/x/y", "/b", "/z/b", "/b/", "/a//x/../y"])
+    qs = rnd.choice(["", "?k=a", "?k=a+b", "?k2=%C3%A9&k=B", "?k", "?k=ab&k=x%2Cy"])
+    host = rnd.choice(["h.example", "x.example", "other.test"])
+    headers: list[tuple[str, str]] = []
+    for _ in range(rnd.randint(0, 3)):
+        name = rnd.choice(["k", "K2", "Cookie"])
+        if name == "Cookie":
+            headers.append(("Cookie", rnd.choice(["k=a", 'k="ab"', "k2=B; k=a b", "k=", "x=1"])))
+        else:
+            headers.append((name, rnd.choice(_WORDS[:5] + [""])))
+    return (f"http://{host}{path}{qs}", headers, rnd.choice(["GET", "GET", "POST"]), None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(6))
+def test_generated_rule_sets_route_as_condroute_decides(seed, tmp_path):
+    haproxy_or_skip()
+    rnd = random.Random(1500 + seed)
+    _verify(tmp_path, _rules(rnd), [_request(rnd) for _ in range(60)])

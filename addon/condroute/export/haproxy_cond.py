@@ -97,9 +97,11 @@ def matcher_dnf(acls: Acls, a: ir.Atom, m: ir.Matcher, fetch: str | None) -> Dnf
     if a.source in ("cookie", "query") and not isinstance(m, ir.Regex):
         # exact: a search of each raw Cookie line / the raw query for a pair that condroute's own
         # parsing would read as this name and a matching value (the nginx exporter's expressions)
-        rx = cookie_rx(a.name, m, a.at) if a.source == "cookie" else query_rx(a.name, m, a.at)
+        leaf = ir.Present(True) if isinstance(m, ir.Present) else m
+        rx = cookie_rx(a.name, leaf, a.at) if a.source == "cookie" else query_rx(a.name, leaf, a.at)
         raw = "req.fhdr(cookie)" if a.source == "cookie" else "query"
-        return [((acls.define(raw, "reg", False, (rx,), hint), False),)]
+        absent = isinstance(m, ir.Present) and not m.present
+        return [((acls.define(raw, "reg", False, (rx,), hint), absent),)]
     method = _METHODS[type(m)]
     pats: tuple[str, ...]
     if isinstance(m, ir.Eq):
