@@ -109,6 +109,15 @@ def test_a_direct_answer_is_compared_by_status_body_and_headers(tmp_path):
     assert v.compare(d, w, forwarded, origins, compiled, "gw") == ["condroute answers 403, gw sent it to a"]
 
 
+def test_an_answer_to_head_has_no_body_to_compare(tmp_path):
+    compiled, m = read(rules_file(tmp_path))
+    w = v.wire("c", "x:1", build_request("http://shop.example/", "HEAD", [("X-Ab", "block")]), m)
+    d = decide(compiled, w.view)
+    assert v.compare(d, w, v.Answer(403, [("X-Why", "blocked")], b""), {}, compiled, "gw") == []
+    assert v.compare(d, w, v.Answer(200, [("X-Why", "blocked")], b""), {}, compiled, "gw") == [
+        "status: condroute 403, gw 200"]
+
+
 def test_no_route_is_the_gateways_own_404(tmp_path):
     compiled, m, w, d, origins = setup(tmp_path, "http://other.example/")
     assert d.outcome == "passthrough"
