@@ -261,3 +261,25 @@ def test_a_rules_file_that_does_not_load_is_reported_located(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith(f"{p}:4:") and "nowhere" in err
 
+
+
+def test_upstream_overrides_replace_the_address_in_the_model_and_in_the_decisions(tmp_path):
+    compiled, m = read(rules_file(tmp_path), {"b": "https://shop-b.prod.svc/v2"})
+    assert (m.upstreams["b"].scheme, m.upstreams["b"].authority, m.upstreams["b"].base_path) == \
+        ("https", "shop-b.prod.svc", "/v2")
+    backend_b = m.routes[0].backends[0]
+    assert backend_b.upstream.host == "shop-b.prod.svc"      # the backends' references too
+    d = decide(compiled, build_request("http://shop.example/x", headers=[("X-Ab", "B")]))
+    assert d.url == "https://shop-b.prod.svc/v2/x"
+    with pytest.raises(ValueError, match="has no upstream 'c' to replace \\(its upstreams: a, b\\)"):
+        read(rules_file(tmp_path), {"c": "http://x"})
+
+
+@pytest.mark.parametrize("value", ["b", "b=", "=http://x", "b=svc:80"])
+def test_a_bad_upstream_override_is_one_sentence(value, capsys, tmp_path):
+    from condroute.export.targets import NAMES
+    if not NAMES:
+        pytest.skip("no export target module yet")
+    assert main(["export", "--to", NAMES[0], rules_file(tmp_path), "--upstream", value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("condroute export: --upstream takes NAME=URL such as stable=http://shop-api.prod:8080")

@@ -42,6 +42,9 @@ def add_parser(command) -> None:
                    help="write the configuration to OUT (other files it needs beside it); default: stdout")
     x.add_argument("--allow-partial", action="store_true",
                    help="write (and verify) what can be exported even when some rules cannot")
+    x.add_argument("--upstream", action="append", default=[], metavar="NAME=URL",
+                   help="send upstream NAME to URL instead of the file's (production's address for the "
+                        "laptop's); repeat for more; --verify decides with it too")
     x.add_argument("--listen", metavar="[HOST:]PORT", default="0.0.0.0:8080",
                    help="where the gateway listens (default 0.0.0.0:8080)")
     x.add_argument("--verify", action="store_true", help="run the export on the real gateway against --cases")
@@ -74,9 +77,17 @@ def cmd_export(args: argparse.Namespace, usage) -> int:
     if args.to not in NAMES:
         raise usage(f"unknown target {args.to!r}; the targets are {', '.join(NAMES)}")
     host, port = _listen(args.listen, usage)
+    replace = {}
+    for item in args.upstream:
+        name, eq, url = item.partition("=")
+        if not eq or not name.strip() or "://" not in url:
+            raise usage(f"--upstream takes NAME=URL such as stable=http://shop-api.prod:8080, not {item!r}")
+        replace[name.strip()] = url.strip()
     t = target(args.to)
     try:
-        compiled, m = read(args.file)
+        compiled, m = read(args.file, replace)
+    except ValueError as e:
+        raise usage(str(e)) from None
     except RulesError as e:
         for p in e.problems:
             print(p, file=sys.stderr)
