@@ -306,7 +306,7 @@ version: 1
 upstreams: {a: http://127.0.0.1:9001, b: http://127.0.0.1:9002}
 routes:
   - name: api
-    match: {path: /api/*}
+    match: {path: /api/*, methods: [GET]}
     backends: [{name: all, upstream: a}]
   - name: v1
     match: {path: /api/v1/*}
@@ -317,6 +317,27 @@ routes:
     _, refused, _ = export_text(rp)
     assert [r.line("httproute").split(": not exported")[0] for r in refused] == [f"{rp}:10:9"]
     assert "ranks this match (path PathPrefix /api/v1) before" in refused[0].why
+
+
+def test_a_route_never_reached_is_left_out(tmp_path: Path) -> None:
+    """/api/v1/* after /api/*: condroute never reaches it (validate says so too); the gateway would
+    prefer the longer prefix, so it is not written, with a note."""
+    rules = """\
+version: 1
+upstreams: {a: http://127.0.0.1:9001, b: http://127.0.0.1:9002}
+routes:
+  - name: api
+    match: {path: /api/*}
+    backends: [{name: all, upstream: a}]
+  - name: v1
+    match: {path: /api/v1/*}
+    backends: [{name: v1, upstream: b}]
+"""
+    p, f, lines, docs = both(tmp_path, rules, [req(f"http://h{x}") for x in ("/api", "/api/v1/x", "/apix", "/")])
+    assert (p, f) == (4, 0), lines
+    assert [r["name"] for d in docs for r in d["spec"]["rules"]] == ["api-all"]
+    _, _, notes = export_text(tmp_path / "rules.yaml")
+    assert any("route v1 is never reached" in n and "route api" in n for n in notes), notes
 
 
 def test_precedence_that_agrees_is_exported(tmp_path: Path) -> None:
@@ -353,6 +374,7 @@ version: 1
 upstreams: {a: http://127.0.0.1:9001, b: http://127.0.0.1:9002}
 routes:
   - name: beta
+    match: {path: /api/*}
     backends: [{name: beta, when: {header: {X-Beta: "1"}}, upstream: b}]
   - name: rest
     backends: [{name: all, upstream: a}]
@@ -361,6 +383,23 @@ routes:
     _, refused, _ = export_text(rp)
     assert len(refused) == 1 and refused[0].at == Where(str(rp), 4, 5)
     assert "passes through in condroute, but the gateway would give it to route rest" in refused[0].why
+
+
+def test_route_without_fallback_owning_everything(tmp_path: Path) -> None:
+    """A route that matches every request owns it: what none of its backends takes passes through
+    (the gateway's 404), and the routes after it are never reached."""
+    rules = """\
+version: 1
+upstreams: {a: http://127.0.0.1:9001, b: http://127.0.0.1:9002}
+routes:
+  - name: beta
+    backends: [{name: beta, when: {header: {X-Beta: "1"}}, upstream: b}]
+  - name: rest
+    backends: [{name: all, upstream: a}]
+"""
+    p, f, lines, docs = both(tmp_path, rules, [req("http://h/", {"X-Beta": "1"}), req("http://h/x")])
+    assert (p, f) == (2, 0), lines
+    assert [r["name"] for d in docs for r in d["spec"]["rules"]] == ["beta-beta"]
 
 
 def test_hostname_groups_keep_first_match(tmp_path: Path) -> None:
@@ -383,8 +422,9 @@ routes:
     p, f, lines, docs = both(tmp_path, rules, cases)
     assert (p, f) == (len(cases), 0), lines
     groups = {tuple(d["spec"].get("hostnames", [])): [r["name"] for r in d["spec"]["rules"]] for d in docs}
-    assert groups == {("shop.example", "*.shop.example"): ["shop-s", "wild-w", "any-a"],
-                      ("*.example",): ["wild-w", "any-a"], (): ["any-a"]}
+    # route any is never reached for *.example hosts (wild takes them all): left out there
+    assert groups == {("shop.example", "*.shop.example"): ["shop-s", "wild-w"],
+                      ("*.example",): ["wild-w"], (): ["any-a"]}
 
 
 # ------------------------------------------------------------------------------------------- actions

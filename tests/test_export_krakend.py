@@ -252,17 +252,20 @@ def test_router_precedence(tmp_path: Path) -> None:
 version: 1
 upstreams: {a: http://127.0.0.1:9001, b: http://127.0.0.1:9002}
 routes:
-  - {name: id, match: {path: "/u/{id}", methods: [GET]}, backends: [{name: x, upstream: a}]}
-  - {name: me, match: {path: /u/me, methods: [GET]}, backends: [{name: x, upstream: b}]}
-  - {name: again, match: {path: "/u/{id}", methods: [GET]}, backends: [{name: x, upstream: b}]}
-  - {name: other, match: {path: "/u/{uid}/x", methods: [GET]}, backends: [{name: x, upstream: b}]}
-  - {name: post, match: {path: /u/me, methods: [POST]}, backends: [{name: x, upstream: b}]}
+  - {name: id, match: {path: "/u/{id}/x", methods: [GET]}, backends: [{name: x, upstream: a}]}
+  - {name: me, match: {path: "/u/me/{k}", methods: [GET]}, backends: [{name: x, upstream: b}]}
+  - {name: again, match: {path: "/u/{id}/x", methods: [GET]}, backends: [{name: x, upstream: b}]}
+  - {name: other, match: {path: "/u/{uid}/y", methods: [GET]}, backends: [{name: x, upstream: b}]}
+  - {name: post, match: {path: "/u/me/{k}", methods: [POST]}, backends: [{name: x, upstream: b}]}
+  - {name: shadowed, match: {path: /u/you/x, methods: [GET]}, backends: [{name: x, upstream: b}]}
 """
     rp = write(tmp_path, "rules.yaml", rules)
-    doc, refused, _ = export(rp)
+    doc, refused, notes = export(rp)
     got = {(r.at.line, r.why.split(": ", 1)[1].split(" ")[0]) for r in refused}
-    assert got == {(5, "KrakenD's"), (6, "the"), (7, "a")}, [r.line("krakend") for r in refused]
-    assert [(e["endpoint"], e["method"]) for e in doc["endpoints"]] == [("/u/{id}", "GET"), ("/u/me", "POST")]
+    # me: the router prefers its literal "me" where condroute gives /u/me/x to id; other: {uid} vs {id}
+    assert got == {(5, "KrakenD's"), (7, "a")}, [r.line("krakend") for r in refused]
+    assert [(e["endpoint"], e["method"]) for e in doc["endpoints"]] == [("/u/{id}/x", "GET"), ("/u/me/{k}", "POST")]
+    assert sum("is never reached for GET" in n for n in notes) == 2       # again, shadowed
 
 
 def test_relation() -> None:

@@ -44,7 +44,7 @@ import yaml
 from .. import model
 from . import ir
 from .base import Exported, ExportOptions, Target
-from .httproute_match import ANY_PATH, MAX_MATCHES, Match, apply, disjoint, dnf, route_path
+from .httproute_match import ANY_PATH, MAX_MATCHES, Match, apply, covers, disjoint, dnf, route_path
 from .httproute_action import Actions, dns_label, is_dns_name
 from .httproute_roundtrip import run as run_roundtrip
 from .httproute_roundtrip import workdir_file
@@ -230,9 +230,30 @@ class _Export(Actions):
             out.append(([], anyhost))
         return out
 
-    def conflicts(self, members: list[int]) -> list[tuple[NotExported, int, int | None]]:
+    def shadowed(self, hosts: list[str], members: list[int]) -> set[int]:
+        """The routes of one HTTPRoute that condroute never reaches: an earlier route matches every
+        request they do (and owns it, whatever its backends do). Leaving them out is exact."""
+        dead: set[int] = set()
+        for n, ri in enumerate(members):
+            info = self.infos[ri]
+            if not info.bases:
+                continue
+            by = None
+            for m in info.bases:
+                by = next((k for k in members[:n] if k not in dead for a in self.infos[k].bases if covers(a, m)), None)
+                if by is None:
+                    break
+            if by is not None:
+                dead.add(ri)
+                where = f" for {', '.join(hosts)}" if hosts else ""
+                self._note(f"{info.at}: route {info.route.name} is never reached{where}: route "
+                           f"{self.infos[by].route.name} ({self.infos[by].at}) matches every request it does; not "
+                           f"written")
+        return dead
+
+    def conflicts(self, members: list[int], dead: set[int]) -> list[tuple[NotExported, int, int | None]]:
         """Where the gateway's precedence would change the winner within one HTTPRoute."""
-        ents = [e for e in self.entries if e.route in members]
+        ents = [e for e in self.entries if e.route in members and e.route not in dead]
         rank = {ri: n for n, ri in enumerate(members)}
         ents.sort(key=lambda e: (rank[e.route], self._border(e)))
         out: list[tuple[NotExported, int, int | None]] = []
@@ -254,6 +275,8 @@ class _Export(Actions):
         # requests a route owns that none of its backends takes must not reach a later route
         for n, ri in enumerate(members):
             info = self.infos[ri]
+            if ri in dead:
+                continue
             if (ri, self.covering.get(ri)) in bad:
                 info.covered = False
             if (info.covered and not info.ends) or not info.bases:
@@ -298,16 +321,19 @@ class _Export(Actions):
                        "recommends); condroute tests every value of a repeated one")
         groups = self.groups()
         seen: set[str] = set()
-        for _, members in groups:
-            for e, ri, bi in self.conflicts(members):
+        deads: list[set[int]] = []
+        for hosts, members in groups:
+            dead = self.shadowed(hosts, members)
+            deads.append(dead)
+            for e, ri, bi in self.conflicts(members, dead):
                 if e.line("x") not in seen:
                     seen.add(e.line("x"))
                     self.refuse(e, ri, bi)
         docs = []
         stem = dns_label(os.path.splitext(os.path.basename(self.rules.file))[0], 40)
         used: set[str] = set()
-        for hosts, members in groups:
-            doc = self.document(stem, hosts, members, used)
+        for (hosts, members), dead in zip(groups, deads):
+            doc = self.document(stem, hosts, [ri for ri in members if ri not in dead], used)
             if doc is not None:
                 docs.append(doc)
         self.refused.sort(key=lambda e: (e.at.file, e.at.line, e.at.col))

@@ -356,3 +356,34 @@ def disjoint(a: Match, b: Match) -> bool:
             if ta == tb == "Exact" and va != vb:
                 return True
     return False
+
+
+def _path_covers(a: PathM, b: PathM) -> bool:
+    """Every path ``b`` matches, ``a`` matches too (False when it cannot be told)."""
+    if a.segs is None or b.segs is None:
+        return a == b
+    na, nb = len(a.segs), len(b.segs)
+    if nb < na:
+        return False
+    for (pa, ta), (pb, tb) in zip(a.segs, b.segs):
+        if pa:
+            if not pb and tb == "":
+                return False
+        elif pb or ta != tb:
+            return False
+    if not a.rest:
+        return nb == na and not b.rest
+    if a.more:
+        return nb > na or b.more
+    return True
+
+
+def covers(a: Match, b: Match) -> bool:
+    """Every request ``b`` matches, ``a`` matches too (False when it cannot be told)."""
+    if a.method is not None and a.method != b.method:
+        return False
+    if any(b.headers.get(k) != v for k, v in a.headers.items()):
+        return False
+    if any(b.query.get(k) != v for k, v in a.query.items()):
+        return False
+    return _path_covers(a.path, b.path)

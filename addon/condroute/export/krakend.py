@@ -19,8 +19,9 @@ What becomes what (/work/notes/readme-documents.md has the table):
   backends after it are never selected and are not written (a note). ``fallback: true`` →
   ``strategy: fallback``;
 - **routes.** KrakenD's router picks the endpoint by path (a literal segment before a parameter),
-  never by order: where it would pick a later route than condroute does, or two routes have the
-  same path and method, the later one is refused. Routes without a path or with ``/*`` are refused
+  never by order: where it would pick a later route than condroute does, the later one is
+  refused; a route an earlier one covers (same method, every path) is never reached and is left
+  out (a note). Routes without a path or with ``/*`` are refused
   (KrakenD's wildcard endpoints are an Enterprise feature that condroute's KrakenD import does not
   read, so the export could not be verified), as are hosts (KrakenD routes by path) and a route's
   own conditions (an endpoint owns its path whatever the request says);
@@ -232,19 +233,26 @@ class _Export:
             self.endpoints.append(Endpoint(ri, m, r.path.segs, at, dict(body, method=m)))
 
     def router(self) -> None:
-        """Refuse the later of two endpoints where KrakenD's router would pick it for a request that
-        condroute gives to the earlier (a literal segment wins over a parameter), or that repeats a
-        path and method."""
+        """Leave out an endpoint condroute never reaches (an earlier route of its method matches every
+        path it does); refuse the later of two endpoints where KrakenD's router would pick it for a
+        request that condroute gives to the earlier (a literal segment wins over a parameter), or
+        whose parameters are named apart at one place."""
         kept: list[Endpoint] = []
         for e in self.endpoints:
             why = None
+            shadow = next((k for k in kept if k.method == e.method and k.route != e.route and _covers(k.segs, e.segs)),
+                          None)
+            if shadow is not None:
+                # condroute never reaches it: the earlier route owns every such request
+                self._note(f"{e.at}: route {self.rules.routes[e.route].name} is never reached for {e.method}: route "
+                           f"{self.rules.routes[shadow.route].name} ({shadow.at}) matches every request it does; "
+                           f"not written")
+                continue
             for k in kept:
                 if k.method != e.method or k.route == e.route:
                     continue
                 rel = _relation(k.segs, e.segs)
-                if rel == "same":
-                    why = f"the same path and method as route {self.rules.routes[k.route].name} ({k.at})"
-                elif rel == "later":
+                if rel == "later":
                     why = (f"KrakenD's router prefers this path's literal segment over the parameter of route "
                            f"{self.rules.routes[k.route].name} ({k.at}), which comes first in condroute")
                 elif rel == "names":
@@ -298,6 +306,12 @@ def _ordered(extra: dict | None) -> dict:
     if not extra:
         return {}
     return {k: extra[k] for k in sorted(extra, key=lambda k: k != "backend/conditional")}
+
+
+def _covers(a: tuple, b: tuple) -> bool:
+    """Every path the segments ``b`` match, ``a`` matches too (a parameter: any non-empty segment)."""
+    return len(a) == len(b) and all((pa and (pb or tb)) or (not pa and not pb and ta == tb)
+                                    for (pa, ta), (pb, tb) in zip(a, b))
 
 
 def _relation(a: tuple, b: tuple) -> str | None:
