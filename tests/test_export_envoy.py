@@ -530,6 +530,59 @@ def test_envoy_routes_the_awkward_requests_as_condroute_does(tmp_path):
     assert res.failed == 0 and res.passed == len(FEATURE_REQUESTS), "\n".join(res.lines)
 
 
+def only_reserved_names_dropped(res) -> bool:
+    """Every difference is a header of the export's own (x-condroute-client-*, x-condroute-jwt-*) that
+    the client sent and Envoy removed: the names are reserved so that no client can forge them."""
+    fails = [ln for ln in res.lines if ln.startswith("FAIL")]
+    return all(re.search(r": header x-condroute-(client|jwt)-[a-z0-9-]+: condroute .*, envoy absent$", ln)
+               for ln in fails)
+
+
+ANA = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwiYXVkIjoic2hvcCIsInN1YiI6ImFuYSIs"
+       "Imdyb3VwcyI6WyJzdGFmZiIsImJldGEtdGVzdGVycyJdLCJleHAiOjQxMDI0NDQ4MDB9.0o5WfF4g_G7J9rbmRh5jAa3WmZwX9FhY-DDUEAlpd6k")
+
+
+@pytest.mark.slow
+@needs_envoy
+def test_envoy_finds_and_verifies_tokens_as_condroute_does_and_internal_headers_cannot_be_forged():
+    path = str(ROOT / "rules" / "recipes" / "jwt-verified.yaml")
+    url = "http://app.example/"
+    res = verify_requests(path, [
+        ("GET", url, {"Authorization": f"bearer {ANA}"}, None),          # any case
+        ("GET", url, {"Authorization": ANA}, None),                      # no scheme
+        ("GET", url, {"Authorization": f"Basic {ANA}"}, None),           # another scheme: no token
+        ("GET", url, {"Authorization": f"Bearer  {ANA} "}, None),
+        ("GET", url, {"x-condroute-jwt-0": "beta-testers"}, None),       # forged claim header
+        ("GET", url, {"x-condroute-jwt-token": ANA}, None),              # forged token header
+        ("GET", url, {"Authorization": "Bearer x", "x-condroute-jwt-0": "beta-testers"}, None),
+    ])
+    # routed as condroute routes them; the only difference: the export's reserved names never go upstream
+    assert res.passed == 4 and res.failed == 3 and only_reserved_names_dropped(res), "\n".join(res.lines)
+
+
+@pytest.mark.slow
+@needs_envoy
+def test_strip_routing_headers_and_forged_client_networks(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(textwrap.dedent("""\
+        version: 1
+        upstreams: {a: "http://127.0.0.1:9001", b: "http://127.0.0.1:9002"}
+        settings: {strip_routing_headers: true}
+        routes:
+          - name: r
+            match: {header: {X-Tenant: {present: true}}}
+            backends:
+              - {name: office, when: {client_ip: 10.0.0.0/8, header: {X-Env: green}}, upstream: b}
+              - {name: rest, fallback: true, upstream: a, set_headers: {X-Seen: "1"}}
+        """))
+    res = verify_requests(str(p), [
+        ("GET", "http://x.example/", {"X-Tenant": "t", "X-Env": "green", "Cookie": "c=1"}, "10.1.2.3"),
+        ("GET", "http://x.example/", {"X-Tenant": "t", "X-Env": "green", "x-condroute-client-net-0": "1"}, "192.0.2.1"),
+        ("GET", "http://x.example/", {"X-Tenant": "t", "x-condroute-client-ip": "10.0.0.1"}, "192.0.2.1"),
+    ])
+    assert res.passed == 1 and res.failed == 2 and only_reserved_names_dropped(res), "\n".join(res.lines)
+
+
 # what Envoy's normalisation does differently (documented in the README): it decodes percent-encoded
 # unreserved characters and reads %2e as '.', where condroute keeps them and refuses %2e
 @pytest.mark.slow
