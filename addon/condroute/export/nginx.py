@@ -21,6 +21,7 @@ pick per request, as condroute). Helpers: ``nginx_match`` (matchers as PCRE), ``
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -75,8 +76,8 @@ def _cond_var(cfg: Config, tree, label: str) -> str:
     """The variable (or constant) that is 1 when ``tree`` holds: a leaf's own, or a map over its
     leaves' bits."""
     t = _single(tree)
-    if isinstance(t, ir.And) and not t.parts:
-        return "1"
+    if not tree_atoms(t):       # a constant (true, false, request.scheme == "http")
+        return "1" if re.search("^" + bits_rx(t, {}), "") else "0"
     if not isinstance(t, (ir.And, ir.Or, ir.Not)):
         return cfg.leaf_var(t)
     vars_: list[str] = []

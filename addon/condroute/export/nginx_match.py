@@ -233,6 +233,21 @@ def query_rx(name: str, m: Leaf, at: Where) -> str:
     return f"{start}(?:{'|'.join(alts)})"
 
 
+def first_of(rx: str, sep: str, name_rx: str) -> str:
+    """``rx`` (a search for some pair, from ``(?:^|SEP)``) held by the *first* pair of that name."""
+    start = f"(?:^|{sep})"
+    assert rx.startswith(start)
+    return f"^(?:(?!{name_rx})[^{sep}]*{sep})*" + rx[len(start):]
+
+
+def cookie_first_rx(name: str, m: Leaf, at: Where) -> str:
+    return first_of(cookie_rx(name, m, at), ";", f"{WS}*{esc(name)}{WS}*=")
+
+
+def query_first_rx(name: str, m: Leaf, at: Where) -> str:
+    return first_of(query_rx(name, m, at), "&", f"{qlit(name, name=True)}(?:=|&|$)")
+
+
 def query_first(name: str) -> str:
     """The first parameter ``name`` of the raw query: ``$1`` its raw value."""
     return f"(?:^|&){qlit(name, name=True)}(?:=([^&]*))?(?:&|$)"
@@ -250,6 +265,9 @@ def leaves(c: ir.Cond) -> ir.Cond:
         return ir.Not(leaves(c.inner))
     if isinstance(c, ir.Atom):
         return _split(c.source, c.name, c.matcher, c.at)
+    if isinstance(c, ir.Cel):
+        from .nginx_cel import translate
+        return leaves(translate(c))
     return c
 
 

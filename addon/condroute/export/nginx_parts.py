@@ -9,7 +9,8 @@ from .. import model
 from . import ir
 from .base import ExportOptions
 from .ir import NotExported, Where
-from .nginx_match import Test, cookie_first, cookie_rx, esc, query_first, query_rx, whole_rx
+from .nginx_match import (Test, cookie_first, cookie_first_rx, cookie_rx, esc, query_first, query_first_rx, query_rx,
+                          whole_rx)
 from .nginx_njs import Njs
 
 PREFIX = "/_condroute/"
@@ -145,12 +146,16 @@ class Config:
             return self.regex_map("$http_cookie", cookie_rx(a.name, m, at), f"{at} {what}")
         if a.source == "query":
             return self.regex_map("$args", query_rx(a.name, m, at), f"{at} {what}")
+        if a.source == "query_first":
+            return self.regex_map("$args", query_first_rx(a.name, m, at), f"{at} query {a.name} (its first value)")
+        if a.source == "cookie_first":
+            return self.regex_map("$http_cookie", cookie_first_rx(a.name, m, at), f"{at} cookie {a.name} (its first value)")
         if a.source == "jwt":
             fn = self.njs.jwt_leaf(a.name or "", m, at)
             v = f"$cr_{fn}"
             self.js_sets[v] = fn
             return v
-        src = {"method": "$request_method", "host": "$host", "path": "$cr_path",
+        src = {"method": "$request_method", "scheme": "$scheme", "host": "$host", "path": "$cr_path",
                "port": "$cr_port", "authority": "$cr_authority"}.get(a.source)
         if src is None:
             raise NotExported(at, f"{a.source}: no nginx form")
