@@ -583,3 +583,25 @@ def test_cli_export_and_verify(tmp_path: Path, capsys) -> None:
     rc = main(["export", "--to", "httproute", str(ROOT / "rules/ab-test.yaml")])
     err = capsys.readouterr().err
     assert rc == 1 and f"{ROOT / 'rules/ab-test.yaml'}:21:25: not exported to httproute: cookies" in err
+
+
+def test_service_names_and_ports(tmp_path: Path) -> None:
+    """An upstream is the Service named after it on its port; one named NAME:PORT (as the HTTPRoute
+    import looks backendRefs up) is Service NAME on PORT; a URL written in a backend is HOST-PORT."""
+    rules = """\
+version: 1
+upstreams:
+  "shop-api:8080": http://127.0.0.1:9001
+  "shop-api:9090": http://127.0.0.1:9005
+  Shop_Web: http://127.0.0.1:9003
+routes:
+  - {name: a, match: {path: /a/*}, backends: [{name: x, upstream: "shop-api:8080"}]}
+  - {name: b, match: {path: /b/*}, backends: [{name: x, upstream: "shop-api:9090"}]}
+  - {name: u, match: {path: /u/*}, backends: [{name: x, upstream: "http://10.1.2.3:7000"}]}
+  - {name: c, backends: [{name: x, upstream: Shop_Web}]}
+"""
+    p, f, lines, docs = both(tmp_path, rules, [req(f"http://h{x}") for x in ("/a/1", "/b/1", "/u/1", "/c")])
+    assert (p, f) == (4, 0), lines
+    assert [r["backendRefs"] for r in docs[0]["spec"]["rules"]] == [
+        [{"name": "shop-api", "port": 8080}], [{"name": "shop-api", "port": 9090}],
+        [{"name": "u-10-1-2-3-7000", "port": 7000}], [{"name": "shop-web", "port": 9003}]]

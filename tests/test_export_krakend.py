@@ -313,7 +313,7 @@ def _rand_rules(rng: random.Random) -> str:
 
 def test_differential_generated_rules(tmp_path: Path) -> None:
     rng = random.Random(1516)
-    for n in range(40):
+    for n in range(25):
         rules = _rand_rules(rng)
         requests = []
         for _ in range(30):

@@ -81,7 +81,7 @@ class _Export(Actions):
         self.rules = rules
         self.refused: list[NotExported] = []
         self.notes: list[str] = []
-        self.services: dict[tuple[str, str], str] = {}   # (upstream name, origin+base) -> Service
+        self.services: dict[tuple[str, str], tuple[str, int]] = {}   # (upstream name, origin+base) -> Service
         self.ports: dict[str, tuple[int, model.Upstream]] = {}
         self.host_free: set[str] = set()                  # upstream origins whose Host the gateway does not send
         self.entries: list[Entry] = []
@@ -340,8 +340,8 @@ class _Export(Actions):
         head = [f"# condroute export of {os.path.basename(self.rules.file)}: {len(docs)} HTTPRoute(s) "
                 f"({API}).",
                 f"# parentRefs names the Gateway '{GATEWAY}': change it to yours. Services (one per upstream):"]
-        for (up_name, _), svc in self.services.items():
-            port, up = self.ports[svc]
+        for (up_name, _), (svc, port) in self.services.items():
+            up = self.ports[f"{svc}:{port}"][1]
             head.append(f"#   {svc}:{port}  <- upstream {up_name} ({up.url})")
         head.append("# Requests no rule matches get the gateway's own 404 (condroute would pass them through).")
         body = "---\n".join(dump(d) for d in docs)
@@ -430,7 +430,7 @@ class HTTPRouteTarget(Target):
             if "\nkind: HTTPRoute" not in exp.text:
                 return None                     # nothing exported: every request passes through
             workdir_file(tmp, self.config_name, exp.text)
-            ups = {svc: f"{up.scheme}://{up.authority}" for svc, (_, up) in ex.ports.items()}
+            ups = {key: f"{up.scheme}://{up.authority}" for key, (_, up) in ex.ports.items()}
             text = yaml.safe_dump({"version": 1, "upstreams": ups, "imports": [self.config_name]}, sort_keys=False)
             return workdir_file(tmp, "condroute.yaml", text)
 

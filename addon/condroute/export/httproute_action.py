@@ -24,6 +24,7 @@ from .. import model
 from .httproute_match import PathM, exact_path
 from .ir import NotExported, Where
 
+_NAME_PORT = re.compile(r"^([a-z]([-a-z0-9]{0,61}[a-z0-9])?):([0-9]{1,5})$")
 _HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -66,34 +67,42 @@ def _literal_prefix(r: model.Route) -> str | None:
 
 class Actions:
     """Writes actions; the exporter (``httproute._Export``) holds the state it fills."""
-    services: dict[tuple[str, str], str]      # (upstream name, origin+base) -> Service
-    ports: dict[str, tuple[int, model.Upstream]]
+    services: dict[tuple[str, str], tuple[str, int]]   # (upstream name, origin+base) -> Service, port
+    ports: dict[str, tuple[int, model.Upstream]]        # "SERVICE:PORT" -> (port, upstream)
     host_free: set[str]                        # upstream origins whose Host the gateway does not send
     notes: list[str]
 
-    def service(self, up: model.Upstream) -> str:
+    def service(self, up: model.Upstream) -> tuple[str, int]:
+        """The Service (name, port) an upstream is: an upstream named ``NAME:PORT`` (as the HTTPRoute
+        import looks a backendRef up) is Service NAME on PORT; another is the Service named after it
+        on the upstream's own port."""
         key = (up.name, up.origin + up.base_path)
         if key in self.services:
             return self.services[key]
-        base = dns_label(up.name if "://" not in up.name else f"{up.host}-{up.port}")
+        m = _NAME_PORT.match(up.name)
+        if m is not None and 0 < int(m.group(3)) < 65536:
+            base, port = m.group(1), int(m.group(3))
+        else:
+            base, port = dns_label(up.name if "://" not in up.name else f"{up.host}-{up.port}"), up.port
         name, n = base, 2
         taken = set(self.services.values())
-        while name in taken:
+        while (name, port) in taken:
             name = f"{base[:60]}-{n}"
             n += 1
-        self.services[key] = name
-        self.ports[name] = (up.port, up)
+        self.services[key] = (name, port)
+        self.ports[f"{name}:{port}"] = (port, up)
         if up.scheme == "https":
             self._note(f"upstream {up.name} is https: Service {name} is reached over plain HTTP unless a "
                        f"BackendTLSPolicy says otherwise (not written)")
-        return name
+        return name, port
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
 
     def ref(self, up: model.Upstream, weight: int | None = None) -> dict:
-        d: dict[str, Any] = {"name": self.service(up), "port": up.port}
+        name, port = self.service(up)
+        d: dict[str, Any] = {"name": name, "port": port}
         if weight is not None:
             d["weight"] = weight
         return d
@@ -119,7 +128,7 @@ class Actions:
         for up in ups:
             self.host_free.add(up.origin)
             self._note(f"upstream {up.name} ({up.authority}): the gateway sends the client's Host to Service "
-                       f"{self.service(up)}, condroute sends {up.authority} (URLRewrite.hostname takes a DNS "
+                       f"{self.service(up)[0]}, condroute sends {up.authority} (URLRewrite.hostname takes a DNS "
                        f"name only; give the upstream its DNS name, or set preserve_host: true, for the same Host)")
         return None
 
