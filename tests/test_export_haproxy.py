@@ -389,7 +389,7 @@ JWT_RULES = textwrap.dedent("""\
             fallback: true
             upstream: other
     """)
-SECRET = "condroute-test-secret-0123456789abcdef"
+SECRET = "condroute-test-secret-0123456789abcdef-0123456789abcdef-01234567"
 
 
 def _tok(claims: dict, key: str = SECRET, alg: str = "HS256", **hdr) -> str:
@@ -411,7 +411,7 @@ def test_jwt_claims_and_verification_as_condroute_reads_them(tmp_path):
         _tok({"level": 3, "admin": True}),
         _tok({"level": 3.0, "admin": True}),
         _tok({"level": "3", "admin": "true"}),
-        _tok({"groups": ["beta-testers"]}, key="another-key-0123456789abcdefgh"),  # forged
+        _tok({"groups": ["beta-testers"]}, key="another-key-0123456789abcdefgh-0123456789abcdef-0123456789abcdef"),  # forged
         _tok({"groups": ["beta-testers"], "exp": now - 10}),                     # expired within leeway
         _tok({"groups": ["beta-testers"], "exp": now - 100}),                    # expired
         _tok({"groups": ["beta-testers"], "nbf": now + 100}),

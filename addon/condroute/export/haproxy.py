@@ -21,7 +21,9 @@ How the decision is kept exact (the notes, /work/notes/readme-haproxy.md, say it
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import shutil
 import subprocess
 import zlib
@@ -328,7 +330,6 @@ def server_line(up: model.Upstream, opts: ExportOptions) -> str:
 
 
 def _is_ip(h: str) -> bool:
-    import ipaddress
     try:
         ipaddress.ip_address(h)
         return True
@@ -337,7 +338,6 @@ def _is_ip(h: str) -> bool:
 
 
 def safe_name(s: str) -> str:
-    import re
     return re.sub(r"[^A-Za-z0-9_.:-]", "_", s)[:60] or "upstream"
 
 

@@ -17,8 +17,8 @@ split and decode otherwise than condroute (cookies on ',', parameters on ';', no
 
 Refused: keys from public_key_file or jwks_file (RS*/ES*/PS*/EdDSA), number comparisons.
 
-Over 500 lines because it carries the Lua source (~400 lines: a JSON reader, condroute's claim and
-cookie/query rules, PyJWT's checks), which is one program and is kept in one piece.
+Why this module is long: it carries the Lua source (~400 lines: a JSON reader, condroute's claim
+and cookie/query rules, PyJWT's checks), one program kept in one piece.
 """
 from __future__ import annotations
 
