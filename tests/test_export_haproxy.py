@@ -634,3 +634,34 @@ def test_generated_rule_sets_route_as_condroute_decides(seed, tmp_path):
     haproxy_or_skip()
     rnd = random.Random(1500 + seed)
     _verify(tmp_path, _rules(rnd), [_request(rnd) for _ in range(60)])
+
+
+PORTS = textwrap.dedent("""\
+    version: 1
+    upstreams:
+      a: http://127.0.0.1:9001
+      b: http://127.0.0.1:9002
+      c: http://127.0.0.1:9003
+    routes:
+      - name: r
+        backends:
+          - name: high
+            when: {port: {gt: 7999.5, lt: 9000}}
+            upstream: a
+          - name: auth
+            when: {authority: [reviews.example, "reviews.example:81", "[::1]:82"]}
+            upstream: b
+          - name: rest
+            fallback: true
+            upstream: c
+    """)
+
+
+@pytest.mark.slow
+def test_port_and_authority_as_condroute_reads_them(tmp_path):
+    haproxy_or_skip()
+    reqs = [(u, {}, "GET", None) for u in (
+        "http://x.example:8000/", "http://x.example:7999/", "http://x.example:8999/", "http://x.example:9000/",
+        "http://reviews.example/", "http://reviews.example:80/", "http://REVIEWS.example:81/",
+        "http://reviews.example:82/", "http://[::1]:82/", "http://[::1]/")]
+    _verify(tmp_path, PORTS, reqs)

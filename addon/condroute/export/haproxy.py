@@ -257,6 +257,16 @@ class _Writer:
               "http-request normalize-uri path-strip-dotdot full",
               "http-request set-var(txn.cr_host) " + word("req.fhdr(host,-1),host_only,regsub('\\.+$',''),"
                                                           "regsub('^\\[(.*)\\]$','\\1')")]
+        fetches = {k[0] for k in self.acls.by_key}
+        if fetches & {"var(txn.cr_port)", "var(txn.cr_authority)"}:
+            f += ["# the port the client asked for (the Host header's, else http's 80) and the authority",
+                  "http-request set-var(txn.cr_port) req.fhdr(host,-1),port_only",
+                  "http-request set-var(txn.cr_port) int(80) unless { var(txn.cr_port) -m int gt 0 }"]
+        if "var(txn.cr_authority)" in fetches:
+            f += ["http-request set-var-fmt(txn.cr_authority) %[var(txn.cr_host)]",
+                  "http-request set-var-fmt(txn.cr_authority) [%[var(txn.cr_host)]] if { var(txn.cr_host) -m sub : }",
+                  "http-request set-var-fmt(txn.cr_authority) %[var(txn.cr_authority)]:%[var(txn.cr_port)] "
+                  "unless { var(txn.cr_port) -m int eq 80 }"]
         acl_head = ["acl cr_routed var(txn.cr_route) -m found",
                     "acl cr_chosen var(txn.cr_backend) -m found",
                     "acl cr_idempotent method,upper -m str GET HEAD PUT DELETE OPTIONS TRACE",

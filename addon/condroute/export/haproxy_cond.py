@@ -13,6 +13,7 @@ Why this is exact (see /work/notes/readme-haproxy.md for the edge cases HAProxy 
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Iterable
 
@@ -72,6 +73,10 @@ def fetch_of(a: ir.Atom) -> str:
         return "var(txn.cr_host)"
     if s == "path":
         return "path"
+    if s == "port":
+        return "var(txn.cr_port)"
+    if s == "authority":
+        return "var(txn.cr_authority)"
     raise ir.NotExported(a.at, f"the {s} condition is not exported to HAProxy yet")
 
 
@@ -91,6 +96,11 @@ def matcher_dnf(acls: Acls, a: ir.Atom, m: ir.Matcher, fetch: str | None) -> Dnf
     if isinstance(m, ir.Present) and a.source not in ("cookie", "query"):
         lit = acls.define(fetch, "found", False, (), hint)
         return [((lit, not m.present),)]
+    if isinstance(m, ir.Compare) and a.source == "port":
+        # a port is an integer: the comparison with a (possibly fractional) number as HAProxy's -m int
+        op, n = m.op, m.number
+        bound = {"gt": math.floor(n), "ge": math.ceil(n), "lt": math.ceil(n), "le": math.floor(n)}[op]
+        return [((acls.define(fetch, "int", False, (f"{op}", str(bound)), hint), False),)]
     if isinstance(m, ir.Compare):
         raise ir.NotExported(a.at, "a number comparison (gt/ge/lt/le): HAProxy's integer match reads "
                                    "values otherwise (no decimals, exponents or spaces) than condroute")
