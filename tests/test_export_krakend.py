@@ -278,6 +278,22 @@ def test_relation() -> None:
     assert _relation((par("id"),), (par("id"), lit("x"))) is None
 
 
+def test_methods_krakend_does_not_take_are_the_noted_difference(tmp_path: Path) -> None:
+    """A route without methods is written for the five methods a KrakenD endpoint takes; KrakenD does
+    not route a HEAD to it (a note says so, and the round trip shows it)."""
+    rules = """\
+version: 1
+upstreams: {a: http://127.0.0.1:9001}
+routes:
+  - {name: r, match: {path: /p}, backends: [{name: x, upstream: a}]}
+"""
+    p, f, lines, doc = both(tmp_path, rules, [req("http://h/p", method=m) for m in ("GET", "DELETE", "HEAD")])
+    assert (p, f) == (2, 1)
+    assert any(ln.startswith("FAIL  HEAD http://h/p") and "condroute sends it to a, krakend passes it through" in ln
+               for ln in lines), lines
+    assert [e["method"] for e in doc["endpoints"]] == ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
 def test_go_duration() -> None:
     assert [go_duration(s) for s in (3, 0.5, 2.25, 0.0000015)] == ["3s", "500ms", "2250ms", "2us"]
 
