@@ -7,7 +7,9 @@ list keeps condroute's file order. Per condroute route, in order: one Envoy rout
 route's match AND the backend's ``when``; an OR is several Envoy routes), the fallback, then what
 happens when nothing is selected (``on_no_match``). Requests no route owns (condroute's
 passthrough: a gateway has no original destination) get ``404 no route``. Conditions become
-matchers in ``envoy_match``; the client-address and JWT filters are in ``envoy_filters``.
+matchers in ``envoy_match``; the filters before the router are in ``envoy_filters``: the path
+normalised as condroute does it (Envoy's ``normalize_path`` decodes ``%41`` and ``%2e``), the client
+address and verified JWT claims.
 
 What Envoy cannot do exactly is collected as located :class:`NotExported` and left out.
 """
@@ -25,6 +27,7 @@ from .. import model
 from . import ir
 from .base import ExportOptions, Exported, Target
 from .envoy_filters import filters as pre_filters
+from .envoy_filters import path_filter
 from .envoy_match import CLIENT_HEADER, FALSE, TRUE, Ctx, cond_dnf, host_rx, product, rx_escape, search
 from .ir import NotExported, Where
 
@@ -397,14 +400,17 @@ class _Export:
         except NotExported as e:
             self.refused.append(e)
             filters, internal = [], []
+        filters.insert(0, path_filter())
         filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}})
         route_config: dict = {"name": "condroute", "virtual_hosts": [
             {"name": "condroute", "domains": ["*"], "routes": self.routes}]}
         if internal:
             route_config["request_headers_to_remove"] = internal
         hcm = {"@type": HCM, "stat_prefix": "condroute", "codec_type": "AUTO",
-               "normalize_path": True, "merge_slashes": True,
-               "path_with_escaped_slashes_action": "REJECT_REQUEST",
+               # the path is normalised as condroute does it, by the first filter (envoy_filters):
+               # Envoy's own normalize_path would decode %41 and %2e and route what that gives
+               "normalize_path": False, "merge_slashes": False,
+               "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
                "route_config": route_config, "http_filters": filters}
         boot: dict = {
             "static_resources": {

@@ -1,4 +1,7 @@
-"""The HTTP filters the Envoy export puts before the router, when the rules need them.
+"""The HTTP filters the Envoy export puts before the router.
+
+- **Path** (always, first): condroute's normalisation in Lua (``_PATH_LUA``), Envoy's own
+  ``normalize_path`` being off.
 
 - **Client address** (``client_ip`` conditions, ``split: {by: client_ip}``): a small Lua filter
   (``envoy.filters.http.lua`` is in the standard build). Envoy's route match has no source-address
@@ -286,6 +289,77 @@ function envoy_on_request(handle)
   end
 end
 """
+
+
+# condroute's path normalisation (request.normalize_path), before anything routes: RFC 3986 dot
+# segments removed and "//" merged, percent-encodings left as they are; a path with %2e/%2f/%5c, a
+# backslash or a "." / ".." segment with ";" parameters is refused with 400. Envoy's normalize_path
+# would instead decode %41 and %2e and route what that gives.
+_PATH_LUA = r"""
+local function remove_dots(path)
+  local segs = {}
+  for seg in (path:sub(2) .. "/"):gmatch("([^/]*)/") do segs[#segs + 1] = seg end
+  local out = {}
+  local last = #segs
+  for i, seg in ipairs(segs) do
+    if seg == ".." then
+      if #out > 0 then table.remove(out) end
+      if i == last then out[#out + 1] = "" end
+    elseif seg ~= "." and (seg ~= "" or i == last) then
+      out[#out + 1] = seg
+    elseif i == last then
+      out[#out + 1] = ""
+    end
+  end
+  return "/" .. table.concat(out, "/")
+end
+
+local function refused(path)
+  if path:find("\\", 1, true) then return "a backslash" end
+  if path:find("%", 1, true) then
+    local low = path:lower()
+    if low:find("%2e", 1, true) or low:find("%2f", 1, true) or low:find("%5c", 1, true) then
+      return "an encoded '.', '/' or '\\' (%2e, %2f, %5c)"
+    end
+  end
+  if path:find(";", 1, true) then
+    for seg in (path:sub(2) .. "/"):gmatch("([^/]*)/") do
+      local head = seg:match("^([^;]*);")
+      if head == "." or head == ".." then return "a '.' or '..' segment with ';' parameters" end
+    end
+  end
+  return nil
+end
+
+function envoy_on_request(handle)
+  local h = handle:headers()
+  local full = h:get(":path")
+  if full == nil or full:sub(1, 1) ~= "/" then return end
+  local q = full:find("?", 1, true)
+  local path = q and full:sub(1, q - 1) or full
+  if not (path:find("/.", 1, true) or path:find("//", 1, true) or path:find("%", 1, true)
+          or path:find("\\", 1, true)) then
+    return
+  end
+  local why = refused(path)
+  if why then
+    handle:respond({[":status"] = "400", ["content-type"] = "text/plain"},
+                   "condroute: bad request: the path has " .. why .. "\n")
+    return
+  end
+  if path:find("/.", 1, true) or path:find("//", 1, true) then
+    local norm = remove_dots(path)
+    if norm ~= path then h:replace(":path", norm .. (q and full:sub(q) or "")) end
+  end
+end
+"""
+
+
+def path_filter() -> dict:
+    """The Lua filter that normalises the path as condroute does (the first filter)."""
+    return {"name": "envoy.filters.http.lua",
+            "typed_config": {"@type": LUA, "default_source_code": {"inline_string": _PATH_LUA},
+                             "clear_route_cache": True}}
 
 
 def _lua_net(n) -> str:
