@@ -46,6 +46,7 @@ from . import ir
 from .base import Exported, ExportOptions, Target
 from .httproute_match import ANY_PATH, MAX_MATCHES, Match, apply, covers, disjoint, dnf, route_path
 from .httproute_action import Actions, dns_label, is_dns_name
+from .httproute_roundtrip import decided_by_refused
 from .httproute_roundtrip import run as run_roundtrip
 from .httproute_roundtrip import workdir_file
 from .ir import NotExported, Where, where_line
@@ -110,16 +111,7 @@ class _Export(Actions):
 
     def skipped(self, d) -> bool:
         """A decision made by a part that was not exported (its route, or its backend)."""
-        names = {r.name: i for i, r in enumerate(self.rules.routes)}
-        ri = names.get(d.route)
-        if ri is None:
-            return False
-        if (ri, None) in self.parts:
-            return True
-        bi = next((i for i, b in enumerate(self.rules.routes[ri].backends) if b.name == d.backend), None)
-        if (ri, -1) in self.parts and (bi is None or bi in self.ends_by.get(ri, ())):
-            return True             # what a route selects nothing for (or answers 404 to) goes elsewhere
-        return bi is not None and (ri, bi) in self.parts
+        return decided_by_refused(self.rules.routes, self.parts, d, self.ends_by)
 
     # -------------------------------------------------------------------------------- routes
     def route(self, ri: int, r: model.Route) -> None:

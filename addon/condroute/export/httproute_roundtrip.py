@@ -34,6 +34,22 @@ from ..rules import load_rules
 from .verify import Result
 
 
+def decided_by_refused(routes, parts: set, d: Decision, ends: dict[int, set[int]] | None = None) -> bool:
+    """The decision ``d`` was made by a part of ``routes`` (the model's) that was not exported:
+    ``parts`` holds ``(route, None)`` for a whole route, ``(route, backend)`` for a backend and
+    ``(route, -1)`` for what a route selects nothing for (and, with ``ends``, what its 404 backends
+    answer), by index."""
+    ri = next((i for i, r in enumerate(routes) if r.name == d.route), None)
+    if ri is None:
+        return False
+    if (ri, None) in parts:
+        return True
+    bi = next((i for i, b in enumerate(routes[ri].backends) if b.name == d.backend), None)
+    if (ri, -1) in parts and (bi is None or bi in (ends or {}).get(ri, ())):
+        return True
+    return bi is not None and (ri, bi) in parts
+
+
 def _arms(d: Decision) -> list[tuple[str, float]] | None:
     b = d.backend_obj
     if b is None or b.split is None:

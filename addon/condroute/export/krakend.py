@@ -43,6 +43,7 @@ from typing import Any
 from .. import model
 from . import ir
 from .base import Exported, ExportOptions, Target
+from .httproute_roundtrip import decided_by_refused
 from .httproute_roundtrip import run as run_roundtrip
 from .httproute_roundtrip import workdir_file
 from .ir import NotExported, Where, where_line
@@ -289,16 +290,8 @@ class _Export:
                         notes=self.notes)
 
     def skipped(self, d) -> bool:
-        names = {r.name: i for i, r in enumerate(self.rules.routes)}
-        ri = names.get(d.route)
-        if ri is None:
-            return False
-        if (ri, None) in self.parts:
-            return True
-        bi = next((i for i, b in enumerate(self.rules.routes[ri].backends) if b.name == d.backend), None)
-        if bi is None:
-            return (ri, -1) in self.parts
-        return (ri, bi) in self.parts
+        """A decision made by a part that was not exported (its route, or its backend)."""
+        return decided_by_refused(self.rules.routes, self.parts, d)
 
 
 def _ordered(extra: dict | None) -> dict:
