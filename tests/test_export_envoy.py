@@ -428,6 +428,22 @@ def test_imported_httproute_and_istio_fixtures_verify_on_envoy(path):
         assert re.match(r".+\.yaml:\d+:\d+: not exported to envoy: .+", ln), ln
 
 
+KRAKEND = [("ai-gateway.condroute.yaml", "ai-gateway.cases.yaml"), ("playground.condroute.yaml", "playground.cases.yaml"),
+           ("schema-test.json", "schema-test.cases.yaml")]
+
+
+@pytest.mark.slow
+@needs_envoy
+@pytest.mark.parametrize("rules,cases", KRAKEND, ids=[r for r, _ in KRAKEND])
+def test_real_krakend_files_verify_on_envoy_where_exported(rules, cases):
+    """Token checks and propagated claims are refused (located); what is exported routes as condroute
+    does: header conditionals on declared input_headers, conditions that can never hold (no route)."""
+    d = ROOT / "tests" / "fixtures" / "krakend" / "real"
+    res = verify_file("envoy", str(d / rules), str(d / cases), allow_partial=True)
+    assert res.failed == 0, "\n".join(res.lines)
+    assert all(re.match(r".+:\d+:\d+: not exported to envoy: .+", ln) for ln in res.refused)
+
+
 FEATURES = """\
     version: 1
     upstreams:

@@ -364,7 +364,7 @@ class _Export:
         for b in order:
             bat = ir.where_line(file, b.line)
             try:
-                bdnf = TRUE if b.fallback else cond_dnf(ir.when(b, file), self.ctx, bat)
+                bdnf = TRUE if b.fallback else cond_dnf(_when(b, file), self.ctx, bat)
                 act = self.action(r, b, pathinfo, bat, strip)
                 terms = product(rdnf, bdnf)
             except (NotExported, OverflowError) as e:
@@ -429,6 +429,41 @@ class _Export:
                 "# routes are first-match in order: one condroute route = its backends in order, then its no-match\n")
         text = head + yaml.safe_dump(boot, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
         return Exported(text=text, files=self.files, refused=self.refused, notes=self.notes)
+
+
+def _when(b: model.Backend, file: str) -> ir.Cond | None:
+    """A backend's condition; an imported KrakenD conditional that sees only the endpoint's declared
+    headers (model.VisibleHeaders without a token check) is its condition with every other header
+    missing; one that can never hold (model.Never) is false."""
+    w = b.when
+    if isinstance(w, model.Never):      # never holds: no Envoy route at all is exact
+        return ir.Or(())
+    if isinstance(w, model.VisibleHeaders) and w.token is None:
+        return _visible(ir.condition(w.inner, file), w.headers)
+    return ir.when(b, file)
+
+
+def _missing_holds(m: ir.Matcher) -> bool:
+    """Does the matcher hold on a missing value (condroute: only present: false and not)?"""
+    if isinstance(m, ir.Present):
+        return not m.present
+    if isinstance(m, ir.MNot):
+        return not _missing_holds(m.inner)
+    if isinstance(m, ir.MAll):
+        return all(_missing_holds(p) for p in m.parts)
+    return False
+
+
+def _visible(c: ir.Cond, headers: frozenset[str] | None) -> ir.Cond:
+    if headers is None:
+        return c
+    if isinstance(c, ir.Atom) and c.source == "header" and (c.name or "") not in headers:
+        return ir.TRUE if _missing_holds(c.matcher) else ir.Or(())
+    if isinstance(c, (ir.And, ir.Or)):
+        return type(c)(tuple(_visible(p, headers) for p in c.parts))
+    if isinstance(c, ir.Not):
+        return ir.Not(_visible(c.inner, headers))
+    return c
 
 
 NEVER_STRIP = frozenset({"host", "authorization", "cookie", "content-type", "content-length", "transfer-encoding"})
