@@ -665,3 +665,31 @@ def test_port_and_authority_as_condroute_reads_them(tmp_path):
         "http://reviews.example/", "http://reviews.example:80/", "http://REVIEWS.example:81/",
         "http://reviews.example:82/", "http://[::1]:82/", "http://[::1]/")]
     _verify(tmp_path, PORTS, reqs)
+
+
+IMPORTED = sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "httproute", "*.rules.yaml"))
+                  + glob.glob(os.path.join(ROOT, "tests", "fixtures", "istio", "*.rules.yaml")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", IMPORTED, ids=lambda p: os.path.relpath(p, ROOT))
+def test_imported_httproutes_and_virtualservices_verify_on_haproxy(path):
+    """Redirects, rewrites (segments, prefix, full, regex), host rewrites, weighted draws and the
+    CEL the importers write for query parameters, against the importers' own cases."""
+    haproxy_or_skip()
+    r = verify_file("haproxy", path, path.replace(".rules.yaml", ".cases.yaml"), allow_partial=True)
+    assert r.failed == 0, "\n".join(r.lines)
+    assert all(": not exported to haproxy: mirror:" in x for x in r.refused), r.refused
+
+
+def test_the_cel_importers_write_reads_first_values():
+    acls = Acls()
+    c = ir.Cel('hasQuery("animal") && getQuery("animal") == "whale" && getHeader("X-A") == "b" '
+               '&& request.scheme == "http"', AT)
+    seen = []
+    d = cond_dnf(acls, c, lambda a: seen.append(a) or len(seen))
+    assert [(a.source, a.name) for a in seen] == [("query_first", "animal")]      # in Lua: the first value
+    assert any(k[0] == "req.fhdr(x-a,1)" for k in acls.by_key)
+    assert len(d) >= 1
+    with pytest.raises(ir.NotExported, match="cel: HAProxy has no CEL evaluator; only hasQuery"):
+        cond_dnf(acls, ir.Cel("request.path.startsWith('/a')", AT))

@@ -34,7 +34,7 @@ from .base import ExportOptions, Exported, Target
 from .haproxy_cond import Acls, Dnf, cond_dnf, conj, fetch_of, term_text
 from .haproxy_jwt import JwtAtoms
 from .haproxy_lua import LUA_NAME, lua_text
-from .haproxy_paths import path_lines, path_regex
+from .haproxy_paths import path_lines, path_regex, rewrite_fmt
 from .haproxy_text import lf, word
 
 BUCKETS = 10000
@@ -56,6 +56,7 @@ class _Writer:
         self.use: list[str] = []           # use_backend lines
         self.sections: list[list[str]] = []
         self.reads_path = False
+        self.needs_port = False            # a redirect reads the port the client asked for
         self.alt_owner: list[str] = []     # the routes' match again, on the path read decoded
         self.jwt = JwtAtoms(rules)
 
@@ -135,7 +136,11 @@ class _Writer:
             raise ir.NotExported(at, "mirror: HAProxy 2.6 has no request mirroring of its own (only "
                                      "through an SPOE agent, a separate program)")
         if b.redirect is not None:
-            raise ir.NotExported(at, "redirect: not exported to HAProxy yet")
+            lines = redirect_lines(b.redirect, chosen, at)
+            self.acls.lines.append(f"acl {chosen} var(txn.cr_backend) -m str {name}")
+            self.answer.extend(lines)
+            self.needs_port = True
+            return
         # everything is checked before a line is written: a refused backend leaves nothing behind
         if b.respond is not None:
             lines = [respond_line(b.respond, chosen)]
@@ -258,7 +263,7 @@ class _Writer:
               "http-request set-var(txn.cr_host) " + word("req.fhdr(host,-1),host_only,regsub('\\.+$',''),"
                                                           "regsub('^\\[(.*)\\]$','\\1')")]
         fetches = {k[0] for k in self.acls.by_key}
-        if fetches & {"var(txn.cr_port)", "var(txn.cr_authority)"}:
+        if self.needs_port or fetches & {"var(txn.cr_port)", "var(txn.cr_authority)"}:
             f += ["# the port the client asked for (the Host header's, else http's 80) and the authority",
                   "http-request set-var(txn.cr_port) req.fhdr(host,-1),port_only",
                   "http-request set-var(txn.cr_port) int(80) unless { var(txn.cr_port) -m int gt 0 }"]
@@ -312,6 +317,46 @@ def alt_reading(owners: list[str]) -> list[str]:
             + owners +
             ["http-request deny deny_status 400 if cr_altread cr_altowned",
              "http-request set-path %[var(txn.cr_normpath)] if cr_altread"])
+
+
+def redirect_lines(r: model.Redirect, cond: str, at: ir.Where) -> list[str]:
+    """An imported redirect (engine.redirect_location) as ``http-request redirect``: each part the
+    redirect leaves out is the request's (the frontend is plain http: the request's scheme is http,
+    its port the Host header's or 80), the default port of the scheme left out, the query kept
+    unless the new path has its own."""
+    if r.status not in (301, 302, 303, 307, 308):
+        raise ir.NotExported(at, f"a redirect with status {r.status}: HAProxy redirects with 301, 302, 303, "
+                                 "307 or 308 only")
+    scheme = r.scheme or "http"
+    if scheme not in ("http", "https"):
+        scheme = "https" if scheme == "wss" else "http"
+    out: list[str] = []
+    host = (f"[{r.host}]" if ":" in r.host else lf(r.host)) if r.host is not None else "%[var(txn.cr_hostb)]"
+    if r.host is None:
+        out += [f"http-request set-var-fmt(txn.cr_hostb) %[var(txn.cr_host)] if {cond}",
+                f"http-request set-var-fmt(txn.cr_hostb) [%[var(txn.cr_host)]] if {cond} {{ var(txn.cr_host) -m sub : }}"]
+    default = 443 if scheme == "https" else 80
+    if r.port is not None:
+        ports = [("" if r.port == default else f":{r.port}", "")]
+    elif r.port_from == "scheme":
+        ports = [("", "")]
+    else:       # the port the client asked for; http -> https also drops http's default port
+        ports = [("", " { var(txn.cr_port) -m int 80" + (" 443 }" if scheme == "https" else " }")),
+                 (":%[var(txn.cr_port)]", "")]
+    path = "%[path]"
+    if r.path is not None:
+        path = rewrite_fmt(r.path, at, out, "txn.cr_rpath", cond)
+        out.append(f"http-request set-var-fmt(txn.cr_rpath) {word(path)} if {cond}")
+        out.append(f"http-request set-var-fmt(txn.cr_rpath) /%[var(txn.cr_rpath)] if {cond} "
+                   "!{ var(txn.cr_rpath) -m beg / }")
+        path = "%[var(txn.cr_rpath)]"
+    queries = [("", "")] if r.path is not None and "?" in r.path.value else \
+        [("?%[query]", " { query -m len gt 0 }"), ("", "")]
+    for port, pcond in ports:
+        for query, qcond in queries:
+            loc = f"{scheme}://{host}{port}{path}{query}"
+            out.append(f"http-request redirect location {word(loc)} code {r.status} if {cond}{pcond}{qcond}")
+    return out
 
 
 def bind_address(host: str, port: int) -> str:

@@ -19,6 +19,7 @@ from typing import Iterable
 
 from . import ir
 from .haproxy_text import pcre, regex_problem, word
+from .nginx_cel import translate as translate_cel
 from .nginx_match import cookie_rx, query_rx
 
 Literal = tuple[str, bool]          # (acl name, negated)
@@ -57,11 +58,13 @@ class Acls:
 def fetch_of(a: ir.Atom) -> str:
     """The sample expression for an atom's value(s); NotExported when there is none."""
     s, name = a.source, a.name
-    if s in ("header", "cookie", "query") and (name is None or not _NAME.match(name)):
+    if s in ("header", "header_first", "cookie", "query") and (name is None or not _NAME.match(name)):
         raise ir.NotExported(a.at, f"the {s} name {name!r} has characters HAProxy's fetch arguments "
                                    "cannot carry unchanged (only letters, digits and _ . ~ -)")
     if s == "header":
         return f"req.fhdr({name})"
+    if s == "header_first":
+        return f"req.fhdr({name},1)"
     if s == "cookie":
         # condroute takes the quotes off a "quoted" cookie value; HAProxy keeps them
         return f"req.cook({name}),regsub('^\"(.*)\"$','\\1')"
@@ -141,7 +144,8 @@ def cond_dnf(acls: Acls, c: ir.Cond | None, jwt=None) -> Dnf:
     ``jwt(atom)`` gives the number of a jwt atom evaluated by the Lua action (haproxy_jwt)."""
     if c is None:
         return [()]
-    if isinstance(c, ir.Atom) and (c.source == "jwt" or c.source in ("cookie", "query") and _has_regex(c.matcher)):
+    if isinstance(c, ir.Atom) and (c.source in LUA_FIRST or c.source == "jwt"
+                                   or c.source in ("cookie", "query") and _has_regex(c.matcher)):
         if jwt is None:
             raise ir.NotExported(c.at, f"{c.source} conditions need the Lua helper")
         n = jwt(c)
@@ -166,10 +170,43 @@ def cond_dnf(acls: Acls, c: ir.Cond | None, jwt=None) -> Dnf:
         raise ir.NotExported(c.at, "geo: HAProxy has no MaxMind lookup of its own (a map file of CIDRs "
                                    "per country would be a copy of the database, not the database)")
     if isinstance(c, ir.Cel):
-        raise ir.NotExported(c.at, "cel: HAProxy has no CEL evaluator")
+        return cond_dnf(acls, cel_tree(c), jwt)
     if isinstance(c, ir.Opaque):
         raise ir.NotExported(c.at, c.why)
     raise TypeError(c)
+
+
+LUA_FIRST = ("query_first", "cookie_first")     # CEL's getQuery/getCookie: the first value, in Lua
+
+
+def cel_tree(c: ir.Cel) -> ir.Cond:
+    """The CEL importers write (an HTTPRoute's query matches, Istio's scheme) as a condition tree
+    (the nginx export's reading of that subset, ``nginx_cel.translate``), with what HAProxy reads:
+    ``getHeader`` is the *first* header line (``req.fhdr(NAME,1)``), ``getQuery``/``getCookie`` the
+    first value (Lua), ``request.scheme`` is ``http`` (the frontend listens on plain HTTP)."""
+    try:
+        tree = translate_cel(c)
+    except ir.NotExported:
+        raise ir.NotExported(c.at, "cel: HAProxy has no CEL evaluator; only hasQuery/getQuery, hasHeader/"
+                                   "getHeader, hasCookie/getCookie/containsCookie, request.scheme and "
+                                   "request.method compared with strings, joined by &&, || and !, are "
+                                   "exported") from None
+    return _cel_sources(tree)
+
+
+def _cel_sources(t: ir.Cond) -> ir.Cond:
+    if isinstance(t, ir.And):
+        return ir.And(tuple(_cel_sources(p) for p in t.parts))
+    if isinstance(t, ir.Or):
+        return ir.Or(tuple(_cel_sources(p) for p in t.parts))
+    if isinstance(t, ir.Not):
+        return ir.Not(_cel_sources(t.inner))
+    if isinstance(t, ir.Atom):
+        if t.source == "scheme":
+            return ir.TRUE if isinstance(t.matcher, ir.Eq) and "http" in t.matcher.values else ir.Or(())
+        if t.source == "header" and not isinstance(t.matcher, ir.Present):
+            return ir.Atom("header_first", t.name, t.matcher, t.at)
+    return t
 
 
 def _has_regex(m: ir.Matcher) -> bool:

@@ -92,7 +92,7 @@ class JwtAtoms:
                 raise ir.NotExported(a.at, "jwt conditions need settings.jwt")
             self.reads_jwt = True
         expr = _lua_matcher(a.matcher, a.at)
-        key = (a.source, a.name, expr)
+        key = (a.source, a.name, expr)     # (query_first/cookie_first: CEL's getQuery/getCookie)
         n = self.by_key.get(key)
         if n is None:
             n = self.by_key[key] = len(self.atoms) + 1
@@ -535,12 +535,13 @@ core.register_action("condroute_atoms", {"http-req"}, function(txn)
         claims = token and claims_of(txn, token) or nil
       end
       values = claims and values_at(claims, a.name) or {}
-    elseif a.src == "cookie" then
+    elseif a.src == "cookie" or a.src == "cookie_first" then
       headers = headers or txn.http:req_get_headers()
       values = cookies(headers, a.name)
     else
       values = query_values(txn.f:query(), a.name)
     end
+    if a.src == "cookie_first" or a.src == "query_first" then values = {values[1]} end
     if holds(a.m, values) then txn:set_var("txn.cr_lua_" .. n, 1) end
   end
 end)

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import re
 
+import re2
+
 from .. import model
 from . import ir
-from .haproxy_text import arg, lf, pcre_literal, regex_problem, word
+from ..compile.rewrite import parse_replacement
+from .haproxy_text import arg, lf, pcre, pcre_literal, regex_problem, word
 
 
 def path_regex(rp: model.RoutePath, at: ir.Where) -> tuple[str, dict[str, int]]:
@@ -96,8 +99,17 @@ def _empty_query() -> list[str]:
     return ["http-request set-pathq %[path] if { query -m found } { query -m len 0 }"]
 
 
-def rewrite_fmt(rw: model.PathRewrite, at: ir.Where, out: list[str]) -> str:
-    """A log-format string for an imported rewrite (compile.rewrite.rewrite_path)."""
+def re2_matches_empty(pattern: str) -> bool:
+    try:
+        return re2.search(pattern, "") is not None
+    except Exception:   # noqa: BLE001 - the rules loaded, so RE2 compiled it; be safe anyway
+        return True
+
+
+def rewrite_fmt(rw: model.PathRewrite, at: ir.Where, out: list[str], var: str = "txn.cr_np",
+                guard: str = "") -> str:
+    """A log-format string for an imported rewrite (compile.rewrite.rewrite_path); lines it needs
+    first go to ``out`` (each ending in ``guard``, a condition)."""
     if rw.kind == "full":
         return lf(rw.value)
     if rw.kind == "prefix":
@@ -108,10 +120,30 @@ def rewrite_fmt(rw: model.PathRewrite, at: ir.Where, out: list[str]) -> str:
         if not p:                   # every path is under "/": "/" + rest is the whole path
             return lf(rv) + "%[path]"
         # the prefix itself becomes the value ("/" for none); under it, the value + the rest
-        out.append(f"http-request set-var-fmt(txn.cr_np) {word(lf(rv or '/'))} if {{ path -m str -- {word(p)} }}")
-        out.append(f"http-request set-var-fmt(txn.cr_np) {word(lf(rv) + f'%[path,bytes({len(p.encode())})]')} "
-                   f"unless {{ path -m str -- {word(p)} }}")
-        return "%[var(txn.cr_np)]"
+        out.append(f"http-request set-var-fmt({var}) {word(lf(rv or '/'))} if {{ path -m str -- {word(p)} }}"
+                   f" {guard}".rstrip())
+        out.append(f"http-request set-var-fmt({var}) {word(lf(rv) + f'%[path,bytes({len(p.encode())})]')} "
+                   f"if !{{ path -m str -- {word(p)} }} {guard}".rstrip())
+        return f"%[var({var})]"
+    if rw.kind == "regex":
+        why = regex_problem(rw.pattern)
+        if why:
+            raise ir.NotExported(at, f"regex rewrite {rw.pattern!r}: {why}")
+        if re2_matches_empty(rw.pattern):
+            raise ir.NotExported(at, f"regex rewrite {rw.pattern!r}: a pattern that matches the empty string "
+                                     "is replaced at other places by HAProxy's regsub than by RE2")
+        subst = []
+        for part in parse_replacement(rw.value):
+            if isinstance(part, int):
+                subst.append(f"\\{part}")
+            elif "\\" in part or "'" in part:
+                raise ir.NotExported(at, "regex rewrite: a backslash or quote in the replacement")
+            else:
+                subst.append(part)
+        out.append(f"http-request set-var({var}) "
+                   + word("path,regsub(" + arg(pcre(rw.pattern)) + "," + arg("".join(subst)) + ",g)")
+                   + f" {guard}".rstrip())
+        return f"%[var({var})]"
     raise ir.NotExported(at, f"a {rw.kind} path rewrite: not exported to HAProxy yet")
 
 
