@@ -158,6 +158,8 @@ def _verify(args: argparse.Namespace, t, compiled, m) -> int:
         return 1
     if t.document:
         res = t.roundtrip(compiled, m, wires)
+        if not res.notes:
+            res.notes = list(t.export(m, ExportOptions()).notes)
     else:
         exe, why = t.binary()
         if exe is None:
@@ -166,6 +168,8 @@ def _verify(args: argparse.Namespace, t, compiled, m) -> int:
         res = v.run(t, compiled, m, wires, allow_partial=args.allow_partial, keep=args.keep)
     for line in res.refused:
         print(line, file=sys.stderr)
+    for note in res.notes:
+        print(f"condroute export: note: {note}", file=sys.stderr)
     if res.refused and not args.allow_partial:
         print(f"{len(res.refused)} rule part(s) not exported to {t.name}; not verified "
               "(--allow-partial verifies the rest)", file=sys.stderr)

@@ -305,6 +305,7 @@ class Result:
     lines: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     skipped: int = 0
+    notes: list[str] = field(default_factory=list)     # the export's notes (what the gateway does otherwise)
 
 
 def free_port() -> int:
@@ -376,6 +377,7 @@ def run(t: Target, compiled: Rules, m: model.Rules, wires: list[Wire], allow_par
                              client_ip_header=CLIENT_HEADER, workdir=workdir, admin_port=free_port())
         exp = t.export(m, opts)
         res.refused = [r.line(t.name) for r in exp.refused]
+        res.notes = list(exp.notes)
         if exp.refused and not allow_partial:
             return res
         write(exp, t, workdir)
