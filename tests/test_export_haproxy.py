@@ -361,6 +361,10 @@ def test_the_client_address_walks_x_forwarded_for_as_condroute_does(tmp_path):
         (u, {"X-Real-IP": "192.0.2.9", "X-Forwarded-For": "198.51.100.1"}, "GET", "127.0.0.1"),
         (u, {}, "GET", "192.0.2.200"),
         (u, {}, "GET", "2001:db8::5"),
+        (u, {}, "GET", "::ffff:192.0.2.3"),
+        (u, {"X-Forwarded-For": "::ffff:192.0.2.8"}, "GET", "::ffff:127.0.0.1"),
+        (u, {"X-Forwarded-For": "192.0.2.8, ::ffff:a00:1"}, "GET", "127.0.0.1"),
+        (u, {"X-Forwarded-For": "192.0.2.8, ::ffff:c000:209"}, "GET", "127.0.0.1"),
     ]
     _verify(tmp_path, CLIENT, reqs)
 
@@ -693,3 +697,29 @@ def test_the_cel_importers_write_reads_first_values():
     assert len(d) >= 1
     with pytest.raises(ir.NotExported, match="cel: HAProxy has no CEL evaluator; only hasQuery"):
         cond_dnf(acls, ir.Cel("request.path.startsWith('/a')", AT))
+
+
+@pytest.mark.slow
+def test_a_split_by_a_jwt_claim_is_sticky_per_claim(tmp_path):
+    haproxy_or_skip()
+    rules = textwrap.dedent("""\
+        version: 1
+        upstreams:
+          a: http://127.0.0.1:9001
+          b: http://127.0.0.1:9002
+        settings:
+          jwt: {verify: {secret: SECRET}}
+        routes:
+          - name: r
+            backends:
+              - name: s
+                split: {by: "jwt:org.id", weights: {a: 50, b: 50}}
+        """).replace("SECRET", SECRET)
+    toks = [pyjwt.encode(c, SECRET, algorithm="HS256") for c in
+            ({"org": {"id": "o1"}}, {"org": {"id": "o2"}}, {"org": {"id": ["o3", "x"]}}, {"org": {"id": ""}}, {"x": 1})]
+    reqs = [("http://s.example/", {"Authorization": f"Bearer {t}"}, "GET", None) for t in toks for _ in range(2)]
+    reqs.append(("http://s.example/", {}, "GET", None))
+    _verify(tmp_path, rules, reqs)
+    e, _ = export_text(tmp_path, rules)
+    assert 'local SPLITS = {"org.id"}' in e.files["condroute.lua"]
+    assert "http-request set-var(txn.cr_key) var(txn.cr_split_1) if cr_be_1_0" in e.text

@@ -149,7 +149,7 @@ class _Writer:
             return
         if b.split is not None:
             arms = split_arms(b.split, at)
-            key = split_key(b.split, at)
+            key = split_key(b.split, at, self.jwt)
             uses = [self.place(f"{name}_{k}", r, b, up, file, at) for k, (up, _) in enumerate(arms)]
             self.acls.lines.append(f"acl {chosen} var(txn.cr_backend) -m str {name}")
             seed = zlib.crc32(f"{b.split.salt}\x00{r.name}".encode()) & 0x7FFFFFFF
@@ -426,7 +426,7 @@ def split_arms(split: model.Split, at: ir.Where) -> list[tuple[model.Upstream, i
     return out
 
 
-def split_key(split: model.Split, at: ir.Where) -> str | None:
+def split_key(split: model.Split, at: ir.Where, jwt: JwtAtoms) -> str | None:
     """The sample expression of a split's key; None: a fresh draw per request; "src": the client."""
     k = split.kind
     if k == "random":
@@ -434,8 +434,7 @@ def split_key(split: model.Split, at: ir.Where) -> str | None:
     if k == "client_ip":
         return "src"
     if k == "jwt":
-        raise ir.NotExported(at, f"split by {split.by}: HAProxy's jwt_payload_query cannot read condroute's "
-                                 "claim paths exactly")
+        return jwt.split_key(split.key, at)
     return fetch_of(ir.Atom(k, split.key, ir.Present(True), at)).replace("req.fhdr(" + split.key + ")",
                                                                           "req.fhdr(" + split.key + ",1)")
 

@@ -41,6 +41,7 @@ class JwtAtoms:
         self._config: str | None = None
         self._problem: str | None = None
         self.reads_jwt = False
+        self.splits: list[str] = []         # claims that splits are keyed by
         if self.settings is not None:
             try:
                 self._config = self._read_settings(self.settings.plain())
@@ -49,7 +50,18 @@ class JwtAtoms:
 
     @property
     def used(self) -> bool:
-        return bool(self.atoms)
+        return bool(self.atoms or self.splits)
+
+    def split_key(self, claim: str, at: ir.Where) -> str:
+        """The variable the Lua action sets to a split's key ``jwt:CLAIM`` (engine.split_key: the
+        claim's first value as text, nothing when it is missing or empty)."""
+        if self._problem is not None:
+            raise ir.NotExported(at, self._problem)
+        if self.settings is None:
+            raise ir.NotExported(at, "a split by a jwt claim needs settings.jwt")
+        if claim not in self.splits:
+            self.splits.append(claim)
+        return f"var(txn.cr_split_{self.splits.index(claim) + 1})"
 
     def _read_settings(self, s: dict) -> str:
         src = str(s.get("from", "header:authorization"))
@@ -101,7 +113,8 @@ class JwtAtoms:
 
     def lua(self) -> str:
         return (_LUA.replace("%CONFIG%", self._config or "nil")
-                    .replace("%ATOMS%", "\n".join(self.atoms)))
+                    .replace("%ATOMS%", "\n".join(self.atoms))
+                    .replace("%SPLITS%", ", ".join(_lua_str(c) for c in self.splits)))
 
 
 def _lua_str(s: str) -> str:
@@ -163,6 +176,7 @@ end
 local ATOMS = {
 %ATOMS%
 }
+local SPLITS = {%SPLITS%}
 
 -- base64url as Python's urlsafe_b64decode reads it (characters outside the alphabet skipped)
 local B64 = {}
@@ -543,6 +557,17 @@ core.register_action("condroute_atoms", {"http-req"}, function(txn)
     end
     if a.src == "cookie_first" or a.src == "query_first" then values = {values[1]} end
     if holds(a.m, values) then txn:set_var("txn.cr_lua_" .. n, 1) end
+  end
+  for n, claim in ipairs(SPLITS) do
+    if claims == false then
+      local token = token_of(txn)
+      claims = token and claims_of(txn, token) or nil
+    end
+    local values = claims and values_at(claims, claim) or {}
+    if #values > 0 then
+      local key = as_text(values[1])
+      if key ~= "" then txn:set_var("txn.cr_split_" .. n, key) end
+    end
   end
 end)
 """

@@ -39,6 +39,16 @@ local function parse_ip(s)
   end
   s = s:match("^([^%%]*)")
   if s == "" or s:find("/", 1, true) then return nil end
+  -- an IPv4-mapped IPv6 address is its IPv4 address (as Python's ipv4_mapped)
+  local v4 = s:match("^::[fF][fF][fF][fF]:(%d+%.%d+%.%d+%.%d+)$")
+  if v4 == nil then
+    local hi, lo = s:match("^::[fF][fF][fF][fF]:(%x%x?%x?%x?):(%x%x?%x?%x?)$")
+    if hi then
+      local a, b = tonumber(hi, 16), tonumber(lo, 16)
+      v4 = string.format("%d.%d.%d.%d", a >> 8, a & 255, b >> 8, b & 255)
+    end
+  end
+  if v4 ~= nil then s = v4 end
   if s:find(":", 1, true) then
     if not s:match("^[0-9A-Fa-f:.]+$") then return nil end
   else
