@@ -495,9 +495,77 @@ class PathSource(Source):
         return [[{"name": ":path", "string_match": {"safe_regex": {"regex": rx}}, "invert_match": True}]]
 
 
+_HOSTPART = "(?:\\[[^\\]]*\\]|[^:\\[]*)"     # an :authority's host: a bracketed IPv6 address or up to the ':'
+
+
+class PortSource(Source):
+    """The port the client asked for: the ``:authority``'s, 80 when it names none (the listener is
+    plain HTTP)."""
+
+    def rx(self, m) -> str | None:
+        if isinstance(m, Eq):
+            vals = [v for v in m.values if v.isdigit()]
+            pr = "|".join(rx_escape(v) for v in vals) if vals else None
+            default = "80" in vals
+        else:
+            pr = _plain_rx(m)
+            try:
+                default = re.fullmatch(pr, "80") is not None
+            except re.error:
+                raise NotExported(self.at, "a regular expression on the port that Python's re cannot read "
+                                           "to tell whether it matches the default port") from None
+        alts = ([f"{_HOSTPART}:(?:{pr})"] if pr else []) + ([_HOSTPART] if default else [])
+        return "|".join(alts) if alts else None
+
+    def pos(self, m) -> DNF:
+        rx = self.rx(m)
+        return FALSE if rx is None else [[{"name": ":authority", "string_match": {"safe_regex": {"regex": rx}}}]]
+
+    def neg(self, m) -> DNF:
+        rx = self.rx(m)
+        return TRUE if rx is None else [[{"name": ":authority", "string_match": {"safe_regex": {"regex": rx}},
+                                          "invert_match": True}]]
+
+
+class AuthoritySource(PortSource):
+    """``host[:port]`` as condroute reads it: the host lower-cased without trailing dots, the port
+    left out when it is 80 (the listener is plain HTTP)."""
+
+    def rx(self, m) -> str | None:
+        if not isinstance(m, (Eq, Prefix)):
+            raise NotExported(self.at, "only equals/in and prefix are exported for the authority condition "
+                                       "(Envoy cannot lower-case it or drop a default port before matching)")
+        vals = m.values if isinstance(m, Eq) else (m.value,)
+        alts = []
+        for v in vals:
+            if not m.ignore_case and v != v.lower():
+                continue
+            host, colon, port = v.rpartition(":") if ":" in v and not v.endswith("]") else (v, "", "")
+            if colon and not port.isdigit() and not (isinstance(m, Prefix) and port == ""):
+                continue
+            h = f"(?i:{rx_escape(host)})"
+            if isinstance(m, Eq):
+                if not host or host.endswith("."):
+                    continue
+                if not colon:
+                    alts.append(f"{h}\\.*(?::80)?")
+                elif port != "80":
+                    alts.append(f"{h}\\.*:{port}")
+            elif not colon:
+                alts.append(HostSource(None, self.at, self.ctx).rx(Prefix(v, True)) or "(?!)")
+            else:
+                if "80".startswith(port):
+                    raise NotExported(self.at, f"an authority prefix {v!r} whose port could be 80, which "
+                                               "condroute leaves out")
+                alts.append(f"{h}\\.*:{port}[0-9]*")
+        alts = [a for a in alts if a != "(?!)"]
+        return "|".join(f"(?:{a})" for a in alts) if alts else None
+
+
 SOURCES: dict[str, type[Source]] = {
     "header": HeaderSource, "cookie": CookieSource, "query": QuerySource, "jwt": JwtSource,
-    "method": MethodSource, "host": HostSource, "path": PathSource,
+    "method": MethodSource, "host": HostSource, "path": PathSource, "port": PortSource,
+    "authority": AuthoritySource,
 }
 
 
