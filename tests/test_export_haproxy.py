@@ -131,7 +131,7 @@ RULES = textwrap.dedent("""\
             when: {geo: {country: [SE]}}
             upstream: a
           - name: cel
-            when: {cel: "request.method == 'GET'"}
+            when: {cel: "request.path.startsWith('/x')"}
             upstream: a
           - name: num
             when: {header: {X-N: {gt: 3}}}
@@ -163,7 +163,7 @@ def test_what_haproxy_cannot_express_is_refused_located_and_left_out(tmp_path):
     e, f = export_text(tmp_path, RULES)
     lines = [r.line("haproxy") for r in e.refused]
     assert lines[0].startswith(f"{f}:12:16: not exported to haproxy: geo: HAProxy has no MaxMind lookup")
-    assert lines[1] == f"{f}:15:16: not exported to haproxy: cel: HAProxy has no CEL evaluator"
+    assert lines[1].startswith(f"{f}:15:16: not exported to haproxy: cel: HAProxy has no CEL evaluator; only ")
     assert lines[2].startswith(f"{f}:18:25: not exported to haproxy: a number comparison (gt/ge/lt/le)")
     assert len(lines) == 3
     assert "str(cr_1_0)" not in e.text and "str(cr_1_3)" in e.text and "str(cr_1_4)" in e.text
