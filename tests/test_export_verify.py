@@ -283,3 +283,43 @@ def test_a_bad_upstream_override_is_one_sentence(value, capsys, tmp_path):
     assert main(["export", "--to", NAMES[0], rules_file(tmp_path), "--upstream", value]) == 2
     err = capsys.readouterr().err
     assert err.startswith("condroute export: --upstream takes NAME=URL such as stable=http://shop-api.prod:8080")
+
+
+def write_flows(path, requests):
+    from mitmproxy import io as mio
+    from mitmproxy.test import tflow
+    with open(path, "wb") as f:
+        w = mio.FlowWriter(f)
+        for method, host, p, headers in requests:
+            fl = tflow.tflow(resp=True)
+            fl.request.method, fl.request.scheme, fl.request.host, fl.request.port = method, "http", host, 80
+            fl.request.path = p
+            fl.request.headers.clear()
+            fl.request.headers["Host"] = host
+            for k, val in headers:
+                fl.request.headers.add(k, val)
+            w.add(fl)
+
+
+@pytest.mark.slow
+def test_flows_of_a_mitmdump_file_are_sent_through_the_gateway_too(tmp_path, capsys):
+    from condroute.export.targets import NAMES, target
+    if "nginx" not in NAMES or target("nginx").binary()[0] is None:
+        pytest.skip("nginx is not installed (pip install 'condroute[gateways]')")
+    dump = tmp_path / "traffic.mitm"
+    write_flows(dump, [("GET", "shop.example", "/cart?x=1", [("X-Ab", "B")]),
+                       ("GET", "shop.example", "/", [("X-Ab", "block")]),
+                       ("POST", "other.example", "/", [])])
+    assert main(["export", "--to", "nginx", "--verify", rules_file(tmp_path), "--flows", str(dump)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "3 passed, 0 failed"
+
+
+def test_flows_become_requests_as_the_client_sent_them(tmp_path):
+    import argparse
+    from condroute.cli.export import _wires
+    dump = tmp_path / "traffic.mitm"
+    write_flows(dump, [("GET", "shop.example", "/cart?x=1", [("X-Ab", "B")])])
+    compiled, m = read(rules_file(tmp_path))
+    (w,) = _wires(argparse.Namespace(cases=None, flows=str(dump)), m)
+    assert (w.method, w.target, w.where) == ("GET", "/cart?x=1", f"{dump}#1")
+    assert ("X-Ab", "B") in w.headers and decide(compiled, w.view).backend == "to-b"
