@@ -635,6 +635,23 @@ def test_paths_are_normalised_and_refused_as_condroute_does(tmp_path):
     assert res.failed == 0 and res.passed == len(odd), "\n".join(res.lines)
 
 
+@pytest.mark.slow
+@needs_envoy
+def test_a_parameter_that_would_climb_out_of_the_base_path_is_400(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(textwrap.dedent("""\
+        version: 1
+        upstreams: {a: "http://127.0.0.1:9001/base"}
+        routes:
+          - name: r
+            match: {path: "/f/{name}.json"}
+            backends: [{name: x, upstream: a, path: "/store/{name}"}]
+        """))
+    urls = ["/f/..json", "/f/...json", "/f/a.json", "/f/.;x.json", "/f/....json", "/f/.a.json"]
+    res = verify_requests(str(p), [("GET", "http://x.example" + u, {}, None) for u in urls])
+    assert res.failed == 0 and res.passed == len(urls), "\n".join(res.lines)
+
+
 # the one documented difference: Envoy cannot tell whether a route could own an odd path, so it
 # refuses every one with 400, where condroute lets a path that no route could own pass (a gateway: 404)
 @pytest.mark.slow

@@ -16,6 +16,7 @@ What Envoy cannot do exactly is collected as located :class:`NotExported` and le
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -147,7 +148,6 @@ class _Export:
             else:
                 spec = {"safe_regex": {"regex": rx}}
             return spec, rx, groups, rest
-        import re
         pat = p.pattern[:-2] if p.pattern.endswith("\\Z") else p.pattern
         gi = re.compile(pat).groupindex
         groups = {k: v for k, v in gi.items() if k != "rest"}
@@ -372,7 +372,16 @@ class _Export:
                                     NotExported(bat, "the route's and the backend's conditions expand to too "
                                                      "many Envoy routes"))
                 continue
+            guards = []
+            try:
+                guards = _escape_guards(r, b, bat)
+            except NotExported as e:
+                self.refused.append(e)
+                continue
             for t in terms:
+                for g in guards:      # a parameter that would make a '.' or '..' segment: condroute's 400
+                    self.routes.append(self.envoy_route(r, b.name + "/400", g, base_headers + t, _text(
+                        400, "condroute: bad request: the path would leave the backend's path\n")))
                 self.routes.append(self.envoy_route(r, b.name, pathinfo[0], base_headers + t, act))
             if bdnf == TRUE:
                 total = True
@@ -441,6 +450,38 @@ def _when(b: model.Backend, file: str) -> ir.Cond | None:
     if isinstance(w, model.VisibleHeaders) and w.token is None:
         return _visible(ir.condition(w.inner, file), w.headers)
     return ir.when(b, file)
+
+
+def _escape_guards(r: model.Route, b: model.Backend, at: Where) -> list[dict]:
+    """condroute answers 400 when a path template would render a '.' or '..' segment (engine.escapes).
+    A parameter that is a whole segment of the normalised path never is one, nor is {rest} or {path}
+    alone; a parameter matched inside a segment (``/f/{name}.json``) can be ``.`` or ``..``: for a
+    template segment that is only that parameter, the path specifiers that catch those values (each
+    answered 400 before the backend's route). Other template segments that could render a dot
+    segment are refused."""
+    if b.path is None or b.respond is not None or b.redirect is not None or r.path is None:
+        return []
+    p = r.path
+    inner = set(p.params) if p.pattern is not None else set()
+    guards = []
+    for seg in b.path.text.split("/"):
+        if "{" not in seg:
+            continue
+        head = seg.partition(";")[0]
+        lead = head.split("{", 1)[0]
+        if lead.strip(".") != "":
+            continue                  # a literal that is not a dot starts the segment: never a dot segment
+        m = re.fullmatch(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", seg)
+        name = m.group(1) if m else None
+        if name is not None and name not in inner:
+            continue                  # a whole normalised segment, {rest} or {path}: never '.' or '..'
+        if name is None:
+            raise NotExported(at, f"path template {b.path.text!r}: its segment {seg!r} could render '.' or '..', "
+                                  "which condroute refuses with 400 and Envoy's regex_rewrite cannot tell")
+        dots = f"(?P<{name}>\\.\\.?(?:;[^/]*)?)"
+        pat = p.pattern[:-2] if p.pattern.endswith("\\Z") else p.pattern
+        guards.append({"safe_regex": {"regex": pat.replace(f"(?P<{name}>[^/]+)", dots)}})
+    return guards
 
 
 def _missing_holds(m: ir.Matcher) -> bool:
