@@ -133,8 +133,9 @@ class _Writer:
         at = ir.where_line(file, b.line)
         chosen = f"cr_be_{name[3:]}"
         if b.mirrors:
-            raise ir.NotExported(at, "mirror: HAProxy 2.6 has no request mirroring of its own (only "
-                                     "through an SPOE agent, a separate program)")
+            raise ir.NotExported(at, "mirror: HAProxy 2.6 has no request mirroring of its own (an SPOE "
+                                     "agent is a separate program; its Lua httpclient sends only GET, HEAD, "
+                                     "PUT, POST and DELETE)")
         if b.redirect is not None:
             lines = redirect_lines(b.redirect, chosen, at)
             self.acls.lines.append(f"acl {chosen} var(txn.cr_backend) -m str {name}")
