@@ -32,7 +32,8 @@ import yaml
 from condroute.engine import decide
 from condroute.export import verify as v
 from condroute.export.base import ExportOptions
-from condroute.export.envoy import TARGET, _int_weights
+from condroute.export.envoy import TARGET
+from condroute.export.envoy_parts import int_weights
 from condroute.export.targets import read, verify_file
 from condroute.request import RequestView
 from helpers import ROOT, free_port
@@ -223,9 +224,9 @@ def test_actions_headers_respond_retries_timeouts_split(tmp_path):
 
 
 def test_weights_are_scaled_to_whole_numbers():
-    assert _int_weights([90, 10]) == [90, 10]
-    assert _int_weights([1.5, 2.25]) == [150, 225]
-    assert _int_weights([1 / 3, 2 / 3]) == [333333, 666667]
+    assert int_weights([90, 10]) == [90, 10]
+    assert int_weights([1.5, 2.25]) == [150, 225]
+    assert int_weights([1 / 3, 2 / 3]) == [333333, 666667]
 
 
 def test_what_envoy_cannot_express_is_refused_located_and_left_out(tmp_path):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import ssl
 import subprocess
 import sys
 
@@ -30,6 +29,7 @@ from .base import ExportOptions, Exported, Target
 from .envoy_filters import filters as pre_filters
 from .envoy_filters import path_filter
 from .envoy_match import CLIENT_HEADER, FALSE, TRUE, Ctx, cond_dnf, host_rx, product, rx_escape, search
+from .envoy_parts import NEVER_STRIP, backend_when, ca_file, escape_guards, int_weights, is_ip
 from .ir import NotExported, Where
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -82,20 +82,20 @@ class _Export:
         name = f"{up.name if up.name != up.url else up.authority}|{up.origin}".replace(" ", "_")
         addr = (self.opts.addresses or {}).get(up.origin)
         host, port = addr if addr is not None else (up.host, up.port)
-        literal = _is_ip(host)
+        literal = is_ip(host)
         c = {"name": name, "type": "STATIC" if literal else "STRICT_DNS", "connect_timeout": "5s",
              "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
                  {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]}}
         if not literal:
             c["dns_lookup_family"] = "V4_PREFERRED"
         if addr is None and up.scheme == "https":
-            ca = _ca_file()
+            ca = ca_file()
             vc: dict = {"match_typed_subject_alt_names": [
-                {"san_type": "IP_ADDRESS" if _is_ip(up.host) else "DNS", "matcher": {"exact": up.host}}]}
+                {"san_type": "IP_ADDRESS" if is_ip(up.host) else "DNS", "matcher": {"exact": up.host}}]}
             if ca:
                 vc["trusted_ca"] = {"filename": ca}
             tls: dict = {"common_tls_context": {"validation_context": vc}}
-            if not _is_ip(up.host):
+            if not is_ip(up.host):
                 tls["sni"] = up.host
             c["transport_socket"] = {"name": "envoy.transport_sockets.tls",
                                      "typed_config": {"@type": TLS, **tls}}
@@ -221,7 +221,7 @@ class _Export:
                 arms = [(up, w) for up, w in arms if w > 0]
             else:
                 arms = [(up, 1.0) for up, _ in arms]
-            weights = _int_weights([w for _, w in arms])
+            weights = int_weights([w for _, w in arms])
             if len({up.base_path for up, _ in arms}) > 1:
                 raise NotExported(at, "a split between upstreams with different base paths: Envoy rewrites the "
                                       "path once per route, before the weighted cluster is picked")
@@ -364,7 +364,7 @@ class _Export:
         for b in order:
             bat = ir.where_line(file, b.line)
             try:
-                bdnf = TRUE if b.fallback else cond_dnf(_when(b, file), self.ctx, bat)
+                bdnf = TRUE if b.fallback else cond_dnf(backend_when(b, file), self.ctx, bat)
                 act = self.action(r, b, pathinfo, bat, strip)
                 terms = product(rdnf, bdnf)
             except (NotExported, OverflowError) as e:
@@ -374,7 +374,7 @@ class _Export:
                 continue
             guards = []
             try:
-                guards = _escape_guards(r, b, bat)
+                guards = escape_guards(r, b, bat)
             except NotExported as e:
                 self.refused.append(e)
                 continue
@@ -438,105 +438,6 @@ class _Export:
                 "# routes are first-match in order: one condroute route = its backends in order, then its no-match\n")
         text = head + yaml.safe_dump(boot, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
         return Exported(text=text, files=self.files, refused=self.refused, notes=self.notes)
-
-
-def _when(b: model.Backend, file: str) -> ir.Cond | None:
-    """A backend's condition; an imported KrakenD conditional that sees only the endpoint's declared
-    headers (model.VisibleHeaders without a token check) is its condition with every other header
-    missing; one that can never hold (model.Never) is false."""
-    w = b.when
-    if isinstance(w, model.Never):      # never holds: no Envoy route at all is exact
-        return ir.Or(())
-    if isinstance(w, model.VisibleHeaders) and w.token is None:
-        return _visible(ir.condition(w.inner, file), w.headers)
-    return ir.when(b, file)
-
-
-def _escape_guards(r: model.Route, b: model.Backend, at: Where) -> list[dict]:
-    """condroute answers 400 when a path template would render a '.' or '..' segment (engine.escapes).
-    A parameter that is a whole segment of the normalised path never is one, nor is {rest} or {path}
-    alone; a parameter matched inside a segment (``/f/{name}.json``) can be ``.`` or ``..``: for a
-    template segment that is only that parameter, the path specifiers that catch those values (each
-    answered 400 before the backend's route). Other template segments that could render a dot
-    segment are refused."""
-    if b.path is None or b.respond is not None or b.redirect is not None or r.path is None:
-        return []
-    p = r.path
-    inner = set(p.params) if p.pattern is not None else set()
-    guards = []
-    for seg in b.path.text.split("/"):
-        if "{" not in seg:
-            continue
-        head = seg.partition(";")[0]
-        lead = head.split("{", 1)[0]
-        if lead.strip(".") != "":
-            continue                  # a literal that is not a dot starts the segment: never a dot segment
-        m = re.fullmatch(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", seg)
-        name = m.group(1) if m else None
-        if name is not None and name not in inner:
-            continue                  # a whole normalised segment, {rest} or {path}: never '.' or '..'
-        if name is None:
-            raise NotExported(at, f"path template {b.path.text!r}: its segment {seg!r} could render '.' or '..', "
-                                  "which condroute refuses with 400 and Envoy's regex_rewrite cannot tell")
-        dots = f"(?P<{name}>\\.\\.?(?:;[^/]*)?)"
-        pat = p.pattern[:-2] if p.pattern.endswith("\\Z") else p.pattern
-        guards.append({"safe_regex": {"regex": pat.replace(f"(?P<{name}>[^/]+)", dots)}})
-    return guards
-
-
-def _missing_holds(m: ir.Matcher) -> bool:
-    """Does the matcher hold on a missing value (condroute: only present: false and not)?"""
-    if isinstance(m, ir.Present):
-        return not m.present
-    if isinstance(m, ir.MNot):
-        return not _missing_holds(m.inner)
-    if isinstance(m, ir.MAll):
-        return all(_missing_holds(p) for p in m.parts)
-    return False
-
-
-def _visible(c: ir.Cond, headers: frozenset[str] | None) -> ir.Cond:
-    if headers is None:
-        return c
-    if isinstance(c, ir.Atom) and c.source == "header" and (c.name or "") not in headers:
-        return ir.TRUE if _missing_holds(c.matcher) else ir.Or(())
-    if isinstance(c, (ir.And, ir.Or)):
-        return type(c)(tuple(_visible(p, headers) for p in c.parts))
-    if isinstance(c, ir.Not):
-        return ir.Not(_visible(c.inner, headers))
-    return c
-
-
-NEVER_STRIP = frozenset({"host", "authorization", "cookie", "content-type", "content-length", "transfer-encoding"})
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
-def _ca_file() -> str | None:
-    p = ssl.get_default_verify_paths()
-    for f in (p.cafile, p.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
-        if f and os.path.isfile(f):
-            return f
-    try:
-        import certifi
-        return certifi.where()
-    except ImportError:     # pragma: no cover
-        return None
-
-
-def _int_weights(ws: list[float]) -> list[int]:
-    """Envoy's weights are integers: condroute's, scaled until they are whole (at most 10^6)."""
-    for scale in (1, 10, 100, 1000, 10000, 100000, 1000000):
-        if all(abs(w * scale - round(w * scale)) < 1e-9 for w in ws):
-            return [int(round(w * scale)) for w in ws]
-    return [max(1, int(round(w * 1000000))) for w in ws]
 
 
 class EnvoyTarget(Target):
