@@ -23,6 +23,7 @@ from typing import Union
 
 from . import ir
 from .ir import NotExported, Where
+from .nginx_cel import translate
 
 WS = r"[\t-\r\x1c-\x20]"            # what Python's str.strip() strips (ASCII)
 HEX = "[0-9A-Fa-f]"
@@ -266,7 +267,6 @@ def leaves(c: ir.Cond) -> ir.Cond:
     if isinstance(c, ir.Atom):
         return _split(c.source, c.name, c.matcher, c.at)
     if isinstance(c, ir.Cel):
-        from .nginx_cel import translate
         return leaves(translate(c))
     return c
 
