@@ -26,6 +26,7 @@ import yaml
 from .. import model
 from . import ir
 from .base import ExportOptions, Exported, Target
+from .envoy_cel import cel_dnf
 from .envoy_filters import filters as pre_filters
 from .envoy_filters import path_filter
 from .envoy_match import CLIENT_HEADER, FALSE, TRUE, Ctx, cond_dnf, host_rx, product, rx_escape, search
@@ -63,7 +64,7 @@ class _Export:
         self.clusters: dict[str, dict] = {}      # origin -> cluster
         self.routes: list[dict] = []
         self.files: dict[str, str] = {}
-        self.ctx = Ctx(rules.file, jwt_ok=self._jwt_ok)
+        self.ctx = Ctx(rules.file, jwt_ok=self._jwt_ok, cel=cel_dnf)
 
     # ------------------------------------------------------------------------------- pieces
     def _jwt_ok(self, at: Where) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-from .envoy_match import DNF, TRUE, Ctx, QuerySource, product
+from .envoy_match import DNF, Ctx, QuerySource, product
 from .ir import Eq, NotExported, Prefix, Where
 
 _CEL_TOKEN = re.compile(r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<op>&&|==|\(|\)|\.)|(?P<id>[A-Za-z_][A-Za-z_0-9.]*))')
@@ -101,23 +101,6 @@ def cel_dnf(expr: str, at: Where, ctx: Ctx) -> DNF:
         raise NotExported(at, "cel: Envoy's route match cannot evaluate CEL; only the query tests "
                               "that imported routes write (hasQuery, getQuery(...) == / startsWith, "
                               "joined with &&) are exported") from None
-
-
-def negate(d: DNF) -> DNF:
-    """NOT of a DNF of header matchers: each matcher inverted (present_match flipped)."""
-    out: DNF = TRUE
-    for term in d:
-        alts: DNF = []
-        for hm in term:
-            if "present_match" in hm:
-                alts.append([{**hm, "present_match": not hm["present_match"]}])
-            elif hm["name"].startswith(":"):            # always there: the inverted matcher says it all
-                alts.append([{**hm, "invert_match": not hm.get("invert_match", False)}])
-            else:
-                alts.append([{"name": hm["name"], "present_match": False}])
-                alts.append([{**hm, "invert_match": not hm.get("invert_match", False)}])
-        out = product(out, alts)
-    return out
 
 
 class FirstQuery(QuerySource):

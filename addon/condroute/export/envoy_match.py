@@ -20,8 +20,9 @@ rest. What Envoy's matchers do, measured on the binary (tests/test_export_envoy.
 - ``method``: ``:method``; ``path``: ``:path`` up to the ``?`` (normalised by the first filter);
 - ``port`` and ``authority``: ``:authority``, 80 when it names no port (the listener is plain HTTP).
 
-(About 570 lines: one small Source class per part of the request, sharing the DNF conventions of
-this module; the CEL subset is in ``envoy_cel``.)
+Why this module is long: one small Source class per part of the request (header, cookie, query,
+claim, method, host, path, port, authority), all on the DNF conventions above; the CEL subset is
+in ``envoy_cel``.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class Ctx:
     nets: list[tuple] = field(default_factory=list)             # index -> tuple of networks
     claims: list[str] = field(default_factory=list)             # index -> claim path
     jwt_ok: Callable[[Where], None] = lambda at: None           # raises NotExported when jwt cannot be exported
+    cel: Callable | None = None        # (expr, at, ctx) -> DNF: the CEL subset (envoy_cel.cel_dnf), built on this module
 
     def net_header(self, nets: tuple) -> str:
         if nets not in self.nets:
@@ -112,12 +114,30 @@ def _dnf(c: Cond, neg: bool, ctx: Ctx) -> DNF:
         raise NotExported(c.at, "geo: Envoy has no GeoIP database lookup in its route match "
                                 "(the geoip HTTP filter needs a MaxMind provider build and writes headers)")
     if isinstance(c, Cel):
-        from .envoy_cel import cel_dnf, negate       # (envoy_cel builds on this module's sources)
-        d = cel_dnf(c.expr, c.at, ctx)
+        if ctx.cel is None:
+            raise NotExported(c.at, "cel: Envoy's route match cannot evaluate CEL")
+        d = ctx.cel(c.expr, c.at, ctx)
         return negate(d) if neg else d
     if isinstance(c, Opaque):
         raise NotExported(c.at, c.why)
     raise NotExported(Where(ctx.file, 1, 1), f"unknown condition {c!r}")     # pragma: no cover
+
+
+def negate(d: DNF) -> DNF:
+    """NOT of a DNF of header matchers: each matcher inverted (present_match flipped)."""
+    out: DNF = TRUE
+    for term in d:
+        alts: DNF = []
+        for hm in term:
+            if "present_match" in hm:
+                alts.append([{**hm, "present_match": not hm["present_match"]}])
+            elif hm["name"].startswith(":"):            # always there: the inverted matcher says it all
+                alts.append([{**hm, "invert_match": not hm.get("invert_match", False)}])
+            else:
+                alts.append([{"name": hm["name"], "present_match": False}])
+                alts.append([{**hm, "invert_match": not hm.get("invert_match", False)}])
+        out = product(out, alts)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- matchers
