@@ -101,7 +101,7 @@ class NginxTarget(Target):
             file = ir.route_file(rules, r)
             try:
                 tree = _route_tree(rules, r, cfg)
-                rbit = _cond_var(cfg, tree, f"r{i}")
+                rbit = _cond_var(cfg, tree, f"route {r.name}: its match")
                 params = cfg.route_params(r, i)
             except NotExported as e:
                 cfg.refused.append(e)
@@ -121,7 +121,7 @@ class NginxTarget(Target):
                             bit = "1"
                         else:
                             t = leaves(w)
-                            bit = _cond_var(cfg, t, f"r{i}b{j}")
+                            bit = _cond_var(cfg, t, f"route {r.name}, backend {b.name}: its when")
                     backend_location(cfg, rules, r, b, f"r{i}b{j}", params, file, strip)
                 except NotExported as e:
                     cfg.refused.append(e)

@@ -204,8 +204,11 @@ class Config:
         return self._leaf[key]
 
     def bits_map(self, stem: str, vars_: list[str], rx: str, comment: str = "") -> str:
-        if rx == "^" + "".join("(?=.{%d}1)" % i if i else "(?=1)" for i in range(len(vars_))):
+        ahead = ["(?=.{%d}1)" % i if i else "(?=1)" for i in range(len(vars_))]
+        if rx == "^" + "".join(ahead):                      # every one: 11...1
             rx = "^" + "1" * len(vars_) + "$"
+        elif rx == "^(?:" + "|".join(ahead) + ")":          # any one: a 1 somewhere
+            rx = "1"
         key = ("bits", tuple(vars_), rx)
         if key in self._leaf:
             return self._leaf[key]
@@ -290,8 +293,10 @@ class Config:
         for block in self.maps:
             out += ["    " + ln for ln in block.split("\n")] + [""]
         key = "".join("${" + v[1:] + "}" if v.startswith("$") else v for v in self.keyvars)
-        out.append(f"    map {q(key)} $cr_target {{   # routes in file order: the first that matches; "
-                   "its first backend that holds, else its fallback")
+        out.append("    # the key: per route in file order, its match bit then its backends' bits (1: holds);")
+        out.append("    # the first entry that fits wins: the first route that matches, its first backend that")
+        out.append("    # holds, else its fallback, else no match")
+        out.append(f"    map {q(key)} $cr_target {{")
         for rx, loc in self.entries:
             out.append(f"        {q('~' + rx)}  {loc};")
         out += ["        default none;", "    }",
