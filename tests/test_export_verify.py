@@ -96,6 +96,30 @@ def test_repeated_header_fields_folded_into_one_are_the_same(tmp_path):
     assert v.compare(d, w, other, origins, compiled, "gw") == ["header x-ab: condroute [B, B], gw B"]
 
 
+def test_a_split_arm_is_compared_with_its_own_base_path_and_host(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(textwrap.dedent("""\
+        version: 1
+        upstreams: {a: "http://127.0.0.1:9001/one", b: "http://127.0.0.1:9002/two"}
+        routes:
+          - name: r
+            backends:
+              - name: s
+                split: {by: "cookie:uid", weights: {a: 50, b: 50}}
+        """))
+    compiled, m = read(str(p))
+    origins = {name: up.origin for name, up in m.upstreams.items()}
+    w = v.wire("c", "x:1", build_request("http://shop.example/x", cookies=["uid=7"]), m)
+    d = decide(compiled, w.view)
+    other = "b" if d.upstream == "a" else "a"
+    up = m.upstreams[other]
+    arrived = answer_from(other, f"{up.base_path}/x", [("Host", up.authority), ("Cookie", "uid=7")])
+    assert v.compare(d, w, arrived, origins, compiled, "gw") == []
+    wrong = answer_from(other, f"{m.upstreams[d.upstream].base_path}/x", [("Host", up.authority), ("Cookie", "uid=7")])
+    assert v.compare(d, w, wrong, origins, compiled, "gw") == [
+        f"path: condroute {up.base_path}/x, gw {m.upstreams[d.upstream].base_path}/x"]
+
+
 def test_a_direct_answer_is_compared_by_status_body_and_headers(tmp_path):
     compiled, m, w, d, origins = setup(tmp_path, "http://shop.example/", [("X-Ab", "block")])
     assert d.outcome == "respond"

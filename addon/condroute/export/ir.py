@@ -192,7 +192,9 @@ def _texts(node: Y) -> tuple[str, ...]:
 
 
 def matcher(node: Y, upper: bool = False) -> Matcher:
-    """A MATCHER as ``conditions.matchers.compile_matcher`` reads it (the model loaded, so it is valid)."""
+    """A MATCHER as ``conditions.matchers.compile_matcher`` reads it (the model loaded, so it is valid).
+    ``upper`` (a method): a scalar or list is upper-cased, as ``conditions.base.single_value`` does;
+    ``{equals: get}`` is not, so it never holds for a method, exactly as in the engine."""
     def up(t: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(s.upper() for s in t) if upper else t
     v = node.v
@@ -204,7 +206,7 @@ def matcher(node: Y, upper: bool = False) -> Matcher:
         if key == "ignore_case":
             continue
         if key in ("equals", "in"):
-            parts.append(Eq(up(_texts(sub)), ic))
+            parts.append(Eq(_texts(sub), ic))    # the engine upper-cases only the scalar and list forms
         elif key == "prefix":
             parts.append(Prefix(as_text(sub), ic))
         elif key == "suffix":

@@ -229,7 +229,10 @@ def compare(d: Decision, w: Wire, a: Answer, origins: dict[str, str], rules: Rul
             names = " or ".join(sorted({up.name for up in want})) or str(d.upstream)
             return [f"upstream: condroute {names}, {target} {got['upstream']}"]
         diffs = []
-        path = final_path(d, req)
+        path = final_path(d, req) or ""
+        chosen = d.upstream_obj
+        if match is not chosen and chosen is not None and path.startswith(chosen.base_path):
+            path = match.base_path + path[len(chosen.base_path):]    # the arm that got it: its base path
         if got["target"] != path:
             diffs.append(f"path: condroute {path}, {target} {got['target']}")
         if got["method"] != req.method:
