@@ -744,11 +744,11 @@ def test_a_timeout_answers_504_and_retries_are_for_idempotent_methods_only(tmp_p
         status, _, took = env.request("GET", "/slow")
         assert status == 504 and 0.4 < took < 5
         assert env.request("GET", "/gone")[0] == 503
-        assert env.stat("gone.internal.upstream_rq_retry") == 2
+        assert env.stat("cluster.gone.upstream_rq_retry") == 2
         assert env.request("POST", "/gone")[0] == 503
-        assert env.stat("gone.internal.upstream_rq_retry") == 2      # no retry for POST
+        assert env.stat("cluster.gone.upstream_rq_retry") == 2      # no retry for POST
         assert env.request("PUT", "/gone")[0] == 503
-        assert env.stat("gone.internal.upstream_rq_retry") == 4
+        assert env.stat("cluster.gone.upstream_rq_retry") == 4
     finally:
         env.stop()
         silent.close()

@@ -80,7 +80,12 @@ class _Export:
         c = self.clusters.get(up.origin)
         if c is not None:
             return c["name"]
-        name = f"{up.name if up.name != up.url else up.authority}|{up.origin}".replace(" ", "_")
+        base = re.sub(r"[^A-Za-z0-9_.:-]+", "_", up.name if up.name != up.url else up.authority)
+        taken = {c["name"] for c in self.clusters.values()}
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}-{n}"
         addr = (self.opts.addresses or {}).get(up.origin)
         host, port = addr if addr is not None else (up.host, up.port)
         literal = is_ip(host)
@@ -437,8 +442,16 @@ class _Export:
                                                             "port_value": self.opts.admin_port}}}
         head = (f"# Envoy bootstrap written by condroute export from {self.rules.file}\n"
                 "# routes are first-match in order: one condroute route = its backends in order, then its no-match\n")
-        text = head + yaml.safe_dump(boot, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
+        text = head + yaml.dump(boot, Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=120,
+                                allow_unicode=True)
         return Exported(text=text, files=self.files, refused=self.refused, notes=self.notes)
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Every matcher written out where it is used (no YAML anchors: the file is for people too)."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
 
 
 class EnvoyTarget(Target):
