@@ -603,6 +603,47 @@ def test_envoy_finds_and_verifies_tokens_as_condroute_does_and_internal_headers_
 
 @pytest.mark.slow
 @needs_envoy
+@pytest.mark.parametrize("source", ["public_key_file: pub.pem", "jwks_file: jwks.json"])
+def test_rs256_tokens_with_a_pem_key_or_a_jwks_file(tmp_path, source):
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "pub.pem").write_bytes(k.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    jwk = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(k.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1"}]}))
+    p = tmp_path / "r.yaml"
+    p.write_text(textwrap.dedent(f"""\
+        version: 1
+        upstreams: {{a: "http://127.0.0.1:9001", b: "http://127.0.0.1:9002"}}
+        settings: {{jwt: {{verify: {{{source}}}}}}}
+        routes:
+          - name: r
+            backends:
+              - {{name: beta, when: {{jwt: {{groups: beta, n: "3", org.team: red}}}}, upstream: b}}
+              - {{name: split, when: {{header: {{x-s: "1"}}}}, split: {{by: "jwt:sub", weights: {{a: 1, b: 1}}}}}}
+              - {{name: rest, fallback: true, upstream: a}}
+        """))
+    claims = {"sub": "ana", "groups": ["x", "beta"], "n": 3, "org": {"team": "red"}, "exp": 4102444800}
+    good = pyjwt.encode(claims, k, algorithm="RS256", headers={"kid": "k1"})
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = pyjwt.encode(claims, other, algorithm="RS256", headers={"kid": "k1"})
+    url = "http://x.example/"
+    compiled, _ = read(str(p))
+    assert condroute_pick(compiled, "GET", url, [("Authorization", f"Bearer {good}")]) == "r/beta"
+    assert condroute_pick(compiled, "GET", url, [("Authorization", f"Bearer {forged}")]) == "r/rest"
+    res = verify_requests(str(p), [
+        ("GET", url, {"Authorization": f"Bearer {good}"}, None),
+        ("GET", url, {"Authorization": f"Bearer {forged}"}, None),
+        ("GET", url, {"Authorization": f"Bearer {good}", "x-s": "1"}, None),
+        ("GET", url, {}, None),
+    ])
+    assert res.failed == 0 and res.passed == 4, "\n".join(res.lines)
+
+
+@pytest.mark.slow
+@needs_envoy
 def test_strip_routing_headers_and_forged_client_networks(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text(textwrap.dedent("""\

@@ -28,6 +28,11 @@ import base64
 import json
 import os
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
 from .. import model
 from ..node import Y
 from .base import ExportOptions
@@ -421,6 +426,22 @@ def _b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
+def _pem_jwk(path: str, at) -> dict:
+    """A PEM public key (or certificate) file as a JWK (RSA, EC, Ed25519/Ed448)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            key = load_pem_public_key(data)
+        except ValueError:
+            key = x509.load_pem_x509_certificate(data).public_key()
+        algo = RSAAlgorithm if isinstance(key, rsa.RSAPublicKey) else \
+            ECAlgorithm if isinstance(key, ec.EllipticCurvePublicKey) else OKPAlgorithm
+        return json.loads(algo.to_jwk(key))
+    except (OSError, ValueError, TypeError, NotImplementedError) as e:
+        raise NotExported(at, f"settings.jwt.verify.public_key_file: {e}") from None
+
+
 def _plain(node: Y):
     return node.plain() if hasattr(node, "plain") else node.v
 
@@ -450,7 +471,10 @@ def _jwt(rules: model.Rules) -> tuple[dict, tuple[str, str]]:
         path = str(vv[key].v)
         if not os.path.isabs(path):
             path = os.path.join(os.path.dirname(os.path.abspath(file)), path)
-        provider["local_jwks"] = {"filename": path}     # Envoy reads a JWKS or a PEM public key
+        if key == "jwks_file":
+            provider["local_jwks"] = {"filename": path}
+        else:                                           # Envoy reads JWKS only: the PEM key as a JWK
+            provider["local_jwks"] = {"inline_string": json.dumps({"keys": [_pem_jwk(path, where(vv[key], file))]})}
     if "issuer" in vv:
         iss = _plain(vv["issuer"])
         if isinstance(iss, list):
