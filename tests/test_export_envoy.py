@@ -255,6 +255,15 @@ def test_what_envoy_cannot_express_is_refused_located_and_left_out(tmp_path):
     assert [r["name"] for r in routes_of(exp.text)] == ["r/ok", "no-route"]
 
 
+def test_jwt_algorithms_cannot_be_limited_in_envoy(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("version: 1\nupstreams: {a: 'http://127.0.0.1:1'}\nsettings:\n  jwt:\n    verify:\n"
+                 "      secret: 0123456789abcdef0123456789abcdef\n      algorithms: [HS256]\n"
+                 "routes: [{name: r, backends: [{name: x, when: {jwt: {sub: a}}, upstream: a}]}]\n")
+    (line,) = [r.line("envoy") for r in export(p).refused]
+    assert line.startswith(f"{p}:7:") and "algorithms" in line
+
+
 # ------------------------------------------------------------------ condroute vs Envoy's selection
 COOKIE_RULES = """\
     version: 1

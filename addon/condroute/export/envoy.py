@@ -75,6 +75,10 @@ class _Export:
         if v is None or v.v is False:
             raise NotExported(at, "jwt with settings.jwt.verify: false (decode only): Envoy's jwt_authn "
                                   "gives claims only from tokens it has verified")
+        if isinstance(v.v, dict) and "algorithms" in v.v:
+            raise NotExported(ir.where(v.v["algorithms"], self.rules.file),
+                              "settings.jwt.verify.algorithms: Envoy's jwt_authn accepts every algorithm of "
+                              "the key's kind and cannot be limited to these")
 
     def cluster(self, up: model.Upstream) -> str:
         c = self.clusters.get(up.origin)
