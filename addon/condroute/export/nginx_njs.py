@@ -7,6 +7,8 @@ directives cannot read exactly.
   refused, ``exp``/``nbf``/``iat`` with the leeway, ``iss``, ``aud``, ``sub``/``jti`` types). Each
   jwt leaf is one ``js_set`` variable, 1 when some value of the claim matches. Public keys and JWKS
   are not exported: njs verifies them only asynchronously, which ``js_set`` cannot wait for.
+- Whether a header was sent at all, for the header tests that hold on an empty value
+  (``present: true``, ``equals: ""``, ``prefix: ""``...): nginx reads an empty header as missing.
 - The client address with ``settings.trusted_proxies``: X-Forwarded-For walked from the right to
   the first untrusted address (then X-Real-IP), as ``RequestView.client_ip`` does — nginx's realip
   module does not fall back to X-Real-IP, and in ``--verify`` the peer address itself comes from
@@ -356,10 +358,11 @@ class Njs:
         self.split_claims: list[str] = []
         self.client = False
         self.rewrites: list[dict[str, Any]] = []
+        self.headers: list[str] = []            # header names whose presence a leaf needs
 
     @property
     def used(self) -> bool:
-        return bool(self.leaves or self.client or self.split_claims or self.rewrites)
+        return bool(self.leaves or self.client or self.split_claims or self.rewrites or self.headers)
 
     def jwt_settings(self, at: Where) -> dict[str, Any]:
         """``settings.jwt`` as the script reads it; NotExported for keys njs cannot check in js_set."""
@@ -410,6 +413,12 @@ class Njs:
         self.rewrites.append({"p": translate_regex(pattern, at), "parts": list(parse_replacement(replacement))})
         return f"rw{len(self.rewrites)}"
 
+    def header_present(self, low: str) -> str:
+        """The js_set function that is 1 when a header of that name was sent (even empty)."""
+        if low not in self.headers:
+            self.headers.append(low)
+        return f"hp{self.headers.index(low) + 1}"
+
     def split_claim(self, claim: str, at: Where) -> str:
         self.jwt_settings(at)
         if self.split_claims and self.split_claims[0] != claim:
@@ -430,8 +439,11 @@ class Njs:
                "splitClaim": self.split_claims[0] if self.split_claims else None}
         funcs = [f"function j{i}(r) {{ return leaf(r, {i - 1}); }}" for i in range(1, len(self.leaves) + 1)]
         funcs += [f"function rw{i}(r) {{ return rewrite(r, {i - 1}); }}" for i in range(1, len(self.rewrites) + 1)]
+        funcs += [f"function hp{i}(r) {{ return headerValues(r, {json.dumps(h)}).length ? '1' : '0'; }}"
+                  for i, h in enumerate(self.headers, 1)]
         exports = ([f"j{i}" for i in range(1, len(self.leaves) + 1)] + ["client", "claimKey"]
-                   + [f"rw{i}" for i in range(1, len(self.rewrites) + 1)])
+                   + [f"rw{i}" for i in range(1, len(self.rewrites) + 1)]
+                   + [f"hp{i}" for i in range(1, len(self.headers) + 1)])
         return (SCRIPT.replace("@CFG@", json.dumps(cfg, indent=1))
                 .replace("@FUNCS@", "\n".join(funcs)).replace("@EXPORTS@", ", ".join(exports)))
 

@@ -9,8 +9,8 @@ from .. import model
 from . import ir
 from .base import ExportOptions
 from .ir import NotExported, Where
-from .nginx_match import (Test, cookie_first, cookie_first_rx, cookie_rx, esc, query_first, query_first_rx, query_rx,
-                          whole_rx)
+from .nginx_match import (Test, cookie_first, cookie_first_rx, cookie_rx, esc, leaf_holds_empty, query_first,
+                          query_first_rx, query_rx, whole_rx)
 from .nginx_njs import Njs
 
 PREFIX = "/_condroute/"
@@ -136,7 +136,17 @@ class Config:
                                       "of letters, digits and '-' (by default it drops the others)")
             src = "$http_" + a.name.lower().replace("-", "_")
             rx = whole_rx(m, at)
-            return self.regex_map(src, rx if rx is not None else ".", f"{at} {what}", empty_false=True)
+            filled = self.regex_map(src, rx if rx is not None else ".", f"{at} {what}", empty_false=True)
+            if not leaf_holds_empty(m):
+                return filled
+            # nginx reads an empty header as a missing one: whether it was sent at all, njs says
+            fn = self.njs.header_present(a.name.lower())
+            present = f"$cr_{fn}"
+            self.js_sets[present] = fn
+            if isinstance(m, ir.Present):
+                return present
+            empty = self.regex_map(src, "^$", f"{at} {what}: empty")
+            return self.bits_map("c", [filled, present, empty], "^(?:1|.11)", f"{at} {what}")
         if a.source == "cookie":
             if isinstance(m, ir.Regex):
                 present = self.regex_map("$http_cookie", cookie_rx(a.name, ir.Present(True), at), f"{at} {what}")
