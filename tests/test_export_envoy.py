@@ -1,16 +1,18 @@
-"""``condroute export --to envoy`` (export/envoy.py, envoy_match.py, envoy_filters.py).
+"""``condroute export --to envoy`` (export/envoy.py, envoy_match.py, envoy_cel.py, envoy_filters.py,
+envoy_parts.py).
 
 - Fast: the generated bootstrap's shape (one virtual host, routes in condroute's order, the
-  no-match and no-route answers), and a small model of Envoy's route selection (``pick``: the
-  documented RouteMatch semantics that the slow tests measure on the binary: a header matcher holds
-  when one value matches, ``invert_match`` is false on a missing header, ``safe_regex`` is a full
-  match) run against condroute's own decision over many requests: cookies (quotes, blanks, several
-  Cookie headers), query strings (every encoding of the text, repeated parameters), hosts (case,
-  ports, trailing dots), ``not``/``any``; what Envoy cannot express is refused, located.
-- Slow (the real envoy from the ``gateways`` extra; skipped with the reason when missing): every
-  shipped rules file passes ``envoy --mode validate`` and verifies with its cases; a feature file
-  with the awkward requests verifies; a timeout answers 504; retries happen for idempotent methods
-  only; two Envoys run at once.
+  no-match and no-route answers, actions), refusals located, and a small model of Envoy's route
+  selection (``pick``: the RouteMatch semantics the slow tests measure on the binary: a header
+  matcher holds when one value matches, ``invert_match`` is false on a missing header,
+  ``safe_regex`` is a full match) run against condroute's own decision over many requests: cookies
+  (quotes, blanks, several Cookie headers), query strings (every encoding, repeated parameters, the
+  first value for imported CEL), hosts, ports and authorities, ``not``/``any``.
+- Slow (the real envoy of the ``gateways`` extra; skipped with the reason when missing): every
+  shipped rules file passes ``envoy --mode validate`` and verifies with its cases; the HTTPRoute,
+  Istio and KrakenD fixtures verify where exported; awkward requests, odd paths, client addresses,
+  tokens (HS256 secret, RS256 PEM key and JWKS file) verify; a timeout answers 504; retries happen for
+  idempotent methods only; two Envoys run at once. The differences that remain are pinned by tests.
 """
 from __future__ import annotations
 
@@ -649,6 +651,38 @@ def test_rs256_tokens_with_a_pem_key_or_a_jwks_file(tmp_path, source):
         ("GET", url, {}, None),
     ])
     assert res.failed == 0 and res.passed == 4, "\n".join(res.lines)
+
+
+@pytest.mark.slow
+@needs_envoy
+def test_client_addresses_are_read_as_condroute_reads_them(tmp_path):
+    """The Lua filter's address parser and X-Forwarded-For walk: IPv4-mapped IPv6, brackets, ports,
+    zones, '::' forms, garbage, X-Real-IP, leading zeros (not an address)."""
+    p = tmp_path / "r.yaml"
+    p.write_text(textwrap.dedent("""\
+        version: 1
+        upstreams: {a: "http://127.0.0.1:9001", b: "http://127.0.0.1:9002"}
+        settings: {trusted_proxies: [127.0.0.1/32, "::1/128", "2001:db8::/32"]}
+        routes:
+          - name: r
+            backends:
+              - {name: v4, when: {client_ip: [10.20.0.0/16]}, upstream: b}
+              - {name: v6, when: {client_ip: ["fd00:20::/32", "2001:db8:1::/48"]}, upstream: b}
+              - {name: rest, fallback: true, upstream: a}
+        """))
+    url = "http://x.example/"
+    reqs = [
+        ("GET", url, {}, "::ffff:10.20.3.4"), ("GET", url, {}, "[fd00:20::1]:443"), ("GET", url, {}, "10.20.1.1:5555"),
+        ("GET", url, {}, "fd00:20:0:0:0:0:0:1"), ("GET", url, {}, "fd00:21::1"), ("GET", url, {}, "fe80::1%eth0"),
+        ("GET", url, {"X-Forwarded-For": "[fd00:20::5]:80"}, "::1"),
+        ("GET", url, {"X-Forwarded-For": "2001:db8:1::9"}, "2001:db8::1"),
+        ("GET", url, {"X-Forwarded-For": "10.20.0.1", "X-Real-IP": "1.2.3.4"}, "127.0.0.1"),
+        ("GET", url, {"X-Real-IP": "10.20.0.9"}, "::1"), ("GET", url, {"X-Forwarded-For": "10.20.0.1,,127.0.0.1"}, "127.0.0.1"),
+        ("GET", url, {"X-Forwarded-For": "010.20.0.1"}, "127.0.0.1"), ("GET", url, {}, "::"),
+        ("GET", url, {}, "1::2:3:4:5:6:7"), ("GET", url, {}, "fd00:20::1.2.3.4"), ("GET", url, {}, "garbage"),
+    ]
+    res = verify_requests(str(p), reqs)
+    assert res.failed == 0 and res.passed == len(reqs), "\n".join(res.lines)
 
 
 @pytest.mark.slow
