@@ -256,6 +256,7 @@ def test_verify_addresses_replace_the_upstreams_but_not_the_host_header(tmp_path
     assert 'proxy_set_header Host "b.example:8443";' in e.text
 
 
+@pytest.mark.slow     # runs nginx -t
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: os.path.relpath(p, ROOT))
 @pytest.mark.parametrize("verify", [False, True], ids=["production", "verify"])
 def test_every_shipped_rules_file_loads_in_nginx(path, verify, tmp_path):
