@@ -380,13 +380,17 @@ HOST_RULES = """\
           - {name: m, when: {method: [PUT, DELETE]}, upstream: a}
           - {name: p, when: {path: {prefix: /v1/x}}, upstream: a}
           - {name: id, when: {all: [{header: {X-A: {not: {contains: q}}}}, {not: {host: api.example}}]}, upstream: a}
+      - name: notadmin
+        match: {path: {not: {prefix: /admin}, suffix: /z}}
+        backends: [{name: n, upstream: a}]
     """
 HOST_REQUESTS = [
     ("GET", "http://shop.example/"), ("GET", "http://SHOP.Example:8080/"), ("GET", "http://a.shop.example./x"),
     ("POST", "http://shop.example/"), ("GET", "http://evilshop.example/"), ("GET", "http://shop.example.evil/"),
     ("GET", "http://eu.api.example/v1"), ("PUT", "http://eu.api.example/v1/z"), ("GET", "http://eu.api.example/v1/x?a"),
     ("GET", "http://eu.api.example/v1/y"), ("GET", "http://api.example/v1/y"), ("GET", "http://eu.api.example/v1x"),
-    ("GET", "http://EU.API.example:81/v1/y"),
+    ("GET", "http://EU.API.example:81/v1/y"), ("GET", "http://x.example/a/z"), ("GET", "http://x.example/admin/z"),
+    ("GET", "http://x.example/v1/x"),
 ]
 
 

@@ -29,7 +29,7 @@ from .base import ExportOptions, Exported, Target
 from .envoy_cel import cel_dnf
 from .envoy_filters import filters as pre_filters
 from .envoy_filters import path_filter
-from .envoy_match import CLIENT_HEADER, FALSE, TRUE, Ctx, cond_dnf, host_rx, product, rx_escape, search
+from .envoy_match import CLIENT_HEADER, FALSE, TRUE, Ctx, atom_dnf, cond_dnf, host_rx, product, rx_escape, search
 from .envoy_parts import NEVER_STRIP, backend_when, ca_file, escape_guards, int_weights, is_ip
 from .ir import NotExported, Where
 
@@ -131,8 +131,8 @@ class _Export:
                 e = [rx_escape(v) for v in (m.values if isinstance(m, ir.Eq) else (m.value,))]
                 rx = {ir.Eq: "|".join(e), ir.Suffix: f".*{e[0]}", ir.Contains: f".*{e[0]}.*"}[type(m)]
                 return {"safe_regex": {"regex": ("(?i)" if m.ignore_case else "") + f"(?:{rx})"}}, None, {}, None
-            raise NotExported(at, f"match.path {p.text}: only equals, prefix, suffix, contains and regex "
-                                  "are exported as an Envoy route path")
+            # not, several matchers: the path as a condition on :path (envoy_match.PathSource)
+            return {"prefix": "/"}, None, {}, None
         groups: dict[str, int] = {}
         rest = None
         if p.segs is not None:
@@ -361,6 +361,10 @@ class _Export:
                 base_headers.append({"name": ":method", "string_match": {"safe_regex": {
                     "regex": "|".join(rx_escape(m) for m in sorted(r.methods))}}})
             rdnf = cond_dnf(ir.route_conditions(r, file), self.ctx, at)
+            if r.path is not None and r.path.matcher is not None and pathinfo[0] == {"prefix": "/"}:
+                m = ir.matcher(r.path.matcher)
+                if not (isinstance(m, ir.Prefix) and m.value == "/" and not m.ignore_case):
+                    rdnf = product(rdnf, atom_dnf("path", None, m, at, self.ctx))
         except NotExported as e:
             self.refused.append(e)
             return
