@@ -5,8 +5,9 @@ regular expressions) over the variable nginx has for each part of a request, and
 Each *leaf* (one value matcher on one part of the request) becomes ``map SOURCE $cr_aN { "~RX" 1;
 default 0; }``. How SOURCE and RX keep condroute's meaning:
 
-- header: ``$http_NAME`` is the whole value (nginx joins a repeated header with ``", "``); a leaf
-  holds only when the value is non-empty (nginx cannot tell an empty header from a missing one);
+- header: ``$http_NAME`` is the whole value (nginx joins a repeated header with ``", "``); nginx
+  reads an empty header as a missing one, so a leaf that holds on "" also asks njs whether the
+  header was sent (``nginx_parts``);
 - cookie: a search of the whole ``$http_cookie`` (nginx joins Cookie headers with ``"; "``) for
   a pair with exactly that name (condroute's parsing: split on ``;``, name and value stripped,
   one pair of surrounding quotes removed) whose value matches: *any* pair, as condroute;

@@ -111,9 +111,6 @@ class Config:
         self._leaf[key] = v
         return v
 
-    def check_tree(self, tree) -> None:
-        """Nothing: every leaf raises NotExported itself when its variable is asked for."""
-
     # ------------------------------------------------------------------------------------- leaves
     def leaf_var(self, a) -> str:
         if isinstance(a, RawTest):
