@@ -483,3 +483,53 @@ def test_imported_rules_verify_on_nginx(path):
     nginx_or_skip()
     r = verify_file("nginx", path, path.replace(".rules.yaml", ".cases.yaml"))
     assert r.refused == [] and r.failed == 0 and r.passed > 0, "\n".join(r.refused + r.lines)
+
+
+@pytest.mark.slow
+def test_https_upstreams_alone_and_in_a_split_are_reached_over_tls(tmp_path):
+    import http.client
+    import time
+
+    from condroute.export import verify as v
+    from test_traffic_e2e import tls_server     # a throwaway certificate for 127.0.0.1
+    nginx_or_skip()
+    tls, url = tls_server(v._Recorder, tmp_path)
+    tls.label, tls.arrivals = "tls", []
+    plain = v.Recorder("plain")
+    port = tls.server_address[1]
+    f = tmp_path / "rules.yaml"
+    f.write_text(textwrap.dedent(f"""\
+        version: 1
+        upstreams: {{s: "{url}/b", p: "http://127.0.0.1:{plain.port}"}}
+        routes:
+          - name: r
+            backends:
+              - {{name: split, when: {{header: {{X-Split: "1"}}}}, split: {{by: "cookie:u", weights: {{s: 1, p: 1}}}}}}
+              - {{name: tls, upstream: s}}
+        """))
+    _, m = read(str(f))
+    work = tmp_path / "work"
+    work.mkdir()
+    opts = ExportOptions(listen_host="127.0.0.1", listen_port=v.free_port(), workdir=str(work))
+    v.write(TARGET.export(m, opts), TARGET, str(work))
+    proc = TARGET.start(str(work), opts)
+    try:
+        assert v._wait_listening(proc, opts.listen_port, time.monotonic() + 20) is None
+        for i in range(24):
+            c = http.client.HTTPConnection("127.0.0.1", opts.listen_port, timeout=10)
+            c.request("GET", f"/x/{i}", headers={"Host": "shop.example", "Cookie": f"u=user{i}",
+                                                  **({"X-Split": "1"} if i % 2 else {})})
+            assert c.getresponse().status == 200
+            c.close()
+        over_tls = {a["target"]: dict((k.lower(), val) for k, val in a["headers"]) for a in tls.arrivals}
+        over_plain = {a["target"] for a in plain.arrivals}
+        assert {f"/b/x/{i}" for i in range(0, 24, 2)} <= set(over_tls)          # the tls backend
+        assert over_tls["/b/x/0"]["host"] == f"127.0.0.1:{port}"
+        split_tls = {t for t in over_tls if int(t.rsplit("/", 1)[1]) % 2}
+        assert split_tls and over_plain and len(split_tls) + len(over_plain) == 12   # both arms, 12 in all
+        assert all(over_tls[t]["host"] == f"127.0.0.1:{port}" for t in split_tls)
+    finally:
+        v.stop(proc)
+        plain.close()
+        tls.shutdown()
+        tls.server_close()

@@ -205,21 +205,28 @@ def backend_location(cfg: Config, rules: model.Rules, r: model.Route, b: model.B
                 body.append(f"    {int(w / total * 10000) / 100:g}%  {k};")
         cfg.maps.append(f"split_clients {q(key)} {sv} {{   # {at} split by {sp.by}: {', '.join(f'{u.name} {w:g}' for u, w in arms)}\n"
                         + "\n".join(body) + "\n}")
-        schemes, groups, hosts, bases = set(), [], [], []
+        schemes, groups, hosts, bases, snis = [], [], [], [], []
         for up, _ in arms:
             sch, g = cfg.upstream(up, retries)
-            schemes.add(sch)
+            schemes.append(sch)
             groups.append(g)
             hosts.append(up.authority)
             bases.append(up.base_path)
-            if sch == "https":
-                raise NotExported(at, "a split with an https arm is not exported to nginx yet")
-        scheme = schemes.pop()
+            snis.append(up.host)
         gv, hv, bv = sv + "_up", sv + "_host", sv + "_base"
-        for v, vals in ((gv, groups), (hv, hosts), (bv, bases)):
+        arm_maps = [(gv, groups), (hv, hosts), (bv, bases)]
+        if len(set(schemes)) == 1:
+            scheme = schemes[0]
+        else:
+            scheme = sv + "_scheme"
+            arm_maps.append((scheme, schemes))
+        sni = None
+        if "https" in schemes:
+            sni = sv + "_sni"
+            arm_maps.append((sni, snis))
+        for v, vals in arm_maps:
             cfg.maps.append(f"map {sv} {v} {{\n" + "\n".join(f"    {k}  {qv(x)};" for k, x in enumerate(vals)) + "\n}")
         group, authority, base = gv, hv, bv
-        sni = None
     else:
         up = b.upstream
         if up is None:
@@ -235,7 +242,7 @@ def backend_location(cfg: Config, rules: model.Rules, r: model.Route, b: model.B
     lines.append(f'    set {fwd} "{base}${{{fwdp[1:]}}}";')
     lines.append(f"    proxy_pass {scheme}://{group}{fwd}{query};")
     if sni:
-        lines += ["    proxy_ssl_server_name on;", f"    proxy_ssl_name {q(sni)};"]
+        lines += ["    proxy_ssl_server_name on;", f"    proxy_ssl_name {sni if sni.startswith('$') else q(sni)};"]
     header_lines = _headers(b, authority, strip, at)
     lines += header_lines
     mirrors = []
