@@ -347,3 +347,13 @@ def test_flows_become_requests_as_the_client_sent_them(tmp_path):
     (w,) = _wires(argparse.Namespace(cases=None, flows=str(dump)), m)
     assert (w.method, w.target, w.where) == ("GET", "/cart?x=1", f"{dump}#1")
     assert ("X-Ab", "B") in w.headers and decide(compiled, w.view).backend == "to-b"
+
+
+@pytest.mark.slow
+def test_an_https_case_is_skipped_with_its_reason(tmp_path):
+    compiled, m = read(rules_file(tmp_path))
+    wires = [v.wire("tls", "cases:1", build_request("https://shop.example/p"), m),
+             v.wire("plain", "cases:2", build_request("http://shop.example/p"), m)]
+    res = v.run(AlwaysA(), compiled, m, wires)
+    assert (res.passed, res.failed, res.skipped) == (1, 0, 1)
+    assert res.lines == ["skip  tls (cases:1): an https:// request; the verifier speaks plain HTTP to the gateway"]

@@ -397,6 +397,11 @@ def run(t: Target, compiled: Rules, m: model.Rules, wires: list[Wire], allow_par
             return res
         refused_lines = {(r.at.file, r.at.line) for r in exp.refused}
         for n, w in enumerate(wires, 1):
+            if w.view.scheme in ("https", "wss"):
+                res.skipped += 1
+                res.lines.append(f"skip  {w.name} ({w.where}): an https:// request; the verifier speaks plain "
+                                 "HTTP to the gateway")
+                continue
             d = decide(compiled, w.view)
             if refused_lines and _touches_refused(compiled, d, refused_lines):
                 res.skipped += 1
