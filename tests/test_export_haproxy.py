@@ -6,7 +6,6 @@ hops HAProxy's fetches reach, JWT list claims and verification, path rewrites, s
 Over 500 lines: most of it is rules files and request tables, each case one line."""
 from __future__ import annotations
 
-import glob
 import itertools
 import os
 import random
@@ -25,19 +24,13 @@ from condroute.export.haproxy_cond import Acls, cond_dnf, negate
 from condroute.export.haproxy_text import pcre_literal, word
 from condroute.export.targets import read, verify_file
 from condroute.export.verify import run, wire
+from export_support import AT, IMPORTED, ROOT, SHIPPED, assert_verifies, binary_or_skip, cases_of
 from condroute.request import RequestView
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AT = ir.Where("t.yaml", 1, 1)
-SHIPPED = sorted(f for f in glob.glob(os.path.join(ROOT, "rules", "*.yaml")) + glob.glob(os.path.join(ROOT, "rules", "recipes", "*.yaml"))
-                 if not f.endswith(".cases.yaml"))
 
 
 def haproxy_or_skip() -> str:
-    exe, why = TARGET.binary()
-    if exe is None:
-        pytest.skip(why)
-    return exe
+    return binary_or_skip("haproxy")
 
 
 # ------------------------------------------------------------------------------------------ text
@@ -279,20 +272,10 @@ def test_a_bad_configuration_is_reported_with_haproxys_message(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- real HAProxy
-def cases_of(path: str) -> str | None:
-    c = path[:-5] + ".cases.yaml"
-    return c if os.path.exists(c) else None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in SHIPPED if cases_of(p)], ids=lambda p: os.path.relpath(p, ROOT))
 def test_every_shipped_rules_file_verifies_on_haproxy(path):
-    haproxy_or_skip()
-    r = verify_file("haproxy", path, cases_of(path), allow_partial=True)
-    assert r.failed == 0, "\n".join(r.lines)
-    assert r.passed + r.skipped > 0
-    if r.skipped:      # only what was refused, each refusal located in the rules file
-        assert r.refused and all(re.match(r".+\.yaml:\d+:\d+: not exported to haproxy: ", x) for x in r.refused)
+    assert_verifies("haproxy", path)
 
 
 def _verify(tmp_path, text: str, requests):
@@ -669,10 +652,6 @@ def test_port_and_authority_as_condroute_reads_them(tmp_path):
         "http://reviews.example/", "http://reviews.example:80/", "http://REVIEWS.example:81/",
         "http://reviews.example:82/", "http://[::1]:82/", "http://[::1]/")]
     _verify(tmp_path, PORTS, reqs)
-
-
-IMPORTED = sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "httproute", "*.rules.yaml"))
-                  + glob.glob(os.path.join(ROOT, "tests", "fixtures", "istio", "*.rules.yaml")))
 
 
 @pytest.mark.slow

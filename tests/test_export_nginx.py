@@ -4,7 +4,6 @@ it writes, ``nginx -t`` on every shipped rules file, and the real nginx verified
 decisions (slow)."""
 from __future__ import annotations
 
-import glob
 import os
 import random
 import re
@@ -22,19 +21,13 @@ from condroute.export.nginx_match import (bits_rx, cookie_first, cookie_first_rx
 from condroute.export.nginx_parts import q
 from condroute.export.targets import read, verify_file
 from condroute.export.verify import run, wire
+from export_support import AT, IMPORTED, ROOT, SHIPPED, assert_verifies, binary_or_skip, cases_of
 from condroute.request import RequestView, parse_cookie_header, parse_query
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AT = ir.Where("t.yaml", 1, 1)
-SHIPPED = sorted(f for f in glob.glob(os.path.join(ROOT, "rules", "*.yaml")) + glob.glob(os.path.join(ROOT, "rules", "recipes", "*.yaml"))
-                 if not f.endswith(".cases.yaml"))
 
 
 def nginx_or_skip() -> str:
-    exe, why = TARGET.binary()
-    if exe is None:
-        pytest.skip(why)
-    return exe
+    return binary_or_skip("nginx")
 
 
 def holds(m, values: list[str]) -> bool:
@@ -275,20 +268,10 @@ def test_every_shipped_rules_file_loads_in_nginx(path, verify, tmp_path):
         assert r.line("nginx").startswith(f"{path}:") or r.at.file.startswith(os.path.dirname(path))
 
 
-def cases_of(path: str) -> str | None:
-    c = path[:-5] + ".cases.yaml"
-    return c if os.path.exists(c) else None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in SHIPPED if cases_of(p)], ids=lambda p: os.path.relpath(p, ROOT))
 def test_every_shipped_rules_file_verifies_on_nginx(path):
-    nginx_or_skip()
-    r = verify_file("nginx", path, cases_of(path), allow_partial=True)
-    assert r.failed == 0, "\n".join(r.lines)
-    assert r.passed + r.skipped > 0
-    if r.skipped:      # only what was refused, each refusal located in the rules file
-        assert r.refused and all(re.match(r".+\.yaml:\d+:\d+: not exported to nginx: ", x) for x in r.refused)
+    assert_verifies("nginx", path)
 
 
 STRESS = textwrap.dedent("""\
@@ -469,14 +452,7 @@ def test_a_mirror_sends_a_copy_to_its_own_upstream(tmp_path):
             r.close()
 
 
-# imported rules (HTTPRoute, Istio): every case verifies, except two the verifier cannot send as
-# written: method-matching has a HEAD case (no body comes back to compare) and istio/actions an
-# https:// case (the verifier speaks plain HTTP to the gateway, so nginx's $scheme is http)
-IMPORTED = sorted(p for p in glob.glob(os.path.join(ROOT, "tests", "fixtures", "*", "*.rules.yaml"))
-                  if os.path.basename(p) not in ("method-matching.rules.yaml", "actions.rules.yaml")
-                  and os.path.exists(p.replace(".rules.yaml", ".cases.yaml")))
-
-
+# imported rules (HTTPRoute, Istio): every case verifies (an https:// case is skipped by the verifier)
 @pytest.mark.slow
 @pytest.mark.parametrize("path", IMPORTED, ids=lambda p: os.path.relpath(p, os.path.join(ROOT, "tests", "fixtures")))
 def test_imported_rules_verify_on_nginx(path):
