@@ -357,3 +357,15 @@ def test_an_https_case_is_skipped_with_its_reason(tmp_path):
     res = v.run(AlwaysA(), compiled, m, wires)
     assert (res.passed, res.failed, res.skipped) == (1, 0, 1)
     assert res.lines == ["skip  tls (cases:1): an https:// request; the verifier speaks plain HTTP to the gateway"]
+
+
+def test_only_cases_decided_by_a_route_with_a_refused_part_are_skipped(tmp_path):
+    compiled, m = read(rules_file(tmp_path))
+    f = m.file
+    def touched(url, headers, refused):
+        return v._touches_refused(compiled, decide(compiled, build_request(url, headers=headers)), refused)
+    assert touched("http://shop.example/", [("X-Ab", "B")], {(f, 11)})          # to-b's when (line 11)
+    assert touched("http://shop.example/", [], {(f, 11)})                       # the fallback: same route
+    assert not touched("http://other.example/", [], {(f, 11)})                  # no route decides nothing
+    assert not touched("http://shop.example/", [], {(f, 2)})                    # the upstreams, not a route
+    assert not touched("http://shop.example/", [], {("elsewhere.yaml", 11)})

@@ -434,18 +434,19 @@ def run(t: Target, compiled: Rules, m: model.Rules, wires: list[Wire], allow_par
 
 
 def _touches_refused(rules: Rules, d: Decision, refused: set[tuple[str, int]]) -> bool:
-    """The decision's route (or one before it, which the gateway may now not have) holds a part that
-    was not exported."""
-    bounds = []
-    for r in rules.routes:
-        bounds.append((getattr(r, "file", "") or rules.file, r.line, r.name))
-    lines = sorted(refused)
-    for i, (file, line, name) in enumerate(bounds):
-        nxt = next((b[1] for b in bounds[i + 1:] if b[0] == file), 10 ** 9)
-        if any(f == file and line <= ln < nxt for f, ln in lines):
-            return True
-        if name == d.route:
-            return False
+    """The decision's route holds a part that was not exported: one written from where the route
+    starts (its line, or an imported route's first backend, written above it) to where the next
+    route of its file starts. A route that does not own the request decides nothing."""
+    if d.route is None:
+        return False
+
+    def place(r) -> tuple[str, int]:
+        return (getattr(r, "file", "") or rules.file, min([r.line] + [b.line for b in r.backends]))
+    starts = [place(r) for r in rules.routes]
+    for r, (file, start) in zip(rules.routes, starts):
+        if r.name == d.route:
+            end = min((ln for f, ln in starts if f == file and ln > start), default=10 ** 9)
+            return any(f == file and start <= ln < end for f, ln in refused)
     return True
 
 
