@@ -369,3 +369,39 @@ def test_only_cases_decided_by_a_route_with_a_refused_part_are_skipped(tmp_path)
     assert not touched("http://other.example/", [], {(f, 11)})                  # no route decides nothing
     assert not touched("http://shop.example/", [], {(f, 2)})                    # the upstreams, not a route
     assert not touched("http://shop.example/", [], {("elsewhere.yaml", 11)})
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_run_stops_the_gateway_and_the_recorders(tmp_path, monkeypatch):
+    started = []
+
+    class Recorded(AlwaysA):
+        def start(self, workdir, opts):
+            proc = super().start(workdir, opts)
+            started.append(proc)
+            return proc
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    compiled, m = read(rules_file(tmp_path))
+    monkeypatch.setattr(v, "send", interrupted)
+    closed, close = [], v.Recorder.close
+    monkeypatch.setattr(v.Recorder, "close", lambda self: closed.append(self.port) or close(self))
+    with pytest.raises(KeyboardInterrupt):
+        v.run(Recorded(), compiled, m, [v.wire("c", "x:1", build_request("http://shop.example/"), m)])
+    (proc,) = started
+    assert proc.poll() is not None            # stopped, not left running
+    assert len(closed) == 2                   # both recording backends
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys, tmp_path):
+    import condroute.cli.export as cli_export
+    from condroute.export.targets import NAMES
+    if not NAMES:
+        pytest.skip("no export target module yet")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli_export, "read", interrupted)
+    assert main(["export", "--to", NAMES[0], rules_file(tmp_path)]) == 130
+    assert capsys.readouterr().err == "condroute: interrupted\n"

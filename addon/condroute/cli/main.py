@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as e:   # --help
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except KeyboardInterrupt:   # Ctrl-C (export --verify has stopped what it started on the way out)
+        print("condroute: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:   # condroute explain ... | head
         try:
             sys.stdout = open(os.devnull, "w")
