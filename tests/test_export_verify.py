@@ -405,3 +405,19 @@ def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(cli_export, "read", interrupted)
     assert main(["export", "--to", NAMES[0], rules_file(tmp_path)]) == 130
     assert capsys.readouterr().err == "condroute: interrupted\n"
+
+
+def test_allow_partial_writes_the_rest_and_exits_0(tmp_path, capsys):
+    from condroute.export.targets import NAMES
+    if "nginx" not in NAMES:
+        pytest.skip("no nginx export")
+    p = tmp_path / "g.yaml"
+    p.write_text(RULES.replace("when: {header: {X-Ab: block}}", "when: {cel: 'size(request.path) > 100'}"))
+    out = tmp_path / "out" / "nginx.conf"
+    out.parent.mkdir()
+    assert main(["export", "--to", "nginx", str(p), "-o", str(out)]) == 1
+    assert not out.exists()                                   # nothing written without --allow-partial
+    err = capsys.readouterr().err
+    assert f"{p}:15:16: not exported to nginx: cel" in err
+    assert main(["export", "--to", "nginx", str(p), "-o", str(out), "--allow-partial"]) == 0
+    assert out.exists() and "to-b" in out.read_text()
