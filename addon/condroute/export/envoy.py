@@ -46,6 +46,14 @@ def _pct(s: str) -> str:
     return s.replace("%", "%%")
 
 
+def _hdr(k: str, v: str, action: str) -> dict:
+    """A HeaderValueOption; an empty value is sent (Envoy leaves it out unless keep_empty_value)."""
+    out = {"header": {"key": k, "value": _pct(v)}, "append_action": action}
+    if not v:
+        out["keep_empty_value"] = True
+    return out
+
+
 def _text(status: int, body: str) -> dict:
     return {"direct_response": {"status": status, "body": {"inline_string": body}},
             "response_headers_to_add": [{"header": {"key": "content-type", "value": "text/plain"},
@@ -119,10 +127,12 @@ class _Export:
             out["direct_response"] = {"status": b.respond.status}
             if b.respond.body:
                 out["direct_response"]["body"] = {"inline_string": b.respond.body}
+            elif any(k.lower() == "content-type" for k, _ in b.respond.headers):
+                raise NotExported(at, "respond: a Content-Type without a body: Envoy's direct response "
+                                      "sends no Content-Type when the body is empty")
             if b.respond.headers:
-                out["response_headers_to_add"] = [
-                    {"header": {"key": k, "value": _pct(v)}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
-                    for k, v in b.respond.headers]
+                out["response_headers_to_add"] = [_hdr(k, v, "APPEND_IF_EXISTS_OR_ADD")
+                                                  for k, v in b.respond.headers]
             return out
         if b.redirect is not None:
             out["redirect"] = self.redirect(b.redirect, at)
@@ -181,10 +191,8 @@ class _Export:
         remove = list(dict.fromkeys(list(b.remove_headers) + list(strip)))
         if remove:
             out["request_headers_to_remove"] = remove
-        add = [{"header": {"key": k, "value": _pct(v)}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-               for k, v in b.set_headers if k.lower() != "host"]
-        add += [{"header": {"key": k, "value": _pct(v)}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
-                for k, v in b.add_headers]
+        add = [_hdr(k, v, "OVERWRITE_IF_EXISTS_OR_ADD") for k, v in b.set_headers if k.lower() != "host"]
+        add += [_hdr(k, v, "APPEND_IF_EXISTS_OR_ADD") for k, v in b.add_headers]
         if add:
             out["request_headers_to_add"] = add
         if r.propagate is not None:

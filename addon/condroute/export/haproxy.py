@@ -35,7 +35,7 @@ from .haproxy_cond import Acls, Dnf, cond_dnf, conj, fetch_of, term_text
 from .haproxy_jwt import JwtAtoms
 from .haproxy_lua import LUA_NAME, lua_text
 from .haproxy_paths import path_lines, path_regex, rewrite_fmt
-from .haproxy_text import lf, word
+from .haproxy_text import header_value, lf, word
 
 BUCKETS = 10000
 DEFAULT_SERVER_TIMEOUT = "300s"
@@ -144,7 +144,7 @@ class _Writer:
             return
         # everything is checked before a line is written: a refused backend leaves nothing behind
         if b.respond is not None:
-            lines = [respond_line(b.respond, chosen)]
+            lines = [respond_line(b.respond, chosen, at)]
             self.acls.lines.append(f"acl {chosen} var(txn.cr_backend) -m str {name}")
             self.answer.extend(lines)
             return
@@ -205,9 +205,9 @@ class _Writer:
         for h in b.remove_headers:
             s.append(f"    http-request del-header {word(h)}")
         for h, v in b.set_headers:
-            s.append(f"    http-request set-header {word(h)} {word(lf(v))}")
+            s.append(f"    http-request set-header {word(h)} {header_value(v)}")
         for h, v in b.add_headers:
-            s.append(f"    http-request add-header {word(h)} {word(lf(v))}")
+            s.append(f"    http-request add-header {word(h)} {header_value(v)}")
         s.append("    " + server_line(up, self.opts))
         return s
 
@@ -397,15 +397,23 @@ def safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.:-]", "_", s)[:60] or "upstream"
 
 
-def respond_line(rp: model.Respond, cond: str) -> str:
+def respond_line(rp: model.Respond, cond: str, at: ir.Where) -> str:
     headers = list(dict((k.lower(), (k, v)) for k, v in rp.headers).values())   # later wins, as condroute's dict
     ct = next((v for k, v in headers if k.lower() == "content-type"), None)
     line = f"http-request return status {rp.status}"
+    if ct is not None and not rp.body:
+        raise ir.NotExported(at, "respond: a Content-Type without a body: HAProxy's return sends "
+                                 "no Content-Type when there is no body")
+    if "\x00" in rp.body:
+        raise ir.NotExported(at, "respond: a body with a NUL character: HAProxy's return string ends there")
     if rp.body:
         line += f" content-type {word(ct or 'text/plain; charset=utf-8')} string {word(rp.body)}"
     for k, v in headers:
         if k.lower() in ("content-type", "content-length"):
             continue
+        if not v:   # "" is a missing argument, and a value empty at run time leaves the field out
+            raise ir.NotExported(at, f"respond header {k}: \"\": HAProxy's return does not send a header "
+                                     "with an empty value")
         line += f" hdr {word(k)} {word(lf(v))}"
     return line + f" if {cond}"
 

@@ -34,6 +34,17 @@ def lf(s: str) -> str:
     return s.replace("%", "%%")
 
 
+# A log-format that yields the empty string: HAProxy reads an empty word ("") as a missing
+# argument ('set-header' expects exactly 2 arguments), but a sample that is empty at run time
+# makes set-header/add-header send the field with an empty value, as condroute does.
+EMPTY_VALUE = '"%[str(x),bytes(1)]"'
+
+
+def header_value(v: str) -> str:
+    """A header value as the log-format word of set-header/add-header (empty included)."""
+    return word(lf(v)) if v else EMPTY_VALUE
+
+
 def arg(s: str) -> str:
     """A converter argument in single quotes (inside a sample expression). A single quote cannot be
     written inside one: it must not occur (regexes spell it ``\\x27``, see :func:`pcre_literal`)."""

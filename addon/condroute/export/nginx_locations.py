@@ -151,6 +151,8 @@ def _respond(cfg: Config, b: model.Backend, loc: str, at: Where) -> str:
             location = v
         elif low in OWN_RESPONSE_HEADERS or not HEADER_NAME.match(k):
             raise NotExported(at, f"respond header {k}: nginx writes this header itself")
+        elif not v:
+            raise NotExported(at, f"respond header {k}: \"\": nginx's add_header does not send an empty value")
         else:
             lines.append(f"    add_header {q(k)} {qv(v)} always;")
     if rs.status in (301, 302, 303, 307, 308):
