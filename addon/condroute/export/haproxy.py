@@ -191,7 +191,7 @@ class _Writer:
 
     def section(self, name: str, r: model.Route, b: model.Backend, up: model.Upstream, file: str,
                 at: ir.Where, retries: int) -> list[str]:
-        s = [f"backend {name}", f"    # route {r.name!r}, backend {b.name!r} ({at}) -> {up.name}"]
+        s = [f"backend {name}", f"    # route {r.name!r}, backend {b.name!r} ({at}) -> {up.name!r}"]
         if b.timeout is not None:
             s.append(f"    timeout server {max(1, round(b.timeout * 1000))}ms")
         s.append(f"    retries {retries}")

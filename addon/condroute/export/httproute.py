@@ -334,7 +334,7 @@ class _Export(Actions):
                 f"# parentRefs names the Gateway '{GATEWAY}': change it to yours. Services (one per upstream):"]
         for (up_name, _), (svc, port) in self.services.items():
             up = self.ports[f"{svc}:{port}"][1]
-            head.append(f"#   {svc}:{port}  <- upstream {up_name} ({up.url})")
+            head.append(f"#   {svc}:{port}  <- upstream {up_name!r} ({up.url!r})")
         head.append("# Requests no rule matches get the gateway's own 404 (condroute would pass them through).")
         body = "---\n".join(dump(d) for d in docs)
         return Exported(text="\n".join(head) + "\n" + (body or "# (nothing to export)\n"),

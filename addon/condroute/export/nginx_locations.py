@@ -7,7 +7,7 @@ from __future__ import annotations
 from .. import model
 from .ir import NotExported, Where, where_line
 from .nginx_match import esc
-from .nginx_parts import HEADER_NAME, OWN_RESPONSE_HEADERS, PREFIX, Config, q, qv
+from .nginx_parts import HEADER_NAME, OWN_RESPONSE_HEADERS, PREFIX, Config, c, q, qv
 
 
 def _ms(seconds: float) -> str:
@@ -23,14 +23,14 @@ def _rewritten(cfg: Config, rw: model.PathRewrite, at: Where) -> tuple[str, bool
     if rw.kind == "segments":
         p, r = rw.prefix.rstrip("/"), rw.value.rstrip("/")
         cfg.maps.append("\n".join([
-            f"map $cr_path {v} {{   # {at} rewrite {rw.prefix or '/'} -> {rw.value or '/'} by segment",
+            f"map $cr_path {v} {{   # {at} rewrite {c(rw.prefix or '/')} -> {c(rw.value or '/')} by segment",
             f"    {q('~^' + esc(p) + '$')}  {qv(r or '/')};",
             f"    {q('~^' + esc(p) + '/(.*)$')}  {qv(r + '/')[:-1]}$1\";",
             "    default $cr_path;", "}"]))
         return v, False
     if rw.kind == "prefix":
         cfg.maps.append("\n".join([
-            f"map $cr_path {v} {{   # {at} rewrite prefix {rw.prefix} -> {rw.value}",
+            f"map $cr_path {v} {{   # {at} rewrite prefix {c(rw.prefix)} -> {c(rw.value)}",
             f"    {q('~(?s)^.{%d}(.*)$' % len(rw.prefix))}  {qv(rw.value)[:-1]}$1\";",
             f"    default {qv(rw.value)};", "}"]))
         return v, True
@@ -99,7 +99,7 @@ def _redirect(cfg: Config, b: model.Backend, loc: str, at: Where) -> str:
             if rd.path.kind in ("regex", "prefix"):
                 raise NotExported(at, "a redirect whose rewritten path may or may not hold '?': not exported to nginx")
             query = ""
-    return "\n".join([f"location = {PREFIX}{loc} {{   # {at} {b.name}: redirect {rd.status}", "    internal;",
+    return "\n".join([f"location = {PREFIX}{loc} {{   # {at} {c(b.name)}: redirect {rd.status}", "    internal;",
                       f'    return {rd.status} "{scheme}://{host}{port}{path}{query}";', "}"])
 
 
@@ -140,7 +140,7 @@ def _headers(b: model.Backend, authority: str, strip: tuple[str, ...], at: Where
 def _respond(cfg: Config, b: model.Backend, loc: str, at: Where) -> str:
     rs = b.respond
     assert rs is not None
-    lines = [f"location = {PREFIX}{loc} {{   # {at} {b.name}: respond {rs.status}", "    internal;"]
+    lines = [f"location = {PREFIX}{loc} {{   # {at} {c(b.name)}: respond {rs.status}", "    internal;"]
     ctype = None
     location = None
     for k, v in rs.headers:
@@ -189,7 +189,7 @@ def backend_location(cfg: Config, rules: model.Rules, r: model.Route, b: model.B
         query = "${cr_ampargs}"
         if not any("cr_ampargs" in m for m in cfg.maps):
             cfg.maps.append('map $args $cr_ampargs { "" ""; default "&$args"; }')
-    lines = [f"location = {PREFIX}{loc} {{   # {at} route {r.name}, backend {b.name}", "    internal;"]
+    lines = [f"location = {PREFIX}{loc} {{   # {at} route {c(r.name)}, backend {c(b.name)}", "    internal;"]
     retries = max(0, int(b.retries or 0))
     if b.split is not None:
         sp = b.split
@@ -205,7 +205,7 @@ def backend_location(cfg: Config, rules: model.Rules, r: model.Route, b: model.B
                 body.append(f"    *  {k};")
             else:     # rounded down to nginx's 0.01 %: the last arm takes the rest
                 body.append(f"    {int(w / total * 10000) / 100:g}%  {k};")
-        cfg.maps.append(f"split_clients {q(key)} {sv} {{   # {at} split by {sp.by}: {', '.join(f'{u.name} {w:g}' for u, w in arms)}\n"
+        cfg.maps.append(f"split_clients {q(key)} {sv} {{   # {at} split by {c(sp.by)}: {', '.join(f'{c(u.name)} {w:g}' for u, w in arms)}\n"
                         + "\n".join(body) + "\n}")
         schemes, groups, hosts, bases, snis = [], [], [], [], []
         for up, _ in arms:
@@ -273,7 +273,7 @@ def _mirror(cfg: Config, b: model.Backend, mi: model.Mirror, mloc: str, fwdp: st
             header_lines: list[str], at: Where) -> str:
     """The location a mirror's copy is sent from (its answer is discarded by nginx's ``mirror``)."""
     scheme, group = cfg.upstream(mi.upstream, 0)
-    lines = [f"location = {PREFIX}{mloc} {{   # {at} {b.name}: a copy to {mi.upstream.name} ({mi.percent:g} %)",
+    lines = [f"location = {PREFIX}{mloc} {{   # {at} {c(b.name)}: a copy to {c(mi.upstream.name)} ({mi.percent:g} %)",
              "    internal;"]
     if mi.percent < 100:
         dv = cfg.var("draw")

@@ -23,6 +23,12 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 OWN_RESPONSE_HEADERS = {"content-length", "date", "server", "connection", "transfer-encoding", "content-type"}
 
 
+def c(s: str) -> str:
+    """Text from a rules file (a name, a label) in a ``#`` comment: on one line whatever it holds
+    (a newline would end the comment and make the rest configuration)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in s)
+
+
 def q(s: str) -> str:
     """A quoted nginx string (no variables in it)."""
     s = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
@@ -103,7 +109,7 @@ class Config:
         if key in self._leaf:
             return self._leaf[key]
         v = self.var(stem)
-        lines = [f"map {q(source) if ' ' in source or '$' in source[1:] else source} {v} {{   # {comment}"]
+        lines = [f"map {q(source) if ' ' in source or '$' in source[1:] else source} {v} {{   # {c(comment)}"]
         if empty_false:
             lines.append('    "~^$"  0;')
         lines += [f"    {q('~' + rx)}  1;", "    default 0;", "}"]
@@ -175,7 +181,7 @@ class Config:
         key = ("cookie", name)
         if key not in self._leaf:
             v = self.var("ck")
-            self.maps.append(f"map $http_cookie {v} {{   # cookie {name}: its first value\n"
+            self.maps.append(f"map $http_cookie {v} {{   # cookie {c(name)}: its first value\n"
                              f"    {q('~' + cookie_first(name))}  \"$1$2\";\n    default \"\";\n}}")
             self._leaf[key] = v
         return self._leaf[key]
@@ -184,7 +190,7 @@ class Config:
         key = ("query", name)
         if key not in self._leaf:
             v = self.var("qv")
-            self.maps.append(f"map $args {v} {{   # query {name}: its first value (raw)\n"
+            self.maps.append(f"map $args {v} {{   # query {c(name)}: its first value (raw)\n"
                              f"    {q('~' + query_first(name))}  $1;\n    default \"\";\n}}")
             self._leaf[key] = v
         return self._leaf[key]
@@ -221,7 +227,7 @@ class Config:
             return self._leaf[key]
         v = self.var(stem)
         src = "".join("${" + x[1:] + "}" if x.startswith("$") else x for x in vars_)
-        self.maps.append(f"map {q(src)} {v} {{   # {comment}\n    {q('~' + rx)}  1;\n    default 0;\n}}")
+        self.maps.append(f"map {q(src)} {v} {{   # {c(comment)}\n    {q('~' + rx)}  1;\n    default 0;\n}}")
         self._leaf[key] = v
         return v
 
@@ -234,7 +240,7 @@ class Config:
         out = {}
         for name, g in groups.items():
             v = f"$cr_r{i}_{name}"
-            self.maps.append(f"map $cr_path {v} {{   # route {r.name}: {{{name}}}\n    {q('~' + rx)}  ${g};\n"
+            self.maps.append(f"map $cr_path {v} {{   # route {c(r.name)}: {{{c(name)}}}\n    {q('~' + rx)}  ${g};\n"
                              f"    default \"\";\n}}")
             out[name] = v
         return out
@@ -248,13 +254,13 @@ class Config:
         base = re.sub(r"[^A-Za-z0-9_]", "_", up.name)[:40]
         name = f"cr_{base}" + (f"_try{retries + 1}" if retries else "")
         hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        text = "\n".join([f"upstream {name} {{   # {up.name}: {up.origin}"]
+        text = "\n".join([f"upstream {name} {{   # {c(up.name)}: {c(up.origin)}"]
                          + [f"    server {hostport} max_fails=0;"] * (retries + 1) + ["}"])
         n = 1
         while name in self.upstreams and self.upstreams[name] != text:
             n += 1
             name = f"cr_{base}{n}" + (f"_try{retries + 1}" if retries else "")
-            text = "\n".join([f"upstream {name} {{   # {up.name}: {up.origin}"]
+            text = "\n".join([f"upstream {name} {{   # {c(up.name)}: {c(up.origin)}"]
                              + [f"    server {hostport} max_fails=0;"] * (retries + 1) + ["}"])
         self.upstreams[name] = text
         return scheme, name
