@@ -171,6 +171,14 @@ def _matcher_neg(m: Matcher, at: Where) -> list[list[tuple]]:
     raise NotExported(at, _compare_why(m))
 
 
+def _ascii_fold(m, at: Where) -> None:
+    """ignore_case is exact only on ASCII text: Envoy's ignore_case folds ASCII letters only, its
+    RE2 ``(?i)`` folds Unicode otherwise than condroute's str.lower()."""
+    text = "".join(getattr(m, "values", ()) or (getattr(m, "value", "") or getattr(m, "pattern", ""),))
+    if getattr(m, "ignore_case", False) and not text.isascii():
+        raise NotExported(at, "ignore_case on non-ASCII text: Envoy folds case otherwise than condroute")
+
+
 def _compare_why(m: Matcher) -> str:
     if isinstance(m, Compare):
         return (f"the number comparison {m.op}: {m.number:g} has no Envoy matcher (range_match compares "
@@ -188,6 +196,8 @@ def atom_dnf(source: str, name: str | None, m: Matcher, at: Where, ctx: Ctx) -> 
     for term in matcher_dnf(m, at):
         alts: DNF = TRUE
         for prim in term:
+            if prim[0] in ("pos", "neg"):
+                _ascii_fold(prim[1], at)
             if prim[0] == "pos":
                 alts = product(alts, s.pos(prim[1]))
             elif prim[0] == "neg":
