@@ -36,8 +36,9 @@ def q(s: str) -> str:
 
 
 def qv(s: str) -> str:
-    """A quoted nginx string whose ``$`` are literal (nginx expands variables in it)."""
-    return q(s.replace("$", "\x00")).replace("\x00", "${cr_dollar}")
+    """A quoted nginx string whose ``$`` are literal (nginx expands variables in it). Each ``$`` is
+    written as ``${cr_dollar}`` (a variable holding "$"); the text around it is escaped as by q."""
+    return '"' + "${cr_dollar}".join(q(part)[1:-1] for part in s.split("$")) + '"'
 
 
 @dataclass(frozen=True)
