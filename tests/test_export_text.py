@@ -32,7 +32,8 @@ HOSTILE = ['say "hi"', "it's", "back\\slash", "$x", "${x}", "100%", "%d %s", "{a
            "$host", "$1", "@at", "a,b", "<>&", "`cmd`", "!bang", "*star", "?q", "[br]", "%{x}", "%[x]", "%%",
            "%25", "a\\nb", "}}{{", "{{x}}", "\\\\", "default", "include x;"]
 # routes and upstreams whose names collide once sanitised, or look like flags/map keys
-NAMES = [("x-y", "u-3"), ("x_y", "u_3"), ("x.y", "u.3"), ("-x", "~u"), ("=x", "u#4"), ("a b;c", "u 5")]
+NAMES = [("x-y", "u-3"), ("x_y", "u_3"), ("x.y", "u.3"), ("-x", "~u"), ("=x", "u#4"), ("a b;c", "u 5"),
+         ("r\n}\nevil", "u6"), ("b\rlisten 1;\u2028x\x85# y", "u7")]
 TARGETS = ("envoy", "nginx", "haproxy", "httproute", "krakend")
 GATEWAYS = ("envoy", "nginx", "haproxy")
 
@@ -89,7 +90,7 @@ def build(strings: list[str], tmp, names=NAMES) -> tuple[str, str]:
         ups.append(f"  {q(u)}: http://127.0.0.1:{9100 + j}/p{j}%20{j}")
         routes += [f"  - name: {q(n)}", f"    match: {{path: {q(f'/n{j}/{raw}/{{id}}')}}}", "    backends:",
                    f"      - name: {q(n)}", f"        when: {{header: {{X-R: {{regex: {q('^(?P<v>[0-9]+)[$]$')}}}}}}}",
-                   f"        upstream: {q(u)}", f"        set_headers: {{X-N: {q(n)}}}",
+                   f"        upstream: {q(u)}", f"        set_headers: {{X-N: {q(raw)}}}",
                    f"      - name: {q(n + '.fb')}", "        fallback: true", "        upstream: u1"]
         url = f"http://h.test/n{j}/{raw}/7?z=1"
         case(f"n {j}", url, n, {"X-R": "12$"})
@@ -141,6 +142,64 @@ def test_hostile_text_arrives_exactly_or_is_refused(name, tmp_path):
     started = time.monotonic()
     assert_exact_or_refused(name, HOSTILE, tmp_path)
     assert time.monotonic() - started < 40
+
+
+# empty values, bodies and the other edges, each in its own route (a refusal skips only its cases)
+EDGES = r"""version: 1
+upstreams:
+  u1: http://127.0.0.1:9001
+routes:
+  - name: set-empty
+    match: {path: /set-empty}
+    backends:
+      - {name: b, fallback: true, upstream: u1, set_headers: {X-Empty: "", X-Pct: "%d%%"}}
+  - name: respond-empty-header
+    match: {path: /respond-empty-header}
+    backends:
+      - {name: b, fallback: true, respond: {status: 200, body: "x", headers: {X-R: ""}}}
+  - name: type-no-body
+    match: {path: /type-no-body}
+    backends:
+      - {name: b, fallback: true, respond: {status: 200, body: "", headers: {Content-Type: application/json}}}
+  - name: nul-body
+    match: {path: /nul-body}
+    backends:
+      - {name: b, fallback: true, respond: {status: 200, body: "a\u0000b\r\n\t\"'\\ $x ${y} %d %{z} é 😀"}}
+  - name: no-body
+    match: {path: /no-body}
+    backends:
+      - {name: b, fallback: true, respond: {status: 403, body: ""}}
+  - name: fold
+    match: {path: /fold}
+    backends:
+      - {name: b, when: {header: {X-A: {equals: "ÉtÉ", ignore_case: true}}}, upstream: u1}
+      - {name: c, fallback: true, respond: {status: 200, body: "no"}}
+  - name: quoted-type
+    match: {path: /quoted-type}
+    backends:
+      - {name: b, fallback: true, respond: {status: 200, body: "{}", headers: {Content-Type: "text/plain; charset=\"utf-8\"", X-Q: "a\"b'c\\d;e#f{g}"}}}
+"""
+EDGE_PATHS = ("set-empty", "respond-empty-header", "type-no-body", "nul-body", "no-body", "fold", "quoted-type")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TARGETS)
+def test_empty_values_and_edges_arrive_exactly_or_are_refused(name, tmp_path):
+    """set_headers "", a respond header "", Content-Type without a body, a NUL in a body, ignore_case
+    on non-ASCII text: each gateway sends them as condroute does, or refuses the route, located."""
+    if name in GATEWAYS:
+        binary_or_skip(name)
+    rules = tmp_path / "edges.yaml"
+    rules.write_text(EDGES)
+    cases = tmp_path / "edges.cases.yaml"
+    cases.write_text(json.dumps([{"name": p, "request": {"url": f"http://h.test/{p}"}, "expect": {"route": p}}
+                                 for p in EDGE_PATHS]))
+    r = verify_file(name, str(rules), str(cases), allow_partial=True)
+    assert r.failed == 0, "\n".join(r.lines)
+    assert all(re.match(rf".+\.yaml:\d+:\d+: not exported to {name}: ", x) for x in r.refused), r.refused
+    assert r.passed + r.skipped == len(EDGE_PATHS), "\n".join(r.lines)
+    if name in GATEWAYS:
+        assert r.passed >= 2, "\n".join(r.lines)
 
 
 ALPHABET = st.sampled_from(list("\"'\\$%{}();#|&<>`!*?[]~=-_., \té😀") + ["${", "%{", "%[", "\\d", "$1", "{{"])
