@@ -421,3 +421,24 @@ def test_allow_partial_writes_the_rest_and_exits_0(tmp_path, capsys):
     assert f"{p}:15:16: not exported to nginx: cel" in err
     assert main(["export", "--to", "nginx", str(p), "-o", str(out), "--allow-partial"]) == 0
     assert out.exists() and "to-b" in out.read_text()
+
+
+def test_non_ascii_header_values_go_and_come_back_as_utf_8(tmp_path):
+    compiled, m = read(rules_file(tmp_path))
+    w = v.wire("c", "x:1", build_request("http://shop.example/", headers=[("X-Name", "été 🙂")]), m)
+    rec = v.Recorder("line\nbreak")
+    try:
+        a = v.send(rec.port, w, 1)
+    finally:
+        rec.close()
+    assert ["X-Name", "été 🙂"] in a.arrival["headers"]
+    assert a.arrival["upstream"] == "line\nbreak"                      # the name in the body, as written
+    assert a.header(v.RECORDED_BY) == "line\\nbreak"                    # the header stays one line
+
+
+@pytest.mark.slow
+def test_a_request_that_cannot_be_written_is_a_failure_line_not_a_traceback(tmp_path):
+    compiled, m = read(rules_file(tmp_path))
+    wires = [v.wire("space", "cases:1", build_request("http://shop.example/a b"), m)]
+    res = v.run(AlwaysA(), compiled, m, wires)
+    assert res.failed == 1 and res.lines[0].startswith("FAIL  space (cases:1): cannot send this request: ")

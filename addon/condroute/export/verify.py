@@ -76,18 +76,26 @@ class _Recorder(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = _read_chunked(self.rfile)
         got = {"upstream": self.server.label, "method": self.command, "target": self.path,
-               "headers": [[k, v] for k, v in self.headers.items()], "body_length": len(body)}
+               "headers": [[k, _utf8(v)] for k, v in self.headers.items()], "body_length": len(body)}
         self.server.arrivals.append(got)
         out = json.dumps(got).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header(RECORDED_BY, self.server.label)
+        self.send_header(RECORDED_BY, self.server.label.encode("unicode_escape").decode("ascii"))
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(out)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
+
+
+def _utf8(v: str) -> str:
+    """A header value as sent (UTF-8 bytes), where http.client and http.server read latin-1."""
+    try:
+        return v.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return v
 
 
 def _read_chunked(f: Any) -> bytes:
@@ -193,7 +201,7 @@ def send(port: int, w: Wire, n: int, timeout: float = 10.0) -> Answer:
     try:
         conn.putrequest(w.method, w.target, skip_host=True, skip_accept_encoding=True)
         for k, v in w.headers:
-            conn.putheader(k, v)
+            conn.putheader(k, v.encode("utf-8", "surrogateescape"))
         conn.putheader(CLIENT_HEADER, w.client_ip)
         conn.putheader(CASE_HEADER, str(n))
         if w.body or w.method in ("POST", "PUT", "PATCH"):
@@ -201,7 +209,7 @@ def send(port: int, w: Wire, n: int, timeout: float = 10.0) -> Answer:
         conn.endheaders(w.body or None)
         r = conn.getresponse()
         body = r.read()
-        return Answer(r.status, list(r.getheaders()), body)
+        return Answer(r.status, [(k, _utf8(v)) for k, v in r.getheaders()], body)
     finally:
         conn.close()
 
@@ -415,6 +423,8 @@ def run(t: Target, compiled: Rules, m: model.Rules, wires: list[Wire], allow_par
                     if again is None or again["upstream"] != a.arrival["upstream"]:
                         diffs.append(f"split: the same key went to {a.arrival['upstream']}, then to "
                                      f"{again['upstream'] if again else 'no upstream'} ({t.name} is not sticky)")
+            except (ValueError, http.client.HTTPException) as e:   # a target http.client cannot write
+                diffs = [f"cannot send this request: {e}"]
             except OSError as e:
                 diffs = [f"no answer from {t.name}: {e}"]
             if diffs:
