@@ -48,6 +48,10 @@ class Decision:
     reason: str | None = None         # why a request is refused (bad_request)
     timeout: float | None = None
     retries: int = 0
+    fault_delay: float | None = None  # seconds to wait before the upstream is asked (a fault drawn)
+    fault_abort: int | None = None    # the status answered instead of forwarding (a fault drawn)
+    sni: str | None = None            # the TLS server name towards the upstream ("preserve": the client's)
+    throttle: float | None = None     # kbps of the response towards the client
     split: str | None = None          # "by=value -> arm" description when a split chose
     routes_passed: Sequence[tuple[str, str]] = ()   # only with explain=True: then a list of its own
     upstream_obj: Upstream | None = None
@@ -231,7 +235,7 @@ def _draw_mirrors(b: Backend, d: Decision) -> tuple:
     if up is not None and up.base_path and path.startswith(up.base_path):
         path = path[len(up.base_path):]
     for m in b.mirrors:
-        if m.percent >= 100 or (m.percent > 0 and random.random() * 100 < m.percent):
+        if _drawn(m.percent):
             mup = m.upstream
             if b.host_rewrite is not None:
                 host = b.host_rewrite
@@ -239,6 +243,19 @@ def _draw_mirrors(b: Backend, d: Decision) -> tuple:
                 host = None if b.preserve_host else mup.authority
             out.append((m, (mup.base_path + path) if path.startswith("/") else path, host))
     return tuple(out)
+
+
+def _drawn(percent: float) -> bool:
+    return percent >= 100 or (percent > 0 and random.random() * 100 < percent)
+
+
+def _draw_fault(f: Any, d: Decision) -> None:
+    """Istio's fault injection: the delay and the abort are each drawn on their own (``percent`` of
+    requests), the delay first. An abort answers instead of forwarding (outcome ``respond``)."""
+    if f.delay is not None and _drawn(f.delay_percent):
+        d.fault_delay = f.delay
+    if f.abort is not None and _drawn(f.abort_percent):
+        d.fault_abort = f.abort
 
 
 def redirect_location(b: Backend, req: RequestView) -> str:
@@ -358,6 +375,11 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
             d.add_headers += tuple(route.propagate.headers(req))
         if chosen.mirrors:
             d.mirrors = _draw_mirrors(chosen, d)
+        if chosen.fault is not None:
+            _draw_fault(chosen.fault, d)
+        d.sni = chosen.sni
+        if chosen.throttle is not None:
+            d.throttle = chosen.throttle.kbps
     if rules.settings.strip_routing_headers and route.routing_headers:
         d.remove_headers = tuple(dict.fromkeys(chosen.remove_headers + route.routing_headers))
 

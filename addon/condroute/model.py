@@ -48,10 +48,16 @@ class Upstream:
 
 @dataclass(frozen=True)
 class Respond:
-    """A direct answer, without an upstream."""
+    """A direct answer, without an upstream. With ``file`` the body is that file (Map Local); with
+    ``dir`` it is the file ``{rest}`` names inside that folder (404 when there is none). Both are
+    absolute, resolved paths inside ``root`` (the rules file's folder), checked when loaded; they
+    are read when a request is answered (``localfiles``), so a changed file is served changed."""
     status: int
     body: str
     headers: tuple[tuple[str, str], ...]
+    file: str = ""
+    dir: str = ""
+    root: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,28 @@ class Mirror:
     is discarded (Gateway API RequestMirror, Istio mirror)."""
     upstream: Upstream
     percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Fault injection (Istio's HTTPFaultInjection): for ``delay_percent`` % of requests the request
+    waits ``delay`` seconds before the upstream is asked; for ``abort_percent`` % it is answered
+    with status ``abort`` instead of being forwarded. Each is sampled on its own, the delay first
+    (a request can be delayed and then aborted)."""
+    delay: float | None = None
+    delay_percent: float = 100.0
+    abort: int | None = None
+    abort_percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """The response is sent to the client at ``kbps`` kilobits per second (1 kbps = 125 bytes/s)."""
+    kbps: float
+
+
+RETRY_ON = ("connect-failure", "reset", "5xx", "gateway-error")
+DEFAULT_RETRY_ON = frozenset({"connect-failure"})
 
 
 @dataclass(frozen=True)
@@ -220,12 +248,18 @@ class Backend:
     respond: Respond | None = None
     timeout: float | None = None
     retries: int = 0
+    retry_on: frozenset[str] = DEFAULT_RETRY_ON   # of RETRY_ON
+    enabled: bool = True                       # false: skipped, "enabled: false" (condroute.enable switches it on)
+    failover: bool = True                      # false: its upstream down -> 502/503, no other backend serves
+    fault: Fault | None = None
+    sni: str | None = None                     # TLS server name towards an https upstream; "preserve": the client's
+    throttle: Throttle | None = None
+    mirrors: tuple[Mirror, ...] = ()           # `mirror` (and imported mirrors)
     # written by importers (HTTPRoute, VirtualService, KrakenD); not in the rules format yet
     add_headers: tuple[tuple[str, str], ...] = ()   # appended after remove and set (a gateway's `add`)
     host_rewrite: str | None = None            # the Host sent upstream (URLRewrite hostname, rewrite.authority)
     rewrite: PathRewrite | None = None         # instead of ``path``
     redirect: Redirect | None = None           # answer with a redirect instead of forwarding
-    mirrors: tuple[Mirror, ...] = ()
 
     @property
     def unconditional(self) -> bool:
@@ -246,6 +280,7 @@ class Route:
     on_no_match: str | None = None             # overrides settings.on_no_match (a KrakenD endpoint: "error")
     propagate: Any = None                      # a TokenCheck whose claim_headers are added to the forwarded
                                                # request (KrakenD propagate_claims)
+    enabled: bool = True                       # false: the route is skipped, "enabled: false"
 
     @property
     def fallback(self) -> Backend | None:

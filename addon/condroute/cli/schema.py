@@ -11,6 +11,7 @@ from typing import Any
 
 from ..conditions.registry import KINDS
 from ..httptext import TOKEN_PATTERN
+from ..model import RETRY_ON
 
 SCHEMA_ID = "urn:condroute:rules:v1"
 
@@ -24,6 +25,18 @@ _header_name = {"type": "string", "pattern": TOKEN_PATTERN}
 # a header value: visible text and tabs, no other control character (RFC 9110 §5.5)
 _header_value = {"type": ["string", "number", "boolean"], "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$",
                  "description": "a header value, " + _TEXT}
+
+_pct = {"type": "number", "minimum": 0, "maximum": 100, "description": "percent of requests (default 100)"}
+_duration = {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                       {"type": "string", "pattern": "^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m)?\\s*$"}],
+             "description": "seconds, or 2s, 500ms, 1m"}
+_status = {"type": "integer", "minimum": 200, "maximum": 599}
+_mirror = {"oneOf": [{"type": "string", "description": "an upstream name or URL (percent 100)"},
+                     {"type": "object", "required": ["upstream"], "additionalProperties": False,
+                      "description": "a copy of the request is sent there too; its response is discarded",
+                      "properties": {"upstream": {"type": "string"}, "percent": _pct}}]}
+_RETRY_ON_LIST = "^\\s*(%s)\\s*(,\\s*(%s)\\s*)*$" % ("|".join(RETRY_ON), "|".join(RETRY_ON))
+
 
 def build_schema() -> dict[str, Any]:
     matcher_object = {
@@ -93,13 +106,52 @@ def build_schema() -> dict[str, Any]:
                     "body": {"type": ["string", "number", "boolean", "null"]},
                     "headers": {"type": "object", "propertyNames": _header_name, "additionalProperties": _header_value,
                                 "description": "no Transfer-Encoding; Content-Length is set from the body"},
+                    "file": {"type": "string", "minLength": 1,
+                             "description": "Map Local: the body is this file (relative to the rules file, never "
+                                            "outside its folder), its content type guessed from the name; "
+                                            "re-read when it changes"},
+                    "dir": {"type": "string", "minLength": 1,
+                            "description": "answers with the file {rest} names inside this folder (404 when "
+                                           "missing; nothing outside it); the route's path must end in /*"},
                 },
+                "not": {"anyOf": [{"required": ["file", "dir"]}, {"required": ["file", "body"]},
+                                  {"required": ["dir", "body"]}]},
                 # 204 and 304 responses cannot have content (RFC 9110)
                 "if": {"properties": {"status": {"enum": [204, 304]}}, "required": ["status"]},
                 "then": {"properties": {"body": {"enum": ["", None]}}},
             },
             "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
             "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+            "retry_on": {"description": "what retries cover (default connect-failure); idempotent methods only, "
+                                        "before anything reached the client; then the fallback",
+                         "oneOf": [{"type": "array", "minItems": 1, "items": {"enum": list(RETRY_ON)}},
+                                   {"type": "string", "pattern": _RETRY_ON_LIST}]},
+            "enabled": {"type": "boolean", "description": "false: skipped (condroute.enable switches it on while "
+                                                          "the proxy runs)"},
+            "failover": {"type": "boolean", "description": "false: when its upstream is unavailable, answer "
+                                                           "502/503 with the reason instead of failing over"},
+            "mirror": {"oneOf": [_mirror, {"type": "array", "minItems": 1, "items": _mirror}]},
+            "fault": {
+                "type": "object", "additionalProperties": False, "minProperties": 1,
+                "anyOf": [{"required": ["delay"]}, {"required": ["abort"]}],
+                "description": "Istio's fault injection, before the upstream is asked",
+                "properties": {
+                    "delay": {"oneOf": [_duration, {"type": "object", "required": ["seconds"],
+                                                    "additionalProperties": False,
+                                                    "properties": {"seconds": _duration, "percent": _pct}}]},
+                    "abort": {"oneOf": [_status, {"type": "object", "required": ["status"],
+                                                  "additionalProperties": False,
+                                                  "properties": {"status": _status, "percent": _pct}}]},
+                    "percent": _pct,
+                },
+            },
+            "sni": {"type": "string", "minLength": 1,
+                    "description": "the TLS server name towards an https upstream: a host name, or preserve "
+                                   "(the client's)"},
+            "throttle": {"type": "object", "required": ["kbps"], "additionalProperties": False,
+                         "description": "the response is streamed to the client at this rate",
+                         "properties": {"kbps": {"type": "number", "exclusiveMinimum": 0,
+                                                 "description": "kilobits per second (1 kbps = 125 bytes/s)"}}},
         },
         "allOf": [
             {"not": {"required": ["upstream", "split"]}},
@@ -165,6 +217,8 @@ def build_schema() -> dict[str, Any]:
                     "match": {"type": "object", "additionalProperties": False, "properties": match_props,
                               "description": "omitted = every request"},
                     "backends": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/backend"}},
+                    "enabled": {"type": "boolean", "description": "false: the route is skipped (condroute.enable "
+                                                                  "switches it on while the proxy runs)"},
                 },
             },
             "backend": backend,

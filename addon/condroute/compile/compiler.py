@@ -88,8 +88,10 @@ def _compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
                 ok = False
                 continue
             extras["extra"] = True
-        elif r.propagate is not None:
-            extras["extra"] = True          # the route adds the token's claim headers (engine.select)
+        elif r.propagate is not None or b.fault is not None or b.sni is not None or b.throttle is not None:
+            # per-request work beyond the plain fields (engine.select): the route adds the token's
+            # claim headers, a fault is drawn, the TLS name or the pace of the response is set
+            extras["extra"] = True
         backends.append(Backend(**{**{f: getattr(b, f) for f in _BACKEND_FIELDS}, **extras}, when=when))
     if not ok:
         return None     # the problems are recorded: the load fails
@@ -100,7 +102,8 @@ def _compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
     return Route(name=r.name, line=r.line, hosts=r.hosts, methods=r.methods, path=path, cond=cond,
                  backends=tuple(backends), fallback=next((b for b in backends if b.fallback), None),
                  routing_headers=tuple(seen_h.values()), file=r.file, origin=r.origin, on_no_match=r.on_no_match,
-                 propagate=compile_token_check(r.propagate, cc) if r.propagate is not None else None)
+                 propagate=compile_token_check(r.propagate, cc) if r.propagate is not None else None,
+                 enabled=r.enabled)
 
 
 _BACKEND_FIELDS = tuple(f for f in model.Backend.__dataclass_fields__ if f != "when")

@@ -23,7 +23,8 @@ class Backend(model.Backend):
     (compile.rewrite.RewriteTemplate: the engine renders it as a template); a redirect's regex path
     is compiled once (``redirect_rx``)."""
     when: Cond | None = None     # type: ignore[assignment]
-    # any of add_headers, host_rewrite, rewrite, redirect, mirrors (one test per request for the rest)
+    # any of add_headers, host_rewrite, rewrite, redirect, mirrors, fault, sni, throttle, or the
+    # route's propagate (one test per request for the rest)
     extra: bool = field(default=False, compare=False)
     redirect_rx: Any = field(default=None, compare=False)
 
@@ -89,6 +90,7 @@ class Route:
     origin: str = ""                           # an imported rule's source label (model.Route.origin)
     on_no_match: str | None = None             # model.Route.on_no_match
     propagate: Any = None                      # the compiled token check (jwtvalidator.Validator) of model.Route.propagate
+    enabled: bool = True                       # model.Route.enabled
 
     def host_ok(self, host: str) -> bool:
         if not self.hosts:

@@ -16,15 +16,16 @@ from .common import (REMOVE_KEPT, REQUEST_HEADERS_KEPT, RESPOND_NO_BODY, header_
                      parse_path_template, parse_route_path, parse_upstream_url, upstream_ref)
 from .ctx import CompileCtx, kind
 from .imports import read_imports
+from .toolbox import TOOLBOX_KEYS, read_bool, read_local_answer, read_toolbox
 
 TOP_KEYS = ("version", "upstreams", "settings", "routes", "imports")
 SETTINGS_KEYS = ("on_no_match", "trusted_proxies", "jwt", "geoip_db", "strip_routing_headers")
-ROUTE_KEYS = ("name", "match", "backends")
+ROUTE_KEYS = ("name", "match", "backends", "enabled")
 MATCH_KEYS = ("host", "methods", "method", "path")     # and condition keys (the compiler's registry)
 BACKEND_KEYS = ("name", "when", "fallback", "upstream", "split", "path", "set_headers", "remove_headers",
-                "preserve_host", "respond", "timeout", "retries")
+                "preserve_host", "respond", "timeout", "retries") + TOOLBOX_KEYS
 SPLIT_KEYS = ("by", "weights", "salt")
-RESPOND_KEYS = ("status", "body", "headers")
+RESPOND_KEYS = ("status", "body", "headers", "file", "dir")
 
 
 def _check_respond(r: Y, cc: CompileCtx, st: int, body: str, hdrs: tuple[tuple[str, str], ...]) -> None:
@@ -144,7 +145,10 @@ def parse_backend(node: Y, cc: CompileCtx) -> Backend | None:
                     btxt = body.text or ""
             hdrs = header_map(r.v["headers"], cc, "respond.headers") if "headers" in r.v else ()
             _check_respond(r, cc, st, btxt, hdrs)
-            kw["respond"] = Respond(st, btxt, hdrs)
+            local: dict[str, Any] = {}
+            if ("file" in r.v or "dir" in r.v) and not read_local_answer(r, cc, local):
+                ok = False
+            kw["respond"] = Respond(st, btxt, hdrs, **local)
     if "path" in v:
         kw["path"] = parse_path_template(v["path"], cc)
     if "set_headers" in v:
@@ -186,6 +190,8 @@ def parse_backend(node: Y, cc: CompileCtx) -> Backend | None:
             cc.error(t, f"retries must be a whole number from 0 to 10, not {kind(t.v)}")
         else:
             kw["retries"] = t.v
+    if not read_toolbox(node, cc, kw, name):
+        ok = False
     if not ok:
         return None
     return Backend(name=name, line=node.line, **kw)
@@ -245,6 +251,10 @@ def parse_route(node: Y, cc: CompileCtx, index: int) -> Route | None:
                 # the condition keys (header, cel, ...): the compiler reads them, and says which
                 # keys are not conditions either
                 kw["conditions"] = Y(extra, m.line, m.col, m.key_pos)
+    if "enabled" in v:
+        en = read_bool(v["enabled"], cc, "enabled")
+        if en is not None:
+            kw["enabled"] = en
     if "backends" not in v:
         cc.error(node, f"route {name!r} needs `backends`")
         return None
