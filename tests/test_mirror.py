@@ -129,7 +129,10 @@ async def test_a_copy_of_the_forwarded_request_goes_to_the_mirror(addon, recorde
     assert body == b"hello"
     await until(lambda: addon.mirrors.sent == 1 and not addon.mirrors.tasks)
     assert addon.mirrors.pending == {}
-    assert addon.status.snapshot()["mirrors"] == {"sent": 1, "failed": 0, "dropped": 0, "in_flight": 0, "failing": []}
+    assert addon.status.snapshot()["mirrors"] == {
+        "sent": 1, "failed": 0, "dropped": 0, "in_flight": 0, "failing": [],
+        "upstreams": [{"name": "shadow", "url": rec.up.url, "sent": 1, "failed": 0, "dropped": 0, "in_flight": 0,
+                       "failing": False}]}
 
 
 @pytest.mark.slow
@@ -163,7 +166,11 @@ async def test_a_failing_mirror_is_logged_once_and_the_request_goes_on(addon, re
                     "(the request itself is not affected); further failures are not logged until it works again"]
     assert caplog.records[[r.getMessage() for r in caplog.records].index(said[0])].levelno == logging.WARNING
     assert "SECRET" not in caplog.text
-    assert addon.status.snapshot()["mirrors"]["failing"] == ["shadow"]
+    snap = addon.status.snapshot()["mirrors"]
+    assert snap["failing"] == ["shadow"]
+    assert snap["upstreams"] == [{"name": "shadow", "url": dead.url, "sent": 0, "failed": 3, "dropped": 0,
+                                  "in_flight": 0, "failing": True}]
+    assert f"mirror shadow {dead.url}: 0 sent, 3 failed, 0 dropped (failing)" in addon.status_text().splitlines()
 
 
 @pytest.mark.slow
@@ -175,6 +182,7 @@ async def test_copies_in_flight_are_bounded(addon, recorder, caplog, monkeypatch
     for _ in range(5):
         await addon.tctx.cycle(addon, flow())
     assert len(addon.mirrors.tasks) == 2 and addon.mirrors.dropped == 3
+    assert addon.mirrors.by_upstream[rec.up] == [0, 0, 3, 2]     # sent, failed, dropped, in flight
     assert sum("copies are under way" in r.getMessage() for r in caplog.records) == 1
     await until(lambda: not addon.mirrors.tasks)     # each one given up after TIMEOUT
     assert addon.mirrors.failed == 2
@@ -191,6 +199,7 @@ async def test_a_streamed_body_is_not_mirrored_and_nothing_runs_without_mirrors(
     await addon.tctx.cycle(addon, f)
     assert not addon.mirrors.tasks and addon.mirrors.pending == {}
     assert any("streamed body" in r.getMessage() for r in caplog.records)
+    assert addon.mirrors.dropped == 1 and addon.mirrors.by_upstream[up] == [0, 0, 1, 0]
     addon.rules = rules_with()
     g = flow()
     await addon.tctx.cycle(addon, g)

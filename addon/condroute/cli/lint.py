@@ -159,6 +159,39 @@ def _zero_splits(rules: Rules, w: _Where) -> Iterator[Problem]:
                                   "it picks among its upstreams evenly")
 
 
+def _mirror_at(w: _Where, i: int, j: int, k: int, key: str) -> tuple[int, int]:
+    """Position of mirror ``k`` of a backend (its ``key`` when it has one), or of the backend."""
+    n = w.backend_nodes[i][j]
+    if n is None or not isinstance(n.v, dict) or "mirror" not in n.v:
+        return w.backend(i, j)
+    n = n.v["mirror"]
+    if isinstance(n.v, list) and k < len(n.v):
+        n = n.v[k]
+    if isinstance(n.v, dict) and key in n.v:
+        n = n.v[key]
+    return n.line, n.col
+
+
+def _mirror_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
+    """A mirror to where the request itself goes (same scheme, host and port), or with percent 0."""
+    for i, route in enumerate(rules.routes):
+        for j, b in enumerate(route.backends):
+            if not b.mirrors:
+                continue
+            goes = {b.upstream.origin} if b.upstream is not None else set()
+            if b.split is not None:
+                goes.update(up.origin for up, _ in b.split.arms)
+            for k, m in enumerate(b.mirrors):
+                if m.upstream.origin in goes:
+                    yield Problem(route.file or rules.file, *_mirror_at(w, i, j, k, "upstream"),
+                                  f"backend {b.name!r} mirrors to {m.upstream.name!r} ({m.upstream.origin}), where it "
+                                  "also forwards: the copy goes where the request goes: every request reaches it twice")
+                if m.percent <= 0:
+                    yield Problem(route.file or rules.file, *_mirror_at(w, i, j, k, "percent"),
+                                  f"the mirror of backend {b.name!r} to {m.upstream.name!r} has percent 0: it never "
+                                  "mirrors")
+
+
 def _unused_upstreams(rules: Rules, w: _Where) -> Iterator[Problem]:
     used: set[str] = set()
     for route in rules.routes:
@@ -257,7 +290,8 @@ def _case_mismatches(rules: Rules, w: _Where) -> Iterator[Problem]:
         yield Problem(rules.file, line, col, msg)
 
 
-CHECKS = (_unconditional_shadows, _shadowed_routes, _zero_splits, _case_mismatches, _unused_upstreams)
+CHECKS = (_unconditional_shadows, _shadowed_routes, _zero_splits, _case_mismatches, _unused_upstreams,
+          _mirror_misuse)
 
 
 def lint(rules: Rules, root: Y | None = None) -> list[Problem]:

@@ -8,8 +8,16 @@
 * ``condroute.status`` — the rules file, its generation, the last reload error, hits per route and
   backend, upstream health and switches, as text (the status page has the same as HTML and JSON);
 * ``condroute.disable ROUTE[/BACKEND]`` / ``condroute.enable ROUTE[/BACKEND]`` — switch a route or a
-  backend off or on again; a switched-off backend is skipped (``switched off``), a switched-off
-  route owns no request. Switches are kept across reloads.
+  backend off, or on (also one the file turns off with ``enabled: false``); an off backend is
+  skipped with its reason, an off route owns no request. Each command sets the state in force; a
+  command that would change nothing is an error that says the state (a mistyped name shows at
+  once). Setting the file's own state again drops the switch;
+* ``condroute.switches`` — the run-time switches and what the file turns off, as text;
+* ``condroute.switches.reset`` — every route and backend back to the file's state.
+
+Switches are kept by name across reloads and never written to the file; a switch the file comes to
+agree with is dropped at reload (the file has taken over). The status page shows them and flips
+them (``POST /api/switch``, mitm/switch_api.py), through the same :meth:`Commands.set_switch`.
 
 The methods are on the addon itself (a mixin): mitmproxy dispatches every event to every
 sub-addon, which would cost each request more than these commands ever will.
@@ -23,7 +31,7 @@ from typing import Any
 from mitmproxy import command, exceptions, flow, http
 
 from .. import render
-from ..compile.switches import UnknownSwitch, resolve, switched
+from ..compile.switches import UnknownSwitch, find, resolve, state, switched
 from ..engine import decide
 from ..errors import RulesError
 from ..rules import Rules
@@ -43,10 +51,21 @@ class Commands:
 
     def __init__(self) -> None:
         super().__init__()
-        self.switched_off: dict[str, float] = {}     # name -> when (time.time())
+        self.switches: dict[str, Switch] = {}     # name (ROUTE or ROUTE/BACKEND) -> its run-time state
 
     def _adapt(self, rules: Rules) -> Rules:
-        return switched(rules, self.switched_off)
+        """The rules to put in force for rules just loaded: the switches applied; those the file now
+        agrees with are dropped (the file has taken over)."""
+        for name, sw in list(self.switches.items()):
+            item = find(rules, name)
+            if item is not None and item.enabled == sw.enabled:
+                del self.switches[name]
+                log.info(f"condroute: {name}: the file now says {'on' if sw.enabled else 'off'} too; its "
+                         f"run-time switch is dropped")
+        return switched(rules, self.overrides())
+
+    def overrides(self) -> dict[str, bool]:
+        return {n: sw.enabled for n, sw in self.switches.items()}
 
     # -- explain ----------------------------------------------------------------------------------
     @command.command("condroute.explain")
@@ -93,50 +112,136 @@ class Commands:
         if r.get("error"):
             lines.append(f"last reload error: {r['error']}")
         for route in snap["routes"]:
-            lines.append(f"route {route['name']}: {route['hits']} hits" + (" (switched off)" if route["name"]
-                                                                            in self.switched_off else ""))
+            lines.append(f"route {route['name']}: {route['hits']} hits{_state_text(route)}")
             for b in route["backends"]:
-                off = " (switched off)" if f"{route['name']}/{b['name']}" in self.switched_off else ""
-                lines.append(f"  {b['name']}: {b['hits']}{off}")
+                lines.append(f"  {b['name']}: {b['hits']}{_state_text(b)}")
         for u in snap["upstreams"]:
             lines.append(f"upstream {u['name']} {u['url']}: {u['state']}")
-        missing = [n for n in self.switched_off if not self._has(n)]
+        for m in snap["mirrors"]["upstreams"]:
+            lines.append(f"mirror {m['name']} {m['url']}: {m['sent']} sent, {m['failed']} failed, {m['dropped']} dropped"
+                         + (f", {m['in_flight']} under way" if m["in_flight"] else "")
+                         + (" (failing)" if m["failing"] else ""))
+        missing = [f"{n} ({'on' if sw.enabled else 'off'})" for n, sw in self.switches.items()
+                   if find(self.loaded, n) is None]
         if missing:
-            lines.append("switched off, not in the rules now: " + ", ".join(missing))
+            lines.append("switched, not in the rules now: " + ", ".join(missing))
         return "\n".join(lines)
-
-    def _has(self, name: str) -> bool:
-        try:
-            resolve(self.loaded, name)
-            return True
-        except UnknownSwitch:
-            return False
 
     # -- switches ----------------------------------------------------------------------------------
     @command.command("condroute.disable")
     def disable(self, name: str) -> None:
-        """Switch a route (ROUTE) or a backend (ROUTE/BACKEND) off: it is skipped until enabled again."""
-        self._switch(name, off=True)
+        """Switch a route (ROUTE) or a backend (ROUTE/BACKEND) off: it is skipped until switched on again."""
+        self._command_switch(name, False)
 
     @command.command("condroute.enable")
     def enable(self, name: str) -> None:
-        """Switch a route or backend that condroute.disable switched off on again."""
-        self._switch(name, off=False)
+        """Switch a route (ROUTE) or a backend (ROUTE/BACKEND) on, also one the file turns off (enabled: false)."""
+        self._command_switch(name, True)
 
-    def _switch(self, spec: str, off: bool) -> None:
+    @command.command("condroute.switches")
+    def switches_text(self) -> str:
+        """The run-time switches (kept across reloads, never written to the file) and what the file turns off."""
+        lines = []
+        for name, sw in self.switches.items():
+            item = find(self.loaded, name)
+            file = ("not in the rules now" if item is None else
+                    f"{'on' if item.enabled else 'off'} in the file" + ("" if item.enabled else f": {item.off}"))
+            lines.append(f"{name}: switched {'on' if sw.enabled else 'off'} at "
+                         f"{time.strftime('%H:%M:%S', time.localtime(sw.at))} ({sw.by}); {file}")
+        if not lines:
+            lines.append("no run-time switches: every route and backend is as the file says")
+        off = [f"  {n}: {why}" for n, why in _off_in_file(self.loaded)]
         if off:
-            try:
-                name = resolve(self.loaded, spec)
-            except UnknownSwitch as e:
-                raise exceptions.CommandError(str(e)) from None
-            self.switched_off[name] = time.time()
+            lines.append("off in the file:")
+            lines.extend(off)
+        return "\n".join(lines)
+
+    @command.command("condroute.switches.reset")
+    def reset_switches(self) -> None:
+        """Drop every run-time switch: each route and backend is on or off as the file says."""
+        n = len(self.switches)
+        self.switches.clear()
+        self._apply_switches()
+        log.info(f"condroute: {n} run-time switch{'es' * (n != 1)} dropped: the rules are as the file says")
+
+    def _command_switch(self, spec: str, enabled: bool) -> None:
+        try:
+            name, changed, now = self.set_switch(spec, enabled, "condroute." + ("enable" if enabled else "disable"))
+        except UnknownSwitch as e:
+            raise exceptions.CommandError(str(e)) from None
+        if not changed:
+            if enabled:
+                raise exceptions.CommandError(f"{name!r} is not switched off: it is on" + (
+                    "" if name in self.switches else ", as the file says"))
+            raise exceptions.CommandError(f"{name!r} is off already: {now}")
+
+    def set_switch(self, spec: str, enabled: bool, by: str) -> tuple[str, bool, str]:
+        """Put ``spec`` (ROUTE or ROUTE/BACKEND) on or off now: (its name, whether anything changed,
+        its state as a phrase). Setting the file's own state drops the switch. UnknownSwitch when
+        the rules have no such name (a switch kept for a name the file no longer has can be dropped)."""
+        spec = spec.strip()
+        loaded = self.loaded
+        if spec in self.switches and find(loaded, spec) is None:   # kept across a reload that removed the name
+            if self.switches[spec].enabled == enabled:
+                return spec, False, f"switched {'on' if enabled else 'off'}"
+            del self.switches[spec]
+            log.info(f"condroute: {spec}: run-time switch dropped ({by}); the name is not in the rules now")
+            return spec, True, "as the file says"
+        name = resolve(loaded, spec)
+        item = find(loaded, name)
+        assert item is not None
+        sw = self.switches.get(name)
+        now_on = sw.enabled if sw is not None else item.enabled
+        if now_on == enabled:
+            return name, False, self._phrase(name)
+        if enabled == item.enabled:
+            del self.switches[name]
         else:
-            name = spec.strip()
-            if name not in self.switched_off:
-                raise exceptions.CommandError(
-                    f"{name!r} is not switched off" + (f"; switched off: {', '.join(self.switched_off)}"
-                                                       if self.switched_off else ""))
-            del self.switched_off[name]
+            self.switches[name] = Switch(enabled, time.time(), by)
+        self._apply_switches()
+        phrase = self._phrase(name)
+        log.info(f"condroute: {name} switched {'on' if enabled else 'off'} ({by}): {phrase}")
+        return name, True, phrase
+
+    def _phrase(self, name: str) -> str:
+        """The state of ``name`` in force, as a phrase: "on", "switched off (condroute.disable x)",
+        "enabled: false (rules.yaml:4)", "switched on (enabled: false in the file)"."""
+        item = find(self.rules, name)
+        if item is None:
+            return "not in the rules"
+        st = state(item)
+        if st == "switched on":
+            return "switched on (enabled: false in the file)"
+        return item.off or "on"
+
+    def _apply_switches(self) -> None:
         if self.loaded is not None:
-            self.rules = self._adapt(self.loaded)      # one assignment: the next request sees it
-        log.info(f"condroute: {name} switched {'off' if off else 'on'}")
+            self.rules = switched(self.loaded, self.overrides())    # one assignment: the next request sees it
+
+
+class Switch:
+    """A run-time switch: on or off, since when, by what (a command, the status page)."""
+    __slots__ = ("enabled", "at", "by")
+
+    def __init__(self, enabled: bool, at: float, by: str) -> None:
+        self.enabled, self.at, self.by = enabled, at, by
+
+
+def _state_text(item: dict) -> str:
+    """" (switched off)" and the like after a route or backend of ``condroute.status``."""
+    st = item.get("state", "on")
+    if st == "on":
+        return ""
+    if st == "off":
+        return f" (off: {item.get('off_reason')})"
+    return f" ({st}" + ("; off in the file)" if st == "switched on" else ")")
+
+
+def _off_in_file(rules: Rules | None) -> list[tuple[str, str]]:
+    """(name, reason) of each route and backend the file turns off."""
+    out: list[tuple[str, str]] = []
+    for r in rules.routes if rules is not None else ():
+        if not r.enabled:
+            out.append((r.name, r.off or "enabled: false"))
+        out.extend((f"{r.name}/{b.name}", b.off or "enabled: false") for b in r.backends if not b.enabled)
+    return out

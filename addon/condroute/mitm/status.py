@@ -18,12 +18,14 @@ it makes (routed, answered, passthrough), not for status-page requests.
 ``/api/status``::
 
     {"rules": {"path", "generation", "loaded_at", "error", "summary", "format"},
-     "routes": [{"name", "line", "origin", "file", "hits", "unserved",
-                 "backends": [{"name", "hits", "target"}]}],
+     "routes": [{"name", "line", "origin", "file", "hits", "unserved", SWITCH...,
+                 "backends": [{"name", "hits", "target", SWITCH...}]}],
+     "switches": [{"name", "enabled", "at", "by", "in_rules"}],
      "upstreams": [{"name", "url", "state", ...}],
      "recent": [{"time", "method", "url", "outcome", "route", "backend", "upstream", "target",
                  "status", "reason", "skipped": [{"backend", "reason"}], "split"?}],
-     "mirrors": {"sent", "failed", "dropped", "in_flight", "failing"},
+     "mirrors": {"sent", "failed", "dropped", "in_flight", "failing",
+                 "upstreams": [{"name", "url", "sent", "failed", "dropped", "in_flight", "failing"}]},
      "passthrough", "decisions", "recent_max", "cooldown", "status_host", "now"}
 
 ``path`` is null (``generation`` 0) while no rules are loaded; ``loaded_at`` and ``time`` are Unix
@@ -33,7 +35,9 @@ unavailable, refused before a backend was chosen); a backend's ``hits`` the requ
 for. A route's ``origin`` names an imported rule by its source (``httproute header-matching, rule 3
 (routes.yaml:27)``; "" for a route of the rules file itself), ``file`` the imported file its ``line``
 is in ("" likewise). ``mirrors`` counts the copies sent to mirrors since the proxy started: answered
-(``sent``), failed, dropped (too many under way), under way now, and the mirrors whose last copy failed. ``state`` is one of ``up`` (a connection is open, ``connections``, or the last one succeeded,
+(``sent``), failed, dropped (too many under way, or a streamed body), under way now, and the mirrors whose
+last copy failed; ``upstreams`` the same per mirror upstream that was drawn for a request (order of first use).
+``state`` is one of ``up`` (a connection is open, ``connections``, or the last one succeeded,
 ``ok_ago`` seconds ago), ``down`` (it refused or timed out a connection: passed over for
 ``cooldown_left`` more seconds; ``error``, ``failed_ago``, ``attempts``), ``retrying`` (the
 cool-down is over: the next request tries it; ``error``, ``failed_ago``) or ``unknown`` (no
@@ -54,10 +58,11 @@ from mitmproxy import ctx, http
 from ..engine import Decision
 from ..redact import redact_query_string
 from .status_page import CSP, PAGE
+from .switch_api import SWITCH_PATH, answer as answer_switch, switch_fields, switches_list
 
 DEFAULT_HOST = "condroute.mitm.it"
 RECENT = 50
-PATHS = ("/", "/api/status")
+PATHS = ("/", "/api/status", SWITCH_PATH)
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -206,9 +211,12 @@ class Status:
     def _mirrors(self) -> dict[str, Any]:
         m = getattr(self.live, "mirrors", None)     # mitm/mirror.py (absent from bare test harnesses)
         if m is None:
-            return {"sent": 0, "failed": 0, "dropped": 0, "in_flight": 0, "failing": []}
+            return {"sent": 0, "failed": 0, "dropped": 0, "in_flight": 0, "failing": [], "upstreams": []}
         return {"sent": m.sent, "failed": m.failed, "dropped": m.dropped, "in_flight": len(m.tasks),
-                "failing": sorted(m.failing)}
+                "failing": sorted(m.failing),
+                "upstreams": [{"name": up.name, "url": up.url, "sent": c[0], "failed": c[1], "dropped": c[2],
+                               "in_flight": c[3], "failing": up.name in m.failing}
+                              for up, c in m.by_upstream.items()]}
 
     def snapshot(self) -> dict[str, Any]:
         """The status as plain data: the JSON of ``/api/status``."""
@@ -216,17 +224,16 @@ class Status:
         rules = live.rules
         self._prune(rules)
         hits = self.hits
-        off = getattr(live, "switched_off", {})     # condroute.disable (mitm/commands.py)
         routes = []
         if rules is not None:
             for r in rules.routes:
                 backends = [{"name": b.name, "hits": hits.get((r.name, b.name), 0), "target": _target(b),
-                             "switched_off": f"{r.name}/{b.name}" in off}
+                             **switch_fields(f"{r.name}/{b.name}", b, live)}
                             for b in r.backends]
                 unserved = hits.get((r.name, None), 0)
                 routes.append({"name": r.name, "line": r.line, "origin": r.origin, "file": r.file,
                                "hits": unserved + sum(b["hits"] for b in backends),
-                               "unserved": unserved, "switched_off": r.name in off, "backends": backends})
+                               "unserved": unserved, **switch_fields(r.name, r, live), "backends": backends})
         return {
             "rules": {"path": live.path or None, "generation": live.generation, "loaded_at": live.loaded_at,
                       "error": live.last_error, "summary": rules.summary() if rules is not None else None,
@@ -234,6 +241,7 @@ class Status:
             "routes": routes,
             "upstreams": self._upstreams(rules) if rules is not None else [],
             "recent": [recent_entry(at, d) for at, d in reversed(self.recent)],
+            "switches": switches_list(live),
             "mirrors": self._mirrors(),
             "passthrough": hits.get((None, None), 0),
             "decisions": sum(hits.values()),
@@ -255,6 +263,8 @@ class Status:
             return http.Response.make(404, f"condroute: no such page; the status page is http://{self.host}/ "
                                            f"and its data http://{self.host}/api/status\n",
                                       {**headers, "Content-Type": "text/plain; charset=utf-8"})
+        if path == SWITCH_PATH:     # POST only, JSON, same origin (switch_api.py)
+            return answer_switch(flow, self.host, self.live, headers)
         if method not in ("GET", "HEAD"):
             return http.Response.make(405, f"condroute: the status page answers GET and HEAD, not {method}\n",
                                       {**headers, "Allow": "GET, HEAD", "Content-Type": "text/plain; charset=utf-8"})

@@ -174,6 +174,21 @@ JS = """
     return add(sec, t[0]);
   }
 
+  function mirrored(s) {   // copies sent to mirror upstreams (shown once a mirror was drawn)
+    var ms = (s.mirrors && s.mirrors.upstreams) || [];
+    if (!ms.length) return null;
+    var sec = el("section", "mirrors");
+    add(sec, add(el("h2", null, "Mirrored "), el("small", null, "copies of requests; their answers are dropped")));
+    var t = table([["mirror"], ["url"], ["sent", "hits"], ["failed", "hits"], ["dropped", "hits"], ["under way", "hits"]]);
+    ms.forEach(function (m) {
+      var tr = row(m.failing ? "failing" : "", [td(m.name), td(m.url, "url"), td(m.sent, "hits"), td(m.failed, "hits"),
+                                                td(m.dropped, "hits"), td(m.in_flight, "hits")]);
+      tr.dataset.mirror = m.name;
+      t[1].appendChild(tr);
+    });
+    return add(sec, t[0]);
+  }
+
   function recent(s) {
     var sec = el("section", "recent");
     add(sec, add(el("h2", null, "Recent decisions "), el("small", null, "the last " + s.recent_max + ", newest first")));
@@ -204,7 +219,7 @@ JS = """
       a.appendChild(el("pre", null, s.rules.error));
       m.appendChild(a);
     }
-    add(m, routes(s), upstreams(s), recent(s));
+    add(m, routes(s), upstreams(s), mirrored(s), recent(s));
     body.appendChild(m);
     while (app.firstChild) app.removeChild(app.firstChild);
     app.appendChild(body);
