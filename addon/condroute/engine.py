@@ -53,6 +53,9 @@ class Decision:
     sni: str | None = None            # the TLS server name towards the upstream ("preserve": the client's)
     throttle: float | None = None     # kbps of the response towards the client
     split: str | None = None          # "by=value -> arm" description when a split chose
+    # the requests condroute sent itself (retry_on beyond connect-failure, mitm/retry.py), each
+    # {"upstream", "address", "outcome", "reason"}; outcome: answered | reset | timeout | 5xx | connect-failure
+    tries: Sequence[dict] = ()
     routes_passed: Sequence[tuple[str, str]] = ()   # only with explain=True: then a list of its own
     upstream_obj: Upstream | None = None
     backend_obj: Backend | None = None
@@ -249,13 +252,30 @@ def _drawn(percent: float) -> bool:
     return percent >= 100 or (percent > 0 and random.random() * 100 < percent)
 
 
-def _draw_fault(f: Any, d: Decision) -> None:
+FAULT_ABORT_BODY = "fault filter abort"     # what Envoy's fault filter answers an injected abort with
+_fault_answers: dict[int, Respond] = {}
+
+
+def _draw_fault(f: Any, d: Decision) -> bool:
     """Istio's fault injection: the delay and the abort are each drawn on their own (``percent`` of
-    requests), the delay first. An abort answers instead of forwarding (outcome ``respond``)."""
+    requests), the delay first. True when an abort is drawn: then the decision is an answer (outcome
+    ``respond``, status the abort's, body "fault filter abort" as Envoy's) instead of the backend's
+    own (forwarding, a redirect or a respond), and it says why (``reason``). Envoy's fault filter
+    runs before its router: an aborted request has no timeout and is not retried; a delayed one is
+    waited for before the upstream is asked (the addon), and its timeout starts after the wait."""
     if f.delay is not None and _drawn(f.delay_percent):
         d.fault_delay = f.delay
-    if f.abort is not None and _drawn(f.abort_percent):
-        d.fault_abort = f.abort
+    if f.abort is None or not _drawn(f.abort_percent):
+        return False
+    st = d.fault_abort = f.abort
+    r = _fault_answers.get(st)
+    if r is None:
+        r = _fault_answers[st] = Respond(st, FAULT_ABORT_BODY, (("Content-Type", "text/plain"),))
+    d.outcome, d.status, d.respond = "respond", st, r
+    pct = "" if f.abort_percent >= 100 else f", {f.abort_percent:g}% of requests"
+    d.reason = f"injected fault: abort {st} (fault.abort{pct}), nothing forwarded"
+    d.timeout, d.retries = None, 0
+    return True
 
 
 def redirect_location(b: Backend, req: RequestView) -> str:
@@ -308,6 +328,14 @@ def _unavailable(b: Backend, health: Any) -> str | None:
     return None
 
 
+def _pinned_down(d: Decision, b: Backend, why: str) -> None:
+    """``failover: false``: backend ``b`` holds but its upstream is unavailable, so the request is
+    answered 503 with the reason, and no later backend or fallback serves it (a pinned backend)."""
+    d.trail.append((b.name, False, why, b.fallback))
+    d.outcome, d.status, d.backend = "unavailable", 503, b.name
+    d.reason = f"backend {b.name!r} does not fail over (failover: false): {why}"
+
+
 def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: Any = None) -> None:
     chosen: Backend | None = None
     down = False
@@ -318,6 +346,8 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
         reason = b.when.fail(req, rules) if b.when is not None else None
         if reason is None and health is not None:
             reason = _unavailable(b, health)
+            if reason is not None and not b.failover:
+                return _pinned_down(d, b, reason)
             down = down or reason is not None
         if reason is None:
             trail.append((b.name, True, b.held_reason, False))
@@ -327,6 +357,8 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
     if chosen is None and route.fallback is not None:
         fb = route.fallback
         reason = _unavailable(fb, health) if health is not None else None
+        if reason is not None and not fb.failover:
+            return _pinned_down(d, fb, reason)
         if reason is None:
             chosen = fb
             trail.append((fb.name, True, fb.held_reason, True))
@@ -343,10 +375,12 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
         return
     d.backend, d.backend_obj = chosen.name, chosen
     d.timeout, d.retries = chosen.timeout, chosen.retries
+    extra = chosen.extra
+    if extra and chosen.fault is not None and _draw_fault(chosen.fault, d):
+        return      # an injected abort answers, whatever the backend would have done
     if chosen.respond is not None:
         d.outcome, d.respond, d.status = "respond", chosen.respond, chosen.respond.status
         return
-    extra = chosen.extra
     if extra and chosen.redirect is not None:
         status = chosen.redirect.status
         d.outcome, d.status = "respond", status
@@ -375,11 +409,11 @@ def select(route: Route, req: RequestView, rules: Rules, d: Decision, health: An
             d.add_headers += tuple(route.propagate.headers(req))
         if chosen.mirrors:
             d.mirrors = _draw_mirrors(chosen, d)
-        if chosen.fault is not None:
-            _draw_fault(chosen.fault, d)
         d.sni = chosen.sni
         if chosen.throttle is not None:
             d.throttle = chosen.throttle.kbps
+    elif extra and d.fault_delay is not None:   # refused (bad_request): answered at once, never delayed
+        d.fault_delay = None
     if rules.settings.strip_routing_headers and route.routing_headers:
         d.remove_headers = tuple(dict.fromkeys(chosen.remove_headers + route.routing_headers))
 

@@ -44,12 +44,20 @@ LABEL = 10   # width of the label column of the explain table
 def header_value(d: Decision) -> str:
     """The X-Condroute debug header."""
     if d.outcome == "routed":
+        if d.fault_delay is not None:
+            return f"{d.route}/{d.backend} -> {d.upstream or 'original destination'} ({fault_delayed(d)})"
         return f"{d.route}/{d.backend} -> {d.upstream or 'original destination'}"
     if d.outcome == "respond":
+        if d.fault_abort is not None:
+            return f"{d.route}/{d.backend} -> {fault_aborted(d)}"
+        if d.fault_delay is not None:
+            return f"{d.route}/{d.backend} -> respond {d.status} ({fault_delayed(d)})"
         return f"{d.route}/{d.backend} -> respond {d.status}"
     if d.outcome == "no_match" and d.status:
         return f"{d.route} -> error {d.status}"
     if d.outcome == "unavailable":
+        if d.backend is not None:     # failover: false
+            return f"{d.route}/{d.backend} -> error {d.status} (upstream unavailable, failover: false)"
         return f"{d.route} -> error {d.status} (no upstream available)"
     if d.outcome == "bad_request":
         return f"{d.route or 'request'} -> refused {d.status}"
@@ -59,15 +67,25 @@ def header_value(d: Decision) -> str:
 def outcome_text(d: Decision) -> str:
     """What became of the request: the part of the log line after the request."""
     if d.outcome == "routed":
-        if d.backend_obj.extra and d.mirrors:
-            return f"{d.route}/{d.backend} -> {d.upstream} ({redact_url(d.url)}), {mirrored(d)}"
-        return f"{d.route}/{d.backend} -> {d.upstream} ({redact_url(d.url)})"
+        text = f"{d.route}/{d.backend} -> {d.upstream} ({redact_url(d.url)})"
+        if d.backend_obj.extra:
+            if d.mirrors:
+                text += f", {mirrored(d)}"
+            if d.fault_delay is not None:
+                text += f", {fault_delayed(d)}"
+        return text
     if d.outcome == "respond":
+        if d.fault_abort is not None:
+            return f"{d.route}/{d.backend} -> {fault_aborted(d)}, nothing forwarded"
+        if d.fault_delay is not None:
+            return f"{d.route}/{d.backend} -> respond {d.status}{redirect_text(d)}, {fault_delayed(d)}"
         return f"{d.route}/{d.backend} -> respond {d.status}{redirect_text(d)}"
     if d.outcome == "no_match":
         what = f"answered {d.status}" if d.status else "passthrough"
         return f"{d.route}: no backend holds, {what}"
     if d.outcome == "unavailable":
+        if d.backend is not None:     # failover: false
+            return f"{d.route}/{d.backend}: answered {d.status}: {d.reason}"
         return f"{d.route}: no upstream available, answered {d.status}"
     if d.outcome == "bad_request":
         return f"{d.route + ': ' if d.route else ''}refused {d.status}: {d.reason}"
@@ -77,6 +95,19 @@ def outcome_text(d: Decision) -> str:
 def mirrored(d: Decision) -> str:
     """The mirrors a copy of the request goes to (log line, comment)."""
     return "mirrored to " + ", ".join(m.upstream.name for m, _, _ in d.mirrors)
+
+
+def fault_delayed(d: Decision) -> str:
+    """"fault: delayed 2s": an injected delay drawn for this request (log line, comment, header)."""
+    return f"fault: delayed {d.fault_delay:g}s"
+
+
+def fault_aborted(d: Decision) -> str:
+    """"fault: abort 503", with "after a delay of 2s" when a delay was drawn too (the delay comes
+    first, as in Istio): the answer of an injected abort."""
+    if d.fault_delay is not None:
+        return f"fault: abort {d.fault_abort} after a delay of {d.fault_delay:g}s"
+    return f"fault: abort {d.fault_abort}"
 
 
 def redirect_text(d: Decision) -> str:
@@ -221,17 +252,27 @@ def comment(d: Decision) -> str:
             rest += f" | split {_c(d.split)}"
         if d.mirrors:
             rest += f" | {_clean(mirrored(d))}"
+        if d.fault_delay is not None:
+            rest += f" | {fault_delayed(d)}"
         why = trail[-1][2] if trail else ""
         rest = f" [{_held_texts.get(why) or _held(why)}]{rest}"
     elif o == "respond":
         why = trail[-1][2] if trail else ""
-        rest = f" [{_held_texts.get(why) or _held(why)}] | condroute answered {status}"
-        if d.backend_obj is not None and d.backend_obj.redirect is not None:
-            rest += _clean(redirect_text(d))
+        if d.fault_abort is not None:   # an injected abort: condroute answered in the backend's place
+            rest = f" [{_held_texts.get(why) or _held(why)}] | {fault_aborted(d)}: condroute answered {status}"
+        else:
+            rest = f" [{_held_texts.get(why) or _held(why)}] | condroute answered {status}"
+            if d.backend_obj is not None and d.backend_obj.redirect is not None:
+                rest += _clean(redirect_text(d))
+            if d.fault_delay is not None:
+                rest += f" | {fault_delayed(d)}"
     elif o == "no_match":
         rest = " [no backend holds] | " + (f"condroute answered {status}" if status else "passed through unchanged")
     elif o == "unavailable":
-        rest = f" [no upstream available] | condroute answered {status}"
+        if d.reason:                  # failover: false
+            rest = f" [{_c(d.reason)}] | condroute answered {status}"
+        else:
+            rest = f" [no upstream available] | condroute answered {status}"
     elif o == "bad_request":
         rest = f" [refused: {_c(d.reason or '')}] | condroute answered {status}"
     else:
@@ -254,6 +295,8 @@ def error_body(d: Decision) -> str:
     """The text/plain body of a 400 (bad_request) or 502 (no backend holds, or none can serve)."""
     if d.outcome == "bad_request":
         return f"condroute: bad request: {d.reason}\n"
+    if d.outcome == "unavailable" and d.reason:     # failover: false
+        return f"condroute: route {d.route!r}: {d.reason}\n  (for {d.request})\n"
     lines = [f"condroute: no backend of route {d.route!r} holds for {d.request}"
              if d.outcome != "unavailable" else
              f"condroute: no upstream of route {d.route!r} can serve {d.request}; tried:"]
@@ -296,6 +339,10 @@ def to_dict(d: Decision) -> dict[str, Any]:
         if d.mirrors:
             out["mirrors"] = [{"upstream": m.upstream.name, "url": m.upstream.origin + path}
                               for m, path, _ in d.mirrors]
+        if d.fault_delay is not None:
+            out["fault_delay"] = d.fault_delay
+        if d.fault_abort is not None:
+            out["fault_abort"] = d.fault_abort
     if d.routes_passed:
         out["routes_passed"] = [{"route": r, "reason": why} for r, why in d.routes_passed]
     return out
@@ -406,6 +453,13 @@ def not_tried(rules: Rules, d: Decision) -> list[str]:
         return []
     tried = {a.backend for a in d.attempts}
     return [b.name for b in route.backends if b.name not in tried]
+
+
+def _not_tried_why(route: Route | None, name: str) -> str:
+    """Why a backend was not tried: it is off (enabled: false, a switch; an off fallback is never
+    tried), or an earlier one was selected."""
+    b = next((b for b in route.backends if b.name == name), None) if route is not None else None
+    return b.off if b is not None and b.off else "an earlier backend was selected"
 
 
 # -- what only explain says (never computed per request) -----------------------------------------
@@ -520,6 +574,8 @@ def decision_data(rules: Rules, d: Decision, req: RequestView) -> dict[str, Any]
             sent = [m for m, _, _ in d.mirrors]
             out["mirrors"] = [{"upstream": m.upstream.name, "url": m.upstream.url, "percent": m.percent,
                                "sent": any(m is s for s in sent)} for m in b.mirrors]
+    if b is not None and b.fault is not None:
+        out["fault"] = fault_data(d, b.fault)
     if d.respond is not None:
         out["respond"] = {"status": d.respond.status, "body": d.respond.body,
                           "headers": {k: shown_header(k, v, rules) for k, v in d.respond.headers}}
@@ -533,6 +589,33 @@ def decision_data(rules: Rules, d: Decision, req: RequestView) -> dict[str, Any]
     nt = not_tried(rules, d) if d.outcome != "bad_request" else []
     if nt:
         out["not_tried"] = nt
+    return out
+
+
+def fault_text(d: Decision, f: Any) -> str:
+    """The explain table's fault line: each part of the backend's fault, its percent, and whether
+    it was drawn for this request (explain draws as a live request would)."""
+    parts = []
+    if f.delay is not None:
+        pct = "" if f.delay_percent >= 100 else f" ({f.delay_percent:g}% of requests)"
+        what = ("drawn: waits before the upstream is asked (or the answer given)" if d.fault_delay is not None
+                else "not drawn for this request")
+        parts.append(f"delay {f.delay:g}s{pct}: {what}")
+    if f.abort is not None:
+        pct = "" if f.abort_percent >= 100 else f" ({f.abort_percent:g}% of requests)"
+        what = ("drawn: condroute answers it, nothing is forwarded" if d.fault_abort is not None
+                else "not drawn for this request")
+        parts.append(f"abort {f.abort}{pct}: {what}")
+    return "; ".join(parts)
+
+
+def fault_data(d: Decision, f: Any) -> dict[str, Any]:
+    """The backend's fault and what was drawn for this request (``explain --json``)."""
+    out: dict[str, Any] = {}
+    if f.delay is not None:
+        out["delay"] = {"seconds": f.delay, "percent": f.delay_percent, "drawn": d.fault_delay is not None}
+    if f.abort is not None:
+        out["abort"] = {"status": f.abort, "percent": f.abort_percent, "drawn": d.fault_abort is not None}
     return out
 
 
@@ -580,7 +663,7 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
         why = a.reason if a.held else with_clause(a.reason, backend_clause(rules, d, req, a.backend))
         lines.append(_row("backend", f"{ok if a.held else no} {a.backend:<{width}}  {why}"))
     for n in not_tried(rules, d):
-        lines.append(_row("backend", f"{dot} {n:<{width}}  not tried: an earlier backend was selected"))
+        lines.append(_row("backend", f"{dot} {n:<{width}}  not tried: {_not_tried_why(route, n)}"))
     if d.outcome == "bad_request":   # the selected backend's path template would climb out
         lines.append(_row("result", f"refused: answered {d.status}, {d.reason}"))
         return lines
@@ -592,7 +675,10 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
             lines.append(_row("url", original_url(req)))
         return lines
     b = d.backend_obj
-    if d.outcome == "respond" and b is not None and b.redirect is not None and d.respond is not None:
+    if b is not None and b.fault is not None:
+        lines.append(_row("fault", fault_text(d, b.fault)))
+    if d.outcome == "respond" and b is not None and b.redirect is not None and d.respond is not None \
+            and d.fault_abort is None:
         lines.append(_row("redirect", f"{d.respond.status} to {location(d)}"))
         return lines
     if d.outcome == "respond" and d.respond is not None:
@@ -705,3 +791,55 @@ def timeout_line(d: Decision, request: str, phase: str, timeout: float, sent: bo
     """The log line when the request timed out (``request``: "METHOD URL" as forwarded)."""
     outcome = "cutting the response (it had started)" if sent else "answering 504"
     return f"{request}: {d.route}/{d.backend}: upstream {d.upstream} {_timeout_what(phase, timeout)}, {outcome}"
+
+
+# -- requests condroute sent itself, retried (mitm/retry.py): Decision.tries ------------------------
+def try_entry(d: Decision, address: str, outcome: str, reason: str) -> dict[str, Any]:
+    """One request condroute sent to the decision's upstream: ``outcome`` answered | reset |
+    timeout | 5xx | connect-failure | too-large, ``reason`` what happened (the status line or why it
+    failed). The record of Decision.tries and of flow.metadata["condroute"]["tries"]."""
+    return {"upstream": d.upstream, "address": address, "backend": d.backend, "outcome": outcome, "reason": reason}
+
+
+def tries_text(tries: Any) -> str:
+    """The attempts in one line: "upstream primary (127.0.0.1:9101): 1 reset before a response
+    head; 2 answered 200 OK" (consecutive attempts of one upstream share its name)."""
+    parts, last = [], None
+    for i, t in enumerate(tries, 1):
+        who = f"{t.get('upstream')} ({t.get('address')})"
+        text = f"{i} {t.get('reason')}"
+        parts.append(text if who == last else f"upstream {who}: {text}")
+        last = who
+    return "; ".join(parts)
+
+
+def tries_comment(tries: Any, then: str) -> str:
+    """What is added to flow.comment for a request condroute sent itself: the attempts, then what
+    came of them (``then``: "answered 200", "failing over", "answering 502 (failover: false)")."""
+    return _clean(f"tried {tries_text(tries)}: {then}")
+
+
+def try_failed_line(d: Decision, request: str, address: str, n: int, of: int, reason: str, then: str) -> str:
+    """The log line for one failed attempt (``then``: "retrying in 0.05s", "failing over", ...)."""
+    return (f"{request}: {d.route}/{d.backend}: upstream {d.upstream} ({address}) attempt {n} of {of}: "
+            f"{reason}; {then}")
+
+
+def retry_failed_body(d: Decision, address: str, reason: str, attempts: int, why_here: str) -> str:
+    """The text/plain body of condroute's 502/504 when every attempt failed and nothing else serves
+    (``why_here``: "failover: false", or "no other backend can serve")."""
+    tries = f" ({attempts} attempts)" if attempts > 1 else ""
+    return (f"condroute: upstream {d.upstream} ({address}) {reason}{tries}; {why_here}\n"
+            f"  route {d.route!r}, backend {d.backend!r}, {d.request}\n")
+
+
+def retry_header(d: Decision, status: int, attempts: int) -> str:
+    """The X-Condroute debug header of an answer after spent retries."""
+    return f"{d.route}/{d.backend} -> {d.upstream} (gave up after {attempts} attempts: {status})"
+
+
+def failover_refused(d: Decision, address: str, error: str, attempts: int) -> str:
+    """Why a refused connection is answered 502 instead of failing over (failover: false)."""
+    tries = f" ({attempts} attempts)" if attempts > 1 else ""
+    return (f"backend {d.backend!r} does not fail over (failover: false): upstream {d.upstream} ({address}) "
+            f"{error}{tries}")
