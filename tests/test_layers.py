@@ -49,6 +49,7 @@ FLOORS: list[tuple[str, int]] = [
     ("condroute.boundcache", 0),
     ("condroute.redact", 0),
     ("condroute.request", 1),
+    ("condroute.localfiles", 1),         # Map Local: a respond file/dir read at answer time (no mitmproxy)
     ("condroute.load.*", 2),
     ("condroute.conditions.base", 3),
     ("condroute.conditions.matchers", 3),

@@ -50,8 +50,9 @@ class Upstream:
 class Respond:
     """A direct answer, without an upstream. With ``file`` the body is that file (Map Local); with
     ``dir`` it is the file ``{rest}`` names inside that folder (404 when there is none). Both are
-    absolute, resolved paths inside ``root`` (the rules file's folder), checked when loaded; they
-    are read when a request is answered (``localfiles``), so a changed file is served changed."""
+    absolute, normalised (not resolved) paths under ``root`` (the rules file's folder, resolved),
+    checked when loaded; they are resolved, checked and read again when a request is answered
+    (``localfiles``), so a changed file (or a link pointed elsewhere) is served changed."""
     status: int
     body: str
     headers: tuple[tuple[str, str], ...]

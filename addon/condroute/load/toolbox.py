@@ -230,47 +230,78 @@ def read_toolbox(node: Y, cc: CompileCtx, kw: dict[str, Any], name: str) -> bool
     return ok
 
 
+# respond.headers a file answer sets itself (from the file), and statuses that cannot carry one
+LOCAL_SET_HEADERS = {"content-length": "the file's size", "etag": "the file's content",
+                     "last-modified": "the file's modification time"}
+LOCAL_NO_BODY = {204: "§15.3.5", 304: "§15.4.5"}
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def read_local_answer(r: Y, cc: CompileCtx, kw: dict[str, Any]) -> bool:
     """``respond.file`` / ``respond.dir`` into ``kw`` (file, dir, root): the path relative to the
-    rules file, resolved (symlinks included) and checked to stay inside the rules file's folder."""
+    rules file, checked to stay inside the rules file's folder once resolved (symlinks included).
+
+    ``root`` is the folder's real path; ``file`` and ``dir`` are kept as written under it
+    (normalised, not resolved), so that a symbolic link inside the folder that is pointed
+    elsewhere later is followed (``ln -sf v2.json mock.json``); ``localfiles`` resolves and checks
+    them again on every request."""
     v = r.v
     if "file" in v and "dir" in v:
         cc.error_key(r, "dir", "respond: use file or dir, not both")
         return False
-    if "body" in v and ("file" in v or "dir" in v):
-        cc.error_key(r, "file" if "file" in v else "dir", "respond: the body comes from the file; leave out body")
+    key = "file" if "file" in v else "dir"
+    if "body" in v:
+        cc.error_key(r, key, f"respond: the body comes from the {'file' if key == 'file' else 'folder'}; leave out body")
         return False
+    st = v.get("status")
+    if st is not None and isinstance(st.v, int) and st.v in LOCAL_NO_BODY:
+        cc.error(st, f"respond.status {st.v} cannot carry the file: a {st.v} response has no content "
+                     f"(RFC 9110 {LOCAL_NO_BODY[st.v]})")
+        return False
+    hn = v.get("headers")
+    if hn is not None and isinstance(hn.v, dict):
+        for name in hn.v:
+            why = LOCAL_SET_HEADERS.get(str(name).lower())
+            if why is not None:
+                cc.error_key(hn, name, f"respond.headers: {name} is set from {why}; leave it out")
+                return False
     root = os.path.realpath(cc.base_dir)
-    for key in ("file", "dir"):
-        if key not in v:
-            continue
-        n = v[key]
-        t = n.v
-        if not isinstance(t, str) or not t.strip():
-            cc.error(n, f"respond.{key} must be a path relative to the rules file, not {kind(t)}")
+    n = v[key]
+    t = n.v
+    if not isinstance(t, str) or not t.strip():
+        cc.error(n, f"respond.{key} must be a path relative to the rules file, not {kind(t)}")
+        return False
+    if "\x00" in t:
+        cc.error(n, f"respond.{key}: a path cannot contain NUL")
+        return False
+    if os.path.isabs(os.path.expanduser(t)):
+        cc.error(n, f"respond.{key} {t!r} must be relative to the rules file's folder ({root})")
+        return False
+    written = os.path.normpath(os.path.join(root, t))
+    real = os.path.realpath(written)
+    if not _inside(written, root) or not _inside(real, root):
+        cc.error(n, f"respond.{key} {t!r} is outside the rules file's folder ({root})"
+                    + (" (through a symbolic link)" if _inside(written, root) else ""))
+        return False
+    if key == "file":
+        if os.path.isdir(real):
+            cc.error(n, f"respond.file {t!r} is a folder: write dir: {t!r} (with a route path ending in /*) "
+                        f"to answer with the files in it")
             return False
-        if "\x00" in t:
-            cc.error(n, f"respond.{key}: a path cannot contain NUL")
-            return False
-        if os.path.isabs(os.path.expanduser(t)):
-            cc.error(n, f"respond.{key} {t!r} must be relative to the rules file's folder ({root})")
-            return False
-        real = os.path.realpath(os.path.join(root, t))
-        if os.path.commonpath([root, real]) != root:
-            cc.error(n, f"respond.{key} {t!r} is outside the rules file's folder ({root})"
-                        + (" (through a symbolic link)" if os.path.normpath(os.path.join(root, t)) != real else ""))
-            return False
-        if key == "file" and not os.path.isfile(real):
+        if not os.path.isfile(real):
             cc.error(n, f"respond.file {t!r}: there is no such file ({real})")
             return False
-        if key == "dir":
-            if not os.path.isdir(real):
-                cc.error(n, f"respond.dir {t!r}: there is no such folder ({real})")
-                return False
-            if not cc.route_has_rest:
-                cc.error(n, "respond.dir answers with the file {rest} names: the route's match.path must end "
-                            "in /* (e.g. path: /mocks/*)")
-                return False
-        kw[key] = real
-        kw["root"] = root
+    else:
+        if not os.path.isdir(real):
+            cc.error(n, f"respond.dir {t!r}: there is no such folder ({real})")
+            return False
+        if not cc.route_has_rest:
+            cc.error(n, "respond.dir answers with the file {rest} names: the route's match.path must end "
+                        "in /* (e.g. path: /mocks/*)")
+            return False
+    kw[key] = written
+    kw["root"] = root
     return True
