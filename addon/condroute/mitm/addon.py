@@ -19,6 +19,7 @@ from ..errors import RulesError
 from . import compat, options
 from .compat import set_host_header
 from .commands import Commands
+from .connections import Connections, needs
 from .flows import restore_request
 from .mirror import Mirrors
 from .reload import LiveRules
@@ -60,6 +61,8 @@ class ConditionalRouting(Commands, LiveRules):
         self.status = Status(self, self.upstreams)
         self.mirrors = Mirrors()
         self._mirroring = self.mirrors.pending     # the same dict: "any copies to send?" per request
+        # sni and throttle: server names for upstream connections, throttling relays (connections.py)
+        self.conns = Connections(self.upstreams.health, lambda: self.upstreams.connect_timeout)
 
     # -- options (their types and checks: options.py) -------------------------------------------
     def load(self, loader: Any) -> None:
@@ -101,8 +104,11 @@ class ConditionalRouting(Commands, LiveRules):
         addon has on every request, and this one is needed only for the debug header and for
         response timeouts (see compat.show_hook)."""
         rules = self.rules
-        compat.show_hook(self, "responseheaders",
-                         self.debug_header or bool(self.upstreams.timers) or (rules is not None and rules.has_timeouts))
+        shaped, throttled = needs(rules)     # backends with sni or throttle; with throttle
+        compat.show_hook(self, "responseheaders", self.debug_header or bool(self.upstreams.timers) or throttled
+                         or (rules is not None and rules.has_timeouts))
+        compat.show_hook(self, "server_connect", shaped)
+        self.conns.sync(rules)
 
     def _configure(self, updated: set[str]) -> None:
         """Check every updated option first (ValueError), then load a new rules file (RulesError),
@@ -208,6 +214,10 @@ class ConditionalRouting(Commands, LiveRules):
                               "headers": self._original_headers(flow, d)}
             self.upstreams.remember(flow, d)   # before apply: a failover starts from the original
             self.apply(flow, d, view.host_at if view.fields is data.headers.fields else None)
+            if d.backend_obj.extra and (d.sni is not None or d.throttle is not None):
+                kbps = self.conns.routed(flow, d, view.host)
+                if kbps is not None:
+                    md["throttled"] = kbps        # sent through a relay (connections.py)
             if d.backend_obj.extra and d.mirrors:
                 self.mirrors.remember(flow, d.mirrors)
             if not flow.marked:                # the user's own mark stays
@@ -317,6 +327,14 @@ class ConditionalRouting(Commands, LiveRules):
         self.upstreams.error(flow)
         self.mirrors.forget(flow)
 
+    def server_connect(self, data: Any) -> None:
+        """Registered only while a backend has sni or throttle (_sync_hooks)."""
+        self.conns.server_connect(data)
+
+    def done(self) -> None:
+        super().done()
+        self.conns.close()
+
     def server_connected(self, data: Any) -> None:
         self.upstreams.server_connected(data)
 
@@ -327,6 +345,7 @@ class ConditionalRouting(Commands, LiveRules):
         self.upstreams.server_connect_error(data)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self.conns.responseheaders(flow)     # first: a throttled response is streamed
         self.upstreams.responseheaders(flow)
         if self.debug_header and flow.response is not None:
             md = flow.metadata.get("condroute")
