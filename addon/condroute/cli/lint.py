@@ -192,6 +192,55 @@ def _mirror_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
                                   "mirrors")
 
 
+def _said(sni: str | None) -> str:
+    return "no sni" if sni is None else f"sni {sni}"
+
+
+def _sni_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
+    """An sni that is the upstream's own host name (mitmproxy sends that name anyway), and one https
+    address sent different server names by different backends (mitmproxy reuses an open connection
+    to an address for the next request of the same client connection, whatever name it was opened
+    with: connections.py)."""
+    names: dict[tuple[str, int], tuple[str | None, str]] = {}
+    for i, route in enumerate(rules.routes):
+        for j, b in enumerate(route.backends):
+            ups = [b.upstream] if b.upstream is not None else []
+            if b.split is not None:
+                ups += [up for up, _ in b.split.arms]
+            ups = [up for up in ups if up.scheme == "https"]
+            if b.sni is not None and b.sni != "preserve" and ups and all(up.host.lower().rstrip(".") == b.sni
+                                                                           for up in ups):
+                yield Problem(route.file or rules.file, *w.backend_key(i, j, "sni"),
+                              f"backend {b.name!r}: sni {b.sni} is its upstream's own host name, which mitmproxy "
+                              "sends anyway: sni is for an upstream addressed by IP or by another name")
+            sent = None if b.sni is None else b.sni
+            for up in ups:
+                key = (up.host.lower(), up.port)
+                first = names.setdefault(key, (sent, b.name))
+                if first[0] != sent:
+                    yield Problem(route.file or rules.file, *w.backend_key(i, j, "sni"),
+                                  f"backend {b.name!r} sends {_said(sent)} to {up.host}:{up.port}, backend "
+                                  f"{first[1]!r} {_said(first[0])}: one client connection's requests to both share "
+                                  "mitmproxy's upstream connection, opened with the first one's name")
+                    break
+
+
+def _every_backend_off(rules: Rules, w: _Where) -> Iterator[Problem]:
+    """A route that is on while every backend of it is off (enabled: false): it still owns its
+    requests, and none of them is served by it nor goes on to a later route. (One backend off is a
+    deliberate choice, and so is an off route: neither is warned about.)"""
+    for i, route in enumerate(rules.routes):
+        if route.enabled and route.backends and not any(b.enabled for b in route.backends):
+            if (route.on_no_match or rules.settings.on_no_match) == "error":
+                then = "answered 502 (on_no_match: error)"
+            else:
+                then = "passed through unchanged (on_no_match: passthrough)"
+            yield Problem(route.file or rules.file, *w.route(i),
+                          f"every backend of route {route.name!r} is enabled: false, but the route is on: it still "
+                          f"owns its requests, and they are {then} instead of going on to later routes; to let "
+                          f"later routes have them, write enabled: false on the route")
+
+
 def _unused_upstreams(rules: Rules, w: _Where) -> Iterator[Problem]:
     used: set[str] = set()
     for route in rules.routes:
@@ -290,8 +339,8 @@ def _case_mismatches(rules: Rules, w: _Where) -> Iterator[Problem]:
         yield Problem(rules.file, line, col, msg)
 
 
-CHECKS = (_unconditional_shadows, _shadowed_routes, _zero_splits, _case_mismatches, _unused_upstreams,
-          _mirror_misuse)
+CHECKS = (_unconditional_shadows, _shadowed_routes, _zero_splits, _case_mismatches, _unused_upstreams, _every_backend_off,
+          _mirror_misuse, _sni_misuse)
 
 
 def lint(rules: Rules, root: Y | None = None) -> list[Problem]:

@@ -18,9 +18,9 @@ from ..conditions.matchers import compile_matcher
 from ..conditions.registry import compile_condition, compile_match_conditions
 from ..load.ctx import CompileCtx
 from ..node import Y
-from .index import build_index
 from .rewrite import compile_backend_extras
 from .runtime import Backend, PathPattern, Route, Rules, Settings
+from .switches import fallback_of, file_off_reason, index_of, turn_off, turn_off_route
 
 # never stripped by strip_routing_headers: the upstream needs them whatever they routed on
 NEVER_STRIP = frozenset({"host", "authorization", "cookie", "content-type", "content-length", "transfer-encoding"})
@@ -92,18 +92,22 @@ def _compile_route(r: model.Route, cc: CompileCtx) -> Route | None:
             # per-request work beyond the plain fields (engine.select): the route adds the token's
             # claim headers, a fault is drawn, the TLS name or the pace of the response is set
             extras["extra"] = True
-        backends.append(Backend(**{**{f: getattr(b, f) for f in _BACKEND_FIELDS}, **extras}, when=when))
+        be = Backend(**{**{f: getattr(b, f) for f in _BACKEND_FIELDS}, **extras}, when=when)
+        backends.append(be if b.enabled else turn_off(be, file_off_reason(cc.file, b.line)))
     if not ok:
         return None     # the problems are recorded: the load fails
     seen_h: dict[str, str] = {}
     for h in sorted(cc.header_names):
         if h.lower() not in NEVER_STRIP:
             seen_h.setdefault(h.lower(), h)
-    return Route(name=r.name, line=r.line, hosts=r.hosts, methods=r.methods, path=path, cond=cond,
-                 backends=tuple(backends), fallback=next((b for b in backends if b.fallback), None),
-                 routing_headers=tuple(seen_h.values()), file=r.file, origin=r.origin, on_no_match=r.on_no_match,
-                 propagate=compile_token_check(r.propagate, cc) if r.propagate is not None else None,
-                 enabled=r.enabled)
+    route = Route(name=r.name, line=r.line, hosts=r.hosts, methods=r.methods, path=path, cond=cond,
+                  backends=tuple(backends), fallback=fallback_of(backends),
+                  routing_headers=tuple(seen_h.values()), file=r.file, origin=r.origin, on_no_match=r.on_no_match,
+                  propagate=compile_token_check(r.propagate, cc) if r.propagate is not None else None,
+                  enabled=r.enabled)
+    # enabled: false: compiled off (a condition that never holds, saying why), its own kept for a
+    # run-time switch (compile.switches)
+    return route if r.enabled else turn_off_route(route, file_off_reason(cc.file, r.line))
 
 
 _BACKEND_FIELDS = tuple(f for f in model.Backend.__dataclass_fields__ if f != "when")
@@ -121,5 +125,5 @@ def compile_rules(file: str, fmt: str, upstreams: dict, settings: model.Settings
     cc.raise_if_errors()
     rules = Rules(file=file, routes=tuple(out), upstreams=dict(upstreams), settings=compiled_settings,
                   warnings=tuple(cc.warnings), source_format=fmt)
-    object.__setattr__(rules, "index", build_index(rules.routes))
+    object.__setattr__(rules, "index", index_of(rules.routes))
     return rules

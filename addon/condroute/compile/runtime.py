@@ -27,6 +27,10 @@ class Backend(model.Backend):
     # route's propagate (one test per request for the rest)
     extra: bool = field(default=False, compare=False)
     redirect_rx: Any = field(default=None, compare=False)
+    # why it is skipped now (``enabled: false`` in the file, or a run-time switch: compile.switches),
+    # None while it is on; ``when_on`` is its compiled ``when`` for when it is switched on again
+    off: str | None = field(default=None, compare=False)
+    when_on: Any = field(default=None, compare=False)
 
     @lazy
     def held_reason(self) -> str:
@@ -90,7 +94,9 @@ class Route:
     origin: str = ""                           # an imported rule's source label (model.Route.origin)
     on_no_match: str | None = None             # model.Route.on_no_match
     propagate: Any = None                      # the compiled token check (jwtvalidator.Validator) of model.Route.propagate
-    enabled: bool = True                       # model.Route.enabled
+    enabled: bool = True                       # model.Route.enabled (the file's; ``off`` says what is in force)
+    off: str | None = field(default=None, compare=False)    # why it owns no request now (compile.switches)
+    cond_on: Cond | None = field(default=None, compare=False)   # its ``cond`` for when it is switched on again
 
     def host_ok(self, host: str) -> bool:
         if not self.hosts:

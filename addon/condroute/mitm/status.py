@@ -6,8 +6,9 @@ The addon (mitm/addon.py) flags a request whose host is :attr:`Status.host` and 
 it makes (routed, answered, passthrough), not for status-page requests.
 
 * ``GET /`` (and ``HEAD``): the page (status_page.py), which draws itself from ``/api/status``
-  every two seconds. ``GET /api/status``: the JSON below. Any other path: 404; any other method
-  on these paths: 405. Every answer has ``Cache-Control: no-store``.
+  every two seconds. ``GET /api/status``: the JSON below. ``POST /api/switch`` switches a route or
+  backend on or off (switch_api.py: JSON only, same origin only). Any other path: 404; any other
+  method on these paths: 405. Every answer has ``Cache-Control: no-store``.
 * **Cost per request**: :meth:`record` keeps the Decision and a timestamp in a 50-entry deque and
   adds one to a per-name count; nothing is rendered until the page is asked for.
 * **Counts** are per route name and backend name within it, since the proxy started. A reload
@@ -23,7 +24,8 @@ it makes (routed, answered, passthrough), not for status-page requests.
      "switches": [{"name", "enabled", "at", "by", "in_rules"}],
      "upstreams": [{"name", "url", "state", ...}],
      "recent": [{"time", "method", "url", "outcome", "route", "backend", "upstream", "target",
-                 "status", "reason", "skipped": [{"backend", "reason"}], "split"?}],
+                 "status", "reason", "skipped": [{"backend", "reason"}], "split"?,
+                 "tries"?: [{"upstream", "address", "outcome", "reason"}]}],
      "mirrors": {"sent", "failed", "dropped", "in_flight", "failing",
                  "upstreams": [{"name", "url", "sent", "failed", "dropped", "in_flight", "failing"}]},
      "passthrough", "decisions", "recent_max", "cooldown", "status_host", "now"}
@@ -41,7 +43,9 @@ last copy failed; ``upstreams`` the same per mirror upstream that was drawn for 
 ``ok_ago`` seconds ago), ``down`` (it refused or timed out a connection: passed over for
 ``cooldown_left`` more seconds; ``error``, ``failed_ago``, ``attempts``), ``retrying`` (the
 cool-down is over: the next request tries it; ``error``, ``failed_ago``) or ``unknown`` (no
-connection to it seen). ``recent`` is newest first; ``url`` is the request as the log line shows
+connection to it seen). ``SWITCH...`` are a route's or backend's state (switch_api.switch_fields:
+``switch``, ``enabled``, ``enabled_in_file``, ``state``, ``switched_off``, ``switched_on``,
+``off_reason``); ``switches`` the run-time switches. ``recent`` is newest first; ``url`` is the request as the log line shows
 it (secret-named query parameters redacted), ``target`` where it was sent (likewise redacted) or
 null, ``reason`` why: the held backend's condition, or why nothing served.
 """
@@ -136,6 +140,8 @@ def recent_entry(at: float, d: Decision) -> dict[str, Any]:
     }
     if d.split:
         out["split"] = d.split
+    if d.tries:     # requests condroute sent itself (retry_on beyond connect-failure)
+        out["tries"] = [{k: t[k] for k in ("upstream", "address", "outcome", "reason")} for t in d.tries]
     return out
 
 
@@ -162,6 +168,10 @@ class Status:
         k = (d.route, d.backend)
         h = self.hits
         h[k] = h.get(k, 0) + 1
+
+    def latest(self) -> Decision | None:
+        """The decision recorded last (retry.py adds its attempts to a decision made again)."""
+        return self.recent[-1][1] if self.recent else None
 
     # -- when asked -----------------------------------------------------------------------------
     def _prune(self, rules: Any) -> None:

@@ -4,6 +4,8 @@ The page is a shell: everything on it is drawn by the script from ``/api/status`
 and every ``REFRESH_MS``), with ``textContent`` only, never ``innerHTML``: route names, reasons and
 URLs come from rules files and requests and are never read as markup. ``CSP`` allows exactly this
 script and this style sheet (by hash), and fetches from the page's own origin, nothing else.
+Each route and backend has its state and a button that flips it: a JSON ``POST /api/switch``
+(switch_api.py), then the page is drawn again; "back to the file" drops every run-time switch.
 """
 from __future__ import annotations
 
@@ -51,14 +53,23 @@ td.bar { width: 30%; }
 .skipped { color: var(--mute); font-size: 12px; }
 section.recent td:first-child, section.recent td.mono { white-space: nowrap; }
 section.recent td.url { max-width: 36ch; }
+tr.off td { color: var(--mute); }
+tr.off td:first-child { text-decoration: line-through; }
+td.state { white-space: nowrap; font-weight: 400; }
+td.state span { margin-right: 8px; font-size: 12px; }
+td.state span.switched-off, td.state span.switched-on { color: var(--warn); font-weight: 600; }
+button.switch, button.reset { font: inherit; font-size: 12px; padding: 1px 8px; border-radius: 4px; cursor: pointer;
+                              border: 1px solid var(--line); background: #fff; color: var(--accent); }
+button.switch:disabled { opacity: .5; cursor: default; }
+h2 button.reset { margin-left: 12px; }
 """
 
 JS = """
 "use strict";
 (function () {
-  var API = "/api/status", EVERY = %d;
+  var API = "/api/status", SWITCH = "/api/switch", EVERY = %d;
   var app = document.getElementById("app");
-  var lastOk = null;
+  var lastOk = null, switchError = null;
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -124,31 +135,68 @@ JS = """
     return h;
   }
 
+  // switches: what a route or backend is now, and a button that flips it (POST /api/switch)
+  var STATES = {"on": "on", "switched on": "switched on (enabled: false in the file)"};
+  function stateCell(x) {
+    var cell = el("td", "state");
+    if (!x.state) return cell;
+    cell.appendChild(el("span", x.state.replace(" ", "-"), STATES[x.state] || x.off_reason || x.state));
+    var b = el("button", "switch", x.enabled ? "turn off" : "turn on");
+    b.type = "button";
+    b.dataset.switch = x.switch;
+    b.addEventListener("click", function () { b.disabled = true; post({name: x.switch, enabled: !x.enabled}); });
+    cell.appendChild(b);
+    return cell;
+  }
+  function post(body) {
+    fetch(SWITCH, {method: "POST", cache: "no-store", headers: {"Content-Type": "application/json"},
+                   body: JSON.stringify(body)})
+      .then(function (r) {
+        return r.json().then(function (j) { if (!r.ok) throw new Error(j.error || "HTTP " + r.status); return j; });
+      })
+      .then(function () { switchError = null; }, function (e) { switchError = "Could not switch: " + e.message; })
+      .then(load);
+  }
+
   function routes(s) {
     var sec = el("section", "routes");
-    add(sec, add(el("h2", null, "Routes "), el("small", null, "requests decided per route and backend")));
+    var h = add(el("h2", null, "Routes "), el("small", null, "requests decided per route and backend"));
+    var sw = s.switches || [];
+    if (sw.length) {
+      h.appendChild(el("small", null, " \u00b7 " + sw.length + " run-time switch" + (sw.length > 1 ? "es" : "") +
+                                      " (not written to the file)"));
+      var reset = el("button", "reset", "back to the file");
+      reset.type = "button";
+      reset.addEventListener("click", function () { reset.disabled = true; post({reset: true}); });
+      h.appendChild(reset);
+    }
+    sec.appendChild(h);
     if (!s.routes.length) { sec.appendChild(el("p", "note", "No routes.")); return sec; }
     var most = 0;
     s.routes.forEach(function (r) { r.backends.forEach(function (b) { most = Math.max(most, b.hits); }); });
-    var t = table([["route / backend"], ["serves"], ["hits", "hits"], [""]]);
+    var t = table([["route / backend"], ["serves"], ["hits", "hits"], [""], ["state"]]);
     s.routes.forEach(function (r) {
-      var tr = row("route", [td(r.name + (r.switched_off ? " (switched off)" : "")),
-                             td(r.origin || (r.line ? "line " + r.line : "")), td(r.hits, "hits"), td("")]);
+      var tr = row("route" + (r.enabled === false ? " off" : ""), [td(r.name),
+                             td(r.origin || (r.line ? "line " + r.line : "")), td(r.hits, "hits"), td(""), stateCell(r)]);
       tr.dataset.route = r.name;
       t[1].appendChild(tr);
       r.backends.forEach(function (b) {
-        var br = row("backend", [td(b.name + (b.switched_off ? " (switched off)" : "")), td(b.target || "", "url"),
-                                 td(b.hits, "hits"), bar(b.hits, most)]);
+        var br = row("backend" + (b.enabled === false ? " off" : ""), [td(b.name), td(b.target || "", "url"),
+                                 td(b.hits, "hits"), bar(b.hits, most), stateCell(b)]);
         br.dataset.route = r.name;
         br.dataset.backend = b.name;
         t[1].appendChild(br);
       });
       if (r.unserved) {
         t[1].appendChild(row("backend other", [td("no backend served"), td("no match, unavailable or refused"),
-                                              td(r.unserved, "hits"), td("")]));
+                                              td(r.unserved, "hits"), td(""), td("")]));
       }
     });
-    var pt = row("other", [td("no route: passthrough"), td(""), td(s.passthrough, "hits"), td("")]);
+    sw.forEach(function (x) {
+      if (!x.in_rules) t[1].appendChild(row("other", [td(x.name), td("switched " + (x.enabled ? "on" : "off") +
+                                                      ", not in the rules now"), td(""), td(""), td("")]));
+    });
+    var pt = row("other", [td("no route: passthrough"), td(""), td(s.passthrough, "hits"), td(""), td("")]);
     pt.dataset.route = "";
     t[1].appendChild(pt);
     return add(sec, t[0]);
@@ -213,6 +261,7 @@ JS = """
     var body = document.createDocumentFragment();
     add(body, header(s));
     var m = el("main");
+    if (switchError) m.appendChild(el("div", "alert", switchError));
     if (s.rules.error) {
       var a = el("div", "alert", "The last reload failed" + (s.rules.path ? "; generation " + s.rules.generation +
                                   " stays live" : "") + ":");
@@ -236,12 +285,12 @@ JS = """
     if (!a.parentNode) app.insertBefore(a, app.firstChild);
   }
 
-  function refresh() {
-    fetch(API, {cache: "no-store"})
+  function load() {
+    return fetch(API, {cache: "no-store"})
       .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
-      .then(function (s) { render(s); }, failed)
-      .then(function () { setTimeout(refresh, EVERY); });
+      .then(function (s) { render(s); }, failed);
   }
+  function refresh() { load().then(function () { setTimeout(refresh, EVERY); }); }
   refresh();
 })();
 """ % REFRESH_MS
