@@ -7,15 +7,17 @@ upstreams.py; every use of mitmproxy's internals in compat.py.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
-from .. import render
+from .. import localfiles, render
 from ..engine import Decision, decide
 from ..errors import RulesError
+from ..model import Respond
 from . import compat, options
 from .compat import set_host_header
 from .commands import Commands
@@ -23,6 +25,7 @@ from .connections import Connections, needs
 from .flows import restore_request
 from .mirror import Mirrors
 from .reload import LiveRules
+from .retry import Retry
 from .status import Status
 from .upstreams import DEFAULT_CONNECT_TIMEOUT, Upstreams
 from .view import H2_H3, FlowView, host_header_text, request_view
@@ -39,6 +42,17 @@ def answered(flow: http.HTTPFlow) -> bool:
     stays local (compat.keep_answered_bodies_local)."""
     md = flow.metadata.get("condroute")
     return bool(md and md.get("answer"))
+
+
+def local_answer(r: Respond, rest: str | None) -> dict[str, Any]:
+    """A Map Local answer, in the flow's metadata (plain data: saved flows keep it): what
+    ``_local_response`` reads the file with when the request is answered."""
+    out: dict[str, Any] = {"root": r.root, "headers": [[k, v] for k, v in r.headers]}
+    if r.file:
+        out["file"] = r.file
+    else:
+        out["dir"], out["rest"] = r.dir, rest
+    return out
 
 
 def body_dropped(flow: http.HTTPFlow) -> None:
@@ -61,8 +75,13 @@ class ConditionalRouting(Commands, LiveRules):
         self.status = Status(self, self.upstreams)
         self.mirrors = Mirrors()
         self._mirroring = self.mirrors.pending     # the same dict: "any copies to send?" per request
+        # retry_on beyond connect-failure: condroute sends those requests itself (retry.py)
+        self.retry = Retry(self.upstreams)
+        self._retrying = self.upstreams.retrying   # the same dict: "any to send ourselves?" per request
         # sni and throttle: server names for upstream connections, throttling relays (connections.py)
         self.conns = Connections(self.upstreams.health, lambda: self.upstreams.connect_timeout)
+        # flow id -> seconds: an injected delay (fault) drawn for the flow, waited for in requestheaders
+        self._delays: dict[str, float] = {}
 
     # -- options (their types and checks: options.py) -------------------------------------------
     def load(self, loader: Any) -> None:
@@ -161,8 +180,31 @@ class ConditionalRouting(Commands, LiveRules):
     # -- traffic --------------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> Any:
         self.route(flow)
-        # a coroutine (awaited by mitmproxy) only when an upstream must be tried first
-        return self.upstreams.requestheaders(flow)
+        # a coroutine (awaited by mitmproxy) only when a fault's delay is to be waited for or an
+        # upstream must be tried first; mitmproxy connects upstream after this hook (streamed
+        # bodies) or after `request`, so the delay always comes before the upstream is asked
+        if self._delays and flow.id in self._delays:
+            return self._before_upstream(flow, None)
+        probe = self.upstreams.requestheaders(flow)
+        # (wrapped: a failover may choose a backend whose fault draws a delay)
+        return None if probe is None else self._before_upstream(flow, probe)
+
+    async def _before_upstream(self, flow: http.HTTPFlow, probe: Any) -> None:
+        """The injected delay drawn for the flow (Istio's fixedDelay), then its upstream tried
+        (``probe``, upstreams.requestheaders); after a failover, the new backend's delay too. The
+        flow waits, the event loop does not: other requests go on meanwhile. A backend's timeout
+        starts later (upstreams.request), so it never counts the delay (Envoy's fault filter runs
+        before its router starts the route's timeout)."""
+        for _ in range(32):
+            if probe is not None:
+                await probe
+            delay = self._delays.pop(flow.id, None)
+            if delay is None:
+                return
+            await asyncio.sleep(delay)
+            if flow.response is not None or flow.error is not None or not flow.live:
+                return
+            probe = self.upstreams.requestheaders(flow)
 
     def route(self, flow: http.HTTPFlow) -> None:
         """Decide for a flow and reroute it (or prepare the direct answer)."""
@@ -225,10 +267,14 @@ class ConditionalRouting(Commands, LiveRules):
         elif d.status is not None:  # respond, or no match with on_no_match: error
             if d.respond is not None:
                 md["answer"] = {"status": d.respond.status, "body": d.respond.body, "headers": dict(d.respond.headers)}
+                if d.respond.file or d.respond.dir:   # Map Local: the file is read when answering (_answer_or_fix)
+                    md["answer"]["local"] = local_answer(d.respond, view.rest)
             else:
                 md["answer"] = {"status": d.status, "body": render.error_body(d),
                                 "headers": {"Content-Type": "text/plain; charset=utf-8"}}
             flow.request.stream = False   # answered in `request`: the body must not be streamed anywhere
+        if d.fault_delay is not None:     # an injected delay (drawn only for a backend with a fault)
+            self._delays[flow.id] = d.fault_delay
         flow.metadata["condroute"] = md
         flow.comment = render.comment(d)
         if self.log_level:
@@ -295,10 +341,19 @@ class ConditionalRouting(Commands, LiveRules):
             for name, value in d.add_headers:
                 req.headers.add(name, value)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Any:
         if flow.metadata.get("condroute_status") and flow.response is None:
             flow.response = self.status.response(flow)
-            return
+            return None
+        if self._retrying and flow.id in self._retrying:
+            # a coroutine (awaited by mitmproxy): condroute sends the request itself, to retry it
+            # on a reset or a 5xx; it calls forward() when it is done (retry.py)
+            return self.retry.request(flow, self)
+        self.forward(flow)
+        return None
+
+    def forward(self, flow: http.HTTPFlow) -> None:
+        """The `request` hook's work for a flow mitmproxy forwards (or condroute answers)."""
         self._answer_or_fix(flow)
         self.upstreams.request(flow)
         if self._mirroring:
@@ -312,6 +367,9 @@ class ConditionalRouting(Commands, LiveRules):
         if answer:
             if md.get("body_dropped"):
                 flow.request.data.content = None   # as for a streamed body: not kept
+            if "local" in answer:
+                flow.response = self._local_response(flow, md, answer)
+                return
             flow.response = http.Response.make(answer["status"], answer["body"], answer["headers"])
         elif md.get("outcome") == "routed":
             # mitmproxy (11, 12) forwards an HTTP/2 request without content-length to an HTTP/1.1
@@ -322,8 +380,43 @@ class ConditionalRouting(Commands, LiveRules):
                     and "content-length" not in r.headers and "transfer-encoding" not in r.headers):
                 r.headers["content-length"] = str(len(r.raw_content))
 
+    def _local_response(self, flow: http.HTTPFlow, md: dict, answer: dict) -> http.Response:
+        """A Map Local answer (respond.file / respond.dir), read now (localfiles.serve): the file as
+        it is when the request is answered, never as it was when the request was decided."""
+        loc = answer["local"]
+        r = Respond(answer["status"], "", tuple((k, v) for k, v in loc["headers"]),
+                    file=loc.get("file", ""), dir=loc.get("dir", ""), root=loc["root"])
+        h = flow.request.headers
+        try:
+            got = localfiles.serve(r, flow.request.method, loc.get("rest"), h.get_all("if-none-match"),
+                                   h.get_all("if-modified-since"))
+        except Exception as e:   # a bug must not let the request go on to its original destination
+            log.error(f"condroute: internal error while reading {localfiles.shown_name(r, loc.get('rest'))}: "
+                      f"{type(e).__name__}")
+            got = localfiles.Answer(500, (("Content-Type", "text/plain; charset=utf-8"),),
+                                    b"condroute: internal error while reading the file\n", None,
+                                    localfiles.shown_name(r, loc.get("rest")), "internal error", True)
+        fields = [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for k, v in got.headers]
+        resp = http.Response.make(got.status, got.body, fields)     # (Content-Length: the body's)
+        if got.status == 304:
+            resp.headers.pop("content-length", None)                      # 304: no Content-Length
+        elif got.content_length is not None:
+            resp.headers["content-length"] = str(got.content_length)      # HEAD: the file's size
+        loc["served"] = {"status": got.status, "file": got.name}
+        more = render.local_served(got.status, answer["status"], got.name, got.note)
+        if more:
+            flow.comment += f" | {more}"
+            md["header"] = f"{md['header']} ({more})"
+            if got.error:
+                log.warning(f"condroute: {flow.request.method} {flow.request.pretty_url.split('?')[0]}: {more}")
+            elif self.log_level and got.status != 304:
+                log.info(f"condroute:   {more}")
+        return resp
+
     # connection events and errors: for passive health, retries and timeouts
     def error(self, flow: http.HTTPFlow) -> None:
+        if self._delays:
+            self._delays.pop(flow.id, None)
         self.upstreams.error(flow)
         self.mirrors.forget(flow)
 

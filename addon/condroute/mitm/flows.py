@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from typing import Any
 
+from .. import render
 from ..engine import Decision, decide
 from ..explain import decision_data
 from ..request import RequestView
@@ -83,6 +84,29 @@ def live_header(flow: Any) -> str | None:
     return None
 
 
+def live_tries(flow: Any) -> list[str]:
+    """What the live proxy did beyond the decision, one line each: the requests condroute sent
+    itself and retried (``tries``), the upstreams it failed over from (``failed_over``), and why it
+    answered when it gave up (``retry_reason``, a ``failover: false`` backend's ``reason``)."""
+    md = flow.metadata.get("condroute")
+    if not isinstance(md, dict):
+        return []
+    out = []
+    if md.get("tries"):
+        out.append("tried " + render.tries_text(md["tries"]))
+    for f in md.get("failed_over") or []:
+        if isinstance(f, dict):
+            n = f.get("attempts", 1)
+            out.append(f"failed over from upstream {f.get('upstream')} ({f.get('address')}): {f.get('error')}"
+                       + (f" ({n} attempts)" if n and n > 1 else ""))
+    for key in ("retry_reason",):
+        if md.get(key):
+            out.append(f"gave up: {md[key]}")
+    if md.get("outcome") == "unavailable" and md.get("reason"):
+        out.append(f"answered {md.get('status')}: {md['reason']}")
+    return out
+
+
 def _agrees(d: Decision, live: str | None) -> bool:
     # the addon stores nothing when no route owns a request: a missing record means passthrough
     return d.header_value() == (live or "passthrough")
@@ -116,8 +140,11 @@ def explain_flows(rules: Rules, dump: str, as_json: bool) -> int:
                 d = decide(rules, req, explain=True)
                 live = live_header(flow)
                 counts[_outcome_key(d)] += 1
+                md = flow.metadata.get("condroute")
                 results.append({"index": len(results) + 1, "decision": decision_data(rules, d, req), "d": d,
-                                "live": live, "agrees": _agrees(d, live), "exact": exact})
+                                "live": live, "agrees": _agrees(d, live), "exact": exact,
+                                "tries": md.get("tries") if isinstance(md, dict) else None,
+                                "live_lines": live_tries(flow)})
     except exceptions.FlowReadException as e:
         print(f"{dump}: not a mitmproxy flow file ({e})", file=sys.stderr)
         return 1
@@ -134,6 +161,8 @@ def explain_flows(rules: Rules, dump: str, as_json: bool) -> int:
             "decisions": [{"index": x["index"], "live": x["live"],
                            "agrees_with_live": x["agrees"] if recorded else None,
                            "original_recovered": x["exact"], "x_condroute": x["d"].header_value(),
+                           **({"live_tries": x["tries"]} if x["tries"] else {}),
+                           **({"live_notes": x["live_lines"]} if x["live_lines"] else {}),
                            **x["decision"]} for x in results],
             "coverage": {k: counts[k] for k in keys + extra},
             "never_reached": never,
@@ -155,6 +184,8 @@ def explain_flows(rules: Rules, dump: str, as_json: bool) -> int:
         if not x["exact"]:
             line += "  (decided on the forwarded request: the original was not saved)"
         print(line)
+        for note in x["live_lines"]:     # retries, failovers: what the live proxy did beyond deciding
+            print(f"{' ' * width}    live: {note}")
     if skipped_other:
         print(f"({skipped_other} non-HTTP flow{'s' * (skipped_other != 1)} skipped)")
     rows = keys + extra

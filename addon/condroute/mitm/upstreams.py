@@ -61,7 +61,7 @@ from mitmproxy import ctx, http
 from .. import render
 from ..engine import Decision
 from ..httptext import IDEMPOTENT, parse_seconds
-from ..model import every_upstream
+from ..model import DEFAULT_RETRY_ON, every_upstream
 from ..render import timeout_reason
 from . import compat
 from .health import Health
@@ -72,6 +72,38 @@ log = logging.getLogger("condroute")
 
 DEFAULT_CONNECT_TIMEOUT = 3.0
 RETRY_BACKOFF = 0.05          # seconds before the 2nd try, doubling, at most 1 s
+
+# retry_on kinds that count connection failures (Envoy: connect-failure is included in 5xx and
+# gateway-error), and those that need condroute to send the request itself (mitm/retry.py)
+CONNECT_RETRY_ON = frozenset({"connect-failure", "5xx", "gateway-error"})
+RESPONSE_RETRY_ON = frozenset({"reset", "5xx", "gateway-error"})
+
+
+def backoff(i: int) -> float:
+    """Seconds to wait before try ``i`` (0-based; 0 for the first)."""
+    return 0.0 if i <= 0 else min(1.0, RETRY_BACKOFF * 2 ** (i - 1))
+
+
+def connect_tries(d: Decision, method: str) -> int:
+    """How many times a connection to the decision's upstream is tried: ``1 + retries`` for an
+    idempotent method when ``retry_on`` covers connection failures (connect-failure, the default;
+    5xx and gateway-error include it, as in Envoy), else once."""
+    b = d.backend_obj
+    if not d.retries or method.upper() not in IDEMPOTENT:
+        return 1
+    ro = b.retry_on if b is not None else DEFAULT_RETRY_ON
+    return 1 + d.retries if ro is DEFAULT_RETRY_ON or not ro.isdisjoint(CONNECT_RETRY_ON) else 1
+
+
+def sends_itself(d: Decision, flow: http.HTTPFlow) -> bool:
+    """Does condroute send this routed request itself, to retry it on a reset or a 5xx (retry_on
+    beyond connect-failure, an idempotent method, no WebSocket or other upgrade)? The body is
+    checked later, in the ``request`` hook (mitm/retry.py). One identity test for the rest."""
+    ro = d.backend_obj.retry_on
+    if ro is DEFAULT_RETRY_ON or ro.isdisjoint(RESPONSE_RETRY_ON):
+        return False
+    r = flow.request
+    return r.method.upper() in IDEMPOTENT and "upgrade" not in r.headers and not (r.is_http2 and r.method == "CONNECT")
 
 # What Upstreams calls to decide for a flow again (after its upstream failed to connect):
 # ConditionalRouting.route, which decides, rewrites the request and records the decision.
@@ -141,6 +173,8 @@ class Upstreams:
         self.connect_timeout = DEFAULT_CONNECT_TIMEOUT
         self.probe = tcp_probe            # replaceable in tests
         self.pending: dict[str, _Pending] = {}
+        # flows whose request condroute sends itself (retry_on beyond connect-failure: mitm/retry.py)
+        self.retrying: dict[str, _Pending] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self._warned_h2 = False
         self._tasks: set[asyncio.Task] = set()
@@ -173,12 +207,16 @@ class Upstreams:
         up = d.upstream_obj
         if up is None or flow.server_conn.via is not None:   # upstream-proxy mode: mitmproxy connects to the proxy
             return
+        snapshot = None
+        if d.backend_obj.retry_on is not DEFAULT_RETRY_ON and sends_itself(d, flow) and self._live(flow):
+            snapshot = flow.request.data.copy()
+            self.retrying[flow.id] = _Pending(snapshot, d)
         # A backend with retries is tried first unless a connection to it is open right now: a
         # restarting upstream closes its connections, and the retries are meant for exactly that.
-        retrying = bool(d.retries) and flow.request.method.upper() in IDEMPOTENT
+        retrying = connect_tries(d, flow.request.method) > 1
         if self.health.known_up(up.host, up.port, fresh=not retrying) or not self._live(flow):
             return
-        self.pending[flow.id] = _Pending(flow.request.data.copy(), d)
+        self.pending[flow.id] = _Pending(snapshot or flow.request.data.copy(), d)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Any:
         """Sync for the common case (nothing to try); returns a coroutine, which mitmproxy awaits
@@ -193,17 +231,23 @@ class Upstreams:
         while p is not None and rounds < 32:
             rounds += 1
             d = p.decision
-            tries = 1 + (d.retries if flow.request.method.upper() in IDEMPOTENT else 0)
+            tries = connect_tries(d, flow.request.method)
             err = await self._try_connect(d.host, d.port, tries)
             if err is None:
                 return
             addr = f"{d.host}:{d.port}"
             self.health.mark_down(d.host, d.port, err, tries)
-            log.warning(f"condroute: {render.connect_failed(d, addr, err, tries, self.health.cooldown)}")
             if flow.response is not None or flow.error is not None or not flow.live:
+                log.warning(f"condroute: {render.connect_failed(d, addr, err, tries, self.health.cooldown)}")
                 return
             failed = render.failed_over(d, addr, err, tries)
             earlier = (flow.metadata.get("condroute") or {}).get("failed_over", [])
+            if not d.backend_obj.failover:
+                self.refuse_pinned(flow, d, render.failover_refused(d, addr, err, tries), p.snapshot,
+                                   connect_failures=[*earlier, failed])
+                return
+            log.warning(f"condroute: {render.connect_failed(d, addr, err, tries, self.health.cooldown)}")
+            self.retrying.pop(flow.id, None)                 # the new decision says whether it retries
             flow.request.data = p.snapshot                   # as the client sent it
             flow.metadata.pop("condroute", None)
             self.reroute(flow)                               # decides again, now without that upstream
@@ -212,11 +256,31 @@ class Upstreams:
                 md["failed_over"] = [*earlier, failed]
             p = self.pending.pop(flow.id, None)              # the new upstream may need a try as well
 
+    def refuse_pinned(self, flow: http.HTTPFlow, d: Decision, reason: str, snapshot: Any,
+                      status: int = 502, **record: Any) -> None:
+        """failover: false and its upstream cannot be connected to: the request is answered (in the
+        ``request`` hook, as condroute's other answers: its body stays local) with ``status`` and
+        the reason, instead of being decided again. The request is put back as the client sent it
+        (nothing is forwarded; ``condroute explain --flows`` decides on it)."""
+        self.retrying.pop(flow.id, None)
+        log.warning(f"condroute: {d.request}: {d.route}/{d.backend}: {reason}; answering {status}")
+        flow.request.data = snapshot
+        md = flow.metadata.get("condroute")
+        if md is None:
+            md = flow.metadata["condroute"] = {}
+        md.update(record)
+        md.update(outcome="unavailable", status=status, reason=reason,
+                  header=f"{d.route}/{d.backend} -> error {status} (upstream unavailable, failover: false)",
+                  answer={"status": status, "headers": {"Content-Type": "text/plain; charset=utf-8"},
+                          "body": f"condroute: route {d.route!r}: {reason}\n  (for {d.request})\n"})
+        flow.request.stream = False      # answered in `request`: the body must not be streamed anywhere
+        flow.comment = f"{flow.comment or render.comment(d)} | {render._clean(reason)}: condroute answered {status}"
+
     async def _try_connect(self, host: str, port: int, tries: int) -> str | None:
         err = None
         for i in range(tries):
             if i:
-                await asyncio.sleep(min(1.0, RETRY_BACKOFF * 2 ** (i - 1)))
+                await asyncio.sleep(backoff(i))
             err = await self.probe(host, port, self.connect_timeout)
             if err is None:
                 self.health.mark_up(host, port)
@@ -295,6 +359,7 @@ class Upstreams:
     def error(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
         self.pending.pop(flow.id, None)
+        self.retrying.pop(flow.id, None)
         md = flow.metadata.get("condroute")
         if md is not None and flow.error is not None and "error" not in md:
             md["error"] = flow.error.msg
