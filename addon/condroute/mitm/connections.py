@@ -50,7 +50,7 @@ from ..engine import Decision
 from .health import Health
 from .upstreams import describe_connect_error
 
-__all__ = ["Connections", "Relay", "needs", "preserved_name"]
+__all__ = ["Bucket", "Connections", "Relay", "needs", "preserved_name"]
 
 log = logging.getLogger("condroute")
 
@@ -89,6 +89,20 @@ def preserved_name(client_sni: str | None, client_host: str | None) -> str | Non
     if client_host and _is_dns_name(client_host):
         return client_host.rstrip(".").lower()
     return None
+
+
+class Bucket:
+    """A token bucket that may go into debt: ``take(n, now)`` says how long to wait before sending
+    ``n`` bytes so that at most ``burst + rate * t`` bytes have gone in any ``t`` seconds."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.last = float(burst), now
+
+    def take(self, n: int, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate) - n
+        self.last = now
+        return -self.tokens / self.rate if self.tokens < 0 else 0.0
 
 
 class Relay:
@@ -185,17 +199,13 @@ class Relay:
             writer.transport.abort()
 
     async def _paced(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Upstream to proxy, at most ``rate`` bytes a second after a burst of one chunk (a token
-        bucket that may go into debt: a chunk that overdraws it waits until it is paid back)."""
+        """Upstream to proxy, at most ``rate`` bytes a second after a burst of one chunk."""
         loop = asyncio.get_running_loop()
-        rate, burst = self.rate, float(self.chunk)
-        tokens, last = burst, loop.time()
+        bucket = Bucket(self.rate, self.chunk, loop.time())
         while data := await reader.read(self.chunk):
-            now = loop.time()
-            tokens = min(burst, tokens + (now - last) * rate) - len(data)
-            last = now
-            if tokens < 0:
-                await asyncio.sleep(-tokens / rate)
+            wait = bucket.take(len(data), loop.time())
+            if wait > 0:
+                await asyncio.sleep(wait)
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():

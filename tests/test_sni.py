@@ -1,0 +1,238 @@
+"""sni: the engine's decision, the name each upstream connection is given (connections.py) in
+mitmproxy's harness, the hooks registered only while the rules need them, and the lint warnings.
+End to end with a TLS backend: test_sni_e2e.py."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from mitmproxy import connection, http
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+from mitmproxy.test import taddons, tflow
+
+from condroute.cli.lint import lint
+from condroute.engine import decide
+from condroute.errors import RulesError
+from condroute.mitm.addon import ConditionalRouting
+from condroute.mitm.connections import Connections, needs, preserved_name
+from condroute.mitm.health import Health
+from condroute.request import RequestView
+from condroute.rules import load_rules, load_rules_text
+
+RULES = """
+    version: 1
+    routes:
+      - name: api
+        match: {host: api.test}
+        backends:
+          - {name: named, when: {path: /n}, upstream: "https://10.0.0.5:8443", sni: api.example.test}
+          - {name: kept, when: {path: /k}, upstream: "https://10.0.0.5:8443", sni: preserve}
+          - {name: none, upstream: "https://10.0.0.6:8443"}
+    """
+
+
+def rules(text: str = RULES):
+    return load_rules_text(textwrap.dedent(text), "t.yaml")
+
+
+def req(url: str) -> RequestView:
+    return RequestView.from_url(url, method="GET", headers=[], peer="127.0.0.1")
+
+
+# -- engine ---------------------------------------------------------------------------------------------
+def test_decision_carries_the_backends_sni():
+    r = rules()
+    d = decide(r, req("http://api.test/n"))
+    assert (d.backend, d.sni, d.throttle, d.host) == ("named", "api.example.test", None, "10.0.0.5")
+    assert decide(r, req("http://api.test/k")).sni == "preserve"
+    d = decide(r, req("http://api.test/other"))
+    assert (d.backend, d.sni) == ("none", None)
+
+
+def test_sni_is_refused_for_http_upstreams_and_respond_backends():
+    with pytest.raises(RulesError) as e:
+        rules("""
+            version: 1
+            routes:
+              - name: r
+                backends: [{name: b, upstream: "http://10.0.0.5", sni: x.test}]
+            """)
+    assert "https" in str(e.value)
+    with pytest.raises(RulesError) as e:
+        rules("""
+            version: 1
+            routes:
+              - name: r
+                backends: [{name: b, respond: {status: 200}, sni: x.test}]
+            """)
+    assert "respond backend has none" in str(e.value)
+
+
+def test_needs():
+    assert needs(None) == (False, False)
+    assert needs(rules()) == (True, False)
+    assert needs(rules(RULES.replace("sni: preserve", "throttle: {kbps: 8}"))) == (True, True)
+    plain = rules("""
+        version: 1
+        routes:
+          - name: r
+            backends: [{name: b, upstream: "https://10.0.0.5"}]
+        """)
+    assert needs(plain) == (False, False)
+
+
+def test_preserved_name():
+    assert preserved_name("client.test", "other.test") == "client.test"     # the client's TLS name first
+    assert preserved_name(None, "Shop.Test.") == "shop.test"                 # else the host it asked for
+    assert preserved_name(None, "192.0.2.1") is None                         # never an IP: mitmproxy's default
+    assert preserved_name(None, "[::1]") is None
+    assert preserved_name(None, None) is None
+
+
+# -- the name an upstream connection gets -----------------------------------------------------------------
+def _hook_data(client: connection.Client, host: str, port: int) -> ServerConnectionHookData:
+    server = connection.Server(address=(host, port))
+    server.sni = host          # what HttpLayer.get_connection sets
+    return ServerConnectionHookData(server=server, client=client)
+
+
+def _routed_flow(url: str, client_sni: str | None = None) -> http.HTTPFlow:
+    f = tflow.tflow(req=http.Request.make("GET", url))
+    f.client_conn.sni = client_sni
+    return f
+
+
+def test_connections_name_the_connection_of_the_client_that_asked():
+    c = Connections(Health(), lambda: 3.0)
+    r = rules()
+    f = _routed_flow("http://api.test/n")
+    d = decide(r, req("http://api.test/n"))
+    f.request.host, f.request.port = d.host, d.port          # as apply() rewrites it
+    assert c.routed(f, d, "api.test") is None                # not throttled
+    other = tflow.tflow().client_conn                        # another client connection: not its name
+    data = _hook_data(other, "10.0.0.5", 8443)
+    c.server_connect(data)
+    assert data.server.sni == "10.0.0.5"
+    data = _hook_data(f.client_conn, "10.0.0.5", 8443)
+    c.server_connect(data)
+    assert data.server.sni == "api.example.test"
+    again = _hook_data(f.client_conn, "10.0.0.5", 8443)       # taken once: a later connection is the next flow's
+    c.server_connect(again)
+    assert again.server.sni == "10.0.0.5"
+
+
+@pytest.mark.parametrize("client_sni, host, want", [
+    ("client.test", "api.test", "client.test"),
+    (None, "api.test", "api.test"),
+    (None, "192.0.2.1", "10.0.0.5"),            # nothing to preserve: mitmproxy's default stays
+])
+def test_preserve(client_sni, host, want):
+    c = Connections(Health(), lambda: 3.0)
+    f = _routed_flow(f"http://{host}/k", client_sni)
+    d = decide(rules(), req("http://api.test/k"))
+    f.request.host, f.request.port = d.host, d.port
+    c.routed(f, d, host)
+    data = _hook_data(f.client_conn, "10.0.0.5", 8443)
+    c.server_connect(data)
+    assert data.server.sni == want
+
+
+def test_names_not_taken_are_bounded(monkeypatch):
+    import condroute.mitm.connections as conns
+    monkeypatch.setattr(conns, "MAX_NAMES", 3)
+    c = Connections(Health(), lambda: 3.0)
+    d = decide(rules(), req("http://api.test/n"))
+    for _ in range(5):
+        f = _routed_flow("http://api.test/n")
+        f.request.host, f.request.port = d.host, d.port
+        c.routed(f, d, "api.test")
+    assert len(c.names) == 3
+
+
+# -- in mitmproxy's harness -------------------------------------------------------------------------------
+@pytest.fixture
+def harness(tmp_path: Path):
+    addon = ConditionalRouting()
+    with taddons.context(Proxyserver(), addon) as tctx:
+        def configure(text: str, name: str = "rules.yaml") -> None:
+            p = tmp_path / name
+            p.write_text(textwrap.dedent(text))
+            tctx.configure(addon, condroute_rules=str(p))
+        addon.configure_rules = configure  # type: ignore[attr-defined]
+        addon.tctx = tctx  # type: ignore[attr-defined]
+        yield addon
+
+
+async def test_server_connect_is_registered_only_while_a_backend_has_sni(harness):
+    harness.configure_rules("""
+        version: 1
+        routes:
+          - name: r
+            backends: [{name: b, upstream: "https://10.0.0.5"}]
+        """)
+    assert harness.server_connect is None and harness.responseheaders is None
+    harness.configure_rules(RULES, "sni.yaml")
+    assert callable(harness.server_connect)
+    assert harness.responseheaders is None          # sni alone streams nothing
+    harness.configure_rules("""
+        version: 1
+        routes:
+          - name: r
+            backends: [{name: b, upstream: "https://10.0.0.5"}]
+        """, "plain.yaml")
+    assert harness.server_connect is None
+
+
+async def test_a_routed_flow_names_its_upstream_connection(harness):
+    harness.configure_rules(RULES)
+    f = tflow.tflow(req=http.Request.make("GET", "http://api.test/n", headers={"Host": "api.test"}))
+    f.request.authority = ""
+    await harness.tctx.cycle(harness, f)
+    assert (f.request.scheme, f.request.host, f.request.port) == ("https", "10.0.0.5", 8443)
+    assert f.request.headers["Host"] == "10.0.0.5:8443"
+    assert "throttled" not in f.metadata["condroute"]
+    data = _hook_data(f.client_conn, "10.0.0.5", 8443)
+    harness.server_connect(data)
+    assert data.server.sni == "api.example.test"
+
+
+# -- lint ---------------------------------------------------------------------------------------------------
+def _lint(tmp_path: Path, text: str) -> list[str]:
+    p = tmp_path / "l.yaml"
+    p.write_text(textwrap.dedent(text))
+    return [f"{w.line}:{w.col} {w.message}" for w in lint(load_rules(str(p)))]
+
+
+def test_lint_sni_that_is_the_upstreams_own_name(tmp_path):
+    found = _lint(tmp_path, """\
+        version: 1
+        routes:
+          - name: r
+            backends:
+              - {name: b, upstream: "https://api.example.test:8443", sni: api.example.test}
+        """)
+    assert len(found) == 1 and found[0].startswith("5:67 ") and "own host name" in found[0], found
+
+
+def test_lint_one_address_sent_different_names(tmp_path):
+    found = _lint(tmp_path, """\
+        version: 1
+        routes:
+          - name: r
+            backends:
+              - {name: a, when: {path: /a}, upstream: "https://10.0.0.5", sni: a.test}
+              - {name: b, when: {path: /b}, upstream: "https://10.0.0.5", sni: b.test}
+              - {name: c, upstream: "https://10.0.0.6", sni: c.test}
+        """)
+    assert len(found) == 1 and found[0].startswith("6:"), found
+    assert "'b' sends sni b.test to 10.0.0.5:443, backend 'a' sni a.test" in found[0]
+    assert _lint(tmp_path, """\
+        version: 1
+        routes:
+          - name: r
+            backends:
+              - {name: a, when: {path: /a}, upstream: "https://10.0.0.5", sni: a.test}
+              - {name: b, upstream: "https://10.0.0.7", sni: b.test}
+        """) == []
