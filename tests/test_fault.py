@@ -15,12 +15,13 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
 
 from condroute import engine, render
+from condroute.cli.lint import lint
 from condroute.engine import FAULT_ABORT_BODY, decide
 from condroute.mitm import addon as addon_mod
 from condroute.mitm.addon import ConditionalRouting
 from condroute.mitm.upstreams import Upstreams
 from condroute.request import RequestView
-from condroute.rules import load_rules_text
+from condroute.rules import load_rules, load_rules_text
 
 
 def rules(text: str):
@@ -391,3 +392,39 @@ async def test_the_delay_comes_before_the_connection_probe(fa, monkeypatch):
     monkeypatch.setattr(addon_mod.asyncio, "sleep", sleep)
     await fa.requestheaders(make_flow({"x-fault": "delay"}))
     assert order == ["sleep 1.5", "probe"]
+
+
+# -- lint --------------------------------------------------------------------------------------------
+LINT = """\
+version: 1
+upstreams: {a: "http://127.0.0.1:9001"}
+routes:
+  - name: r
+    backends:
+      - {name: never, when: {header: {x-a: "1"}}, upstream: a, fault: {delay: 2, abort: 503, percent: 0}}
+      - name: half
+        when: {header: {x-b: "1"}}
+        upstream: a
+        fault: {delay: {seconds: 2, percent: 0}, abort: {status: 503, percent: 10}}
+      - {name: slow, when: {header: {x-c: "1"}}, upstream: a, timeout: 1, fault: {delay: 1s}}
+      - {name: ok, when: {header: {x-d: "1"}}, upstream: a, fault: {abort: 200}}
+      - {name: retried, when: {header: {x-e: "1"}}, upstream: a, retry_on: [5xx], retries: 2, fault: {abort: 503}}
+      - {name: fine, upstream: a, timeout: 3, retries: 2, fault: {delay: 500ms, abort: 404, percent: 5}}
+"""
+
+
+def test_lint_warns_of_faults_that_cannot_do_what_is_meant(tmp_path: Path):
+    f = tmp_path / "r.yaml"
+    f.write_text(LINT)
+    got = [(p.line, p.col, p.message) for p in lint(load_rules(str(f)))]
+    assert got == [
+        (6, 103, "the fault of backend 'never' has percent 0: it never fires"),
+        (10, 46, "the fault delay of backend 'half' has percent 0: it never delays a request"),
+        (11, 90, "the fault delay of backend 'slow' (1s) is not counted by its timeout (1s): the delay comes "
+                 "before the upstream is asked (as in Envoy), so no 504 comes of it; to see a timeout, give the "
+                 "client a timeout shorter than the delay"),
+        (12, 76, "the fault abort of backend 'ok' answers 200, not an error status: clients take it as a success "
+                 "with the body 'fault filter abort'"),
+        (13, 110, "backend 'retried' retries 503 (retry_on), but an injected abort is never retried: it is "
+                  "answered before the upstream is asked (as in Envoy); the client gets the 503"),
+    ]

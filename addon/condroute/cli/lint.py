@@ -339,8 +339,68 @@ def _case_mismatches(rules: Rules, w: _Where) -> Iterator[Problem]:
         yield Problem(rules.file, line, col, msg)
 
 
+def _fault_at(w: _Where, i: int, j: int, part: str, key: str) -> tuple[int, int]:
+    """Position in a backend's fault of ``part`` (delay, abort): its percent (its own, else the
+    fault's shared one) for ``key`` "percent", else its value (the seconds, the status)."""
+    n = w.backend_nodes[i][j]
+    if n is None or not isinstance(n.v, dict) or "fault" not in n.v:
+        return w.backend(i, j)
+    f = n.v["fault"]
+    p = f.v.get(part) if isinstance(f.v, dict) else None
+    if p is None:
+        return f.line, f.col
+    if key == "percent":
+        if isinstance(p.v, dict) and "percent" in p.v:
+            p = p.v["percent"]
+        elif "percent" in f.v:
+            p = f.v["percent"]
+    elif isinstance(p.v, dict):
+        p = p.v.get("seconds" if part == "delay" else "status", p)
+    return p.line, p.col
+
+
+def _fault_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
+    """A fault part with percent 0 (it never fires); a delay at least the backend's timeout (not
+    counted by it, as in Envoy: no 504 comes of it); an abort with a status below 400 (a success
+    with the body "fault filter abort"); an abort whose status the backend's retry_on would retry
+    (an injected abort is never retried: it comes before the upstream)."""
+    for i, route in enumerate(rules.routes):
+        for j, b in enumerate(route.backends):
+            f = b.fault
+            if f is None:
+                continue
+            where = route.file or rules.file
+            name = b.name
+            never = [part for part, v, pct in (("delay", f.delay, f.delay_percent), ("abort", f.abort, f.abort_percent))
+                     if v is not None and pct <= 0]
+            if never and len(never) == (f.delay is not None) + (f.abort is not None):
+                yield Problem(where, *_fault_at(w, i, j, never[0], "percent"),
+                              f"the fault of backend {name!r} has percent 0: it never fires")
+            elif never:
+                what = "delays" if never[0] == "delay" else "aborts"
+                yield Problem(where, *_fault_at(w, i, j, never[0], "percent"),
+                              f"the fault {never[0]} of backend {name!r} has percent 0: it never {what} a request")
+            if f.delay is not None and b.timeout and f.delay >= b.timeout and f.delay_percent > 0:
+                yield Problem(where, *_fault_at(w, i, j, "delay", "seconds"),
+                              f"the fault delay of backend {name!r} ({f.delay:g}s) is not counted by its timeout "
+                              f"({b.timeout:g}s): the delay comes before the upstream is asked (as in Envoy), so no "
+                              f"504 comes of it; to see a timeout, give the client a timeout shorter than the delay")
+            if f.abort is not None and f.abort_percent > 0:
+                if f.abort < 400:
+                    yield Problem(where, *_fault_at(w, i, j, "abort", "status"),
+                                  f"the fault abort of backend {name!r} answers {f.abort}, not an error status: "
+                                  f"clients take it as a success with the body 'fault filter abort'")
+                retried = ("5xx" in b.retry_on and f.abort >= 500) or \
+                          ("gateway-error" in b.retry_on and f.abort in (502, 503, 504))
+                if retried and b.respond is None:
+                    yield Problem(where, *_fault_at(w, i, j, "abort", "status"),
+                                  f"backend {name!r} retries {f.abort} (retry_on), but an injected abort is never "
+                                  f"retried: it is answered before the upstream is asked (as in Envoy); the client "
+                                  f"gets the {f.abort}")
+
+
 CHECKS = (_unconditional_shadows, _shadowed_routes, _zero_splits, _case_mismatches, _unused_upstreams, _every_backend_off,
-          _mirror_misuse, _sni_misuse)
+          _mirror_misuse, _sni_misuse, _fault_misuse)
 
 
 def lint(rules: Rules, root: Y | None = None) -> list[Problem]:
