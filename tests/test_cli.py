@@ -682,11 +682,11 @@ def test_check_bad_cases_file_is_located_exit_1(capsys, tmp_path, shop):
         f"{cases}:2:59: request.headers must be a mapping of header names to values",
         f"{cases}:3:21: expect.backend must be a single value or null",
         f"{cases}:3:26: unknown key 'colour' in expect; expected one of: route, backend, upstream, path, url, "
-        "status, outcome, headers, location",
+        "status, outcome, headers, location, file",
         f"{cases}:3:47: expect.status must be an HTTP status code (100-599) or null, not '999'",
         f"{cases}:4:3: a case must be a mapping with request and expect",
         f"{cases}:5:12: request needs a url",
-        f"{cases}:6:11: expect is empty: name at least one of route, backend, upstream, path, url, status, outcome, headers, location",
+        f"{cases}:6:11: expect is empty: name at least one of route, backend, upstream, path, url, status, outcome, headers, location, file",
         f"{cases}:7:3: a case needs a request (at least {{url: ...}})",
     ]
 

@@ -184,7 +184,7 @@ def test_check_names_the_imported_route_that_owns_the_request(tmp_path):
     ("{headers: {X-A: a, x-a: b}}", "3:23: expect.headers names x-a twice"),
     ("{location: [a]}", "3:15: expect.location must be a single value or null"),
     ("{colour: red}", "3:5: unknown key 'colour' in expect; expected one of: route, backend, upstream, path, url, "
-                      "status, outcome, headers, location"),
+                      "status, outcome, headers, location, file"),
 ])
 def test_bad_expect_headers_and_location_are_located(tmp_path, expect, message):
     path = cases_file(tmp_path, f'- request: {{url: "http://h/"}}\n  expect:\n   {expect}\n')

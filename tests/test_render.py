@@ -187,4 +187,4 @@ def test_render_does_not_import_the_engine_at_run_time():
     tree = ast.parse(Path(render.__file__).read_text())
     runtime = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert [n.module for n in runtime if isinstance(n, ast.ImportFrom)] == \
-        ["__future__", "typing", "cel.clauses", "cel.policy", "conditions.base", "httptext", "redact"]
+        ["__future__", "typing", "cel.clauses", "cel.policy", "conditions.base", "httptext", "localfiles", "redact"]

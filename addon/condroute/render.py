@@ -29,6 +29,7 @@ from .cel.clauses import FailedClause, failed_clause
 from .cel.policy import CelCond
 from .conditions.base import AllCond, AnyCond
 from .httptext import authority
+from .localfiles import shown_name
 from .redact import REDACTED, header_shower, redact_url
 
 if TYPE_CHECKING:
@@ -51,8 +52,8 @@ def header_value(d: Decision) -> str:
         if d.fault_abort is not None:
             return f"{d.route}/{d.backend} -> {fault_aborted(d)}"
         if d.fault_delay is not None:
-            return f"{d.route}/{d.backend} -> respond {d.status} ({fault_delayed(d)})"
-        return f"{d.route}/{d.backend} -> respond {d.status}"
+            return f"{d.route}/{d.backend} -> respond {d.status}{local_text(d)} ({fault_delayed(d)})"
+        return f"{d.route}/{d.backend} -> respond {d.status}{local_text(d)}"
     if d.outcome == "no_match" and d.status:
         return f"{d.route} -> error {d.status}"
     if d.outcome == "unavailable":
@@ -78,8 +79,8 @@ def outcome_text(d: Decision) -> str:
         if d.fault_abort is not None:
             return f"{d.route}/{d.backend} -> {fault_aborted(d)}, nothing forwarded"
         if d.fault_delay is not None:
-            return f"{d.route}/{d.backend} -> respond {d.status}{redirect_text(d)}, {fault_delayed(d)}"
-        return f"{d.route}/{d.backend} -> respond {d.status}{redirect_text(d)}"
+            return f"{d.route}/{d.backend} -> respond {d.status}{redirect_text(d)}{local_text(d)}, {fault_delayed(d)}"
+        return f"{d.route}/{d.backend} -> respond {d.status}{redirect_text(d)}{local_text(d)}"
     if d.outcome == "no_match":
         what = f"answered {d.status}" if d.status else "passthrough"
         return f"{d.route}: no backend holds, {what}"
@@ -117,6 +118,32 @@ def redirect_text(d: Decision) -> str:
     if b is None or b.redirect is None:
         return ""
     return f", redirect to {redact_url(location(d))}"
+
+
+def local_file(d: Decision) -> str | None:
+    """The file a Map Local answer (respond.file / respond.dir) is read from, relative to the rules
+    file's folder, as the request names it (``localfiles.shown_name``); None for any other answer."""
+    r = d.respond
+    if r is None or not (r.file or r.dir) or d.fault_abort is not None:
+        return None
+    return shown_name(r, d._req.rest if d._req is not None else None)
+
+
+def local_text(d: Decision) -> str:
+    """" from file mocks/users.json" for a Map Local answer; "" for any other."""
+    name = local_file(d)
+    return "" if name is None else f" from file {name}"
+
+
+def local_served(status: int, planned: int, name: str, note: str) -> str:
+    """What a Map Local answer turned out to be when the file was read (added to the comment and
+    the X-Condroute header when it is not the planned answer): "304 not modified", "404: mocks/x.json:
+    there is no such file"."""
+    if status == planned:
+        return ""
+    if status == 304:
+        return f"served {name}: 304 not modified"
+    return f"answered {status}: {note}"
 
 
 def summary(d: Decision) -> str:
@@ -264,6 +291,7 @@ def comment(d: Decision) -> str:
             rest = f" [{_held_texts.get(why) or _held(why)}] | condroute answered {status}"
             if d.backend_obj is not None and d.backend_obj.redirect is not None:
                 rest += _clean(redirect_text(d))
+            rest += _clean(local_text(d))
             if d.fault_delay is not None:
                 rest += f" | {fault_delayed(d)}"
     elif o == "no_match":
@@ -322,6 +350,8 @@ def to_dict(d: Decision) -> dict[str, Any]:
     }
     if d.reason:
         out["reason"] = d.reason
+    if d.respond is not None and (d.respond.file or d.respond.dir) and d.fault_abort is None:
+        out["file"] = local_file(d)
     if d.split:
         out["split"] = d.split
     if d.timeout:
@@ -579,6 +609,9 @@ def decision_data(rules: Rules, d: Decision, req: RequestView) -> dict[str, Any]
     if d.respond is not None:
         out["respond"] = {"status": d.respond.status, "body": d.respond.body,
                           "headers": {k: shown_header(k, v, rules) for k, v in d.respond.headers}}
+        name = local_file(d)
+        if name is not None:
+            out["respond"]["file"] = name
         loc = location(d)
         if loc is not None:
             out["location"] = loc
@@ -684,6 +717,10 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
     if d.outcome == "respond" and d.respond is not None:
         body = d.respond.body
         shown = json.dumps(body if len(body) <= 60 else body[:60] + "…", ensure_ascii=ok != "✓")
+        name = local_file(d)
+        if name is not None:   # Map Local: the file is read when the request is answered
+            shown = f"from file {name}" + (f" (the file {{rest}} names in {shown_name(d.respond, None)})"
+                                           if d.respond.dir else "")
         lines.append(_row("respond", f"{d.respond.status} {shown}"))
         for k, v in d.respond.headers:
             lines.append(_row("header", f"{k}: {shown_header(k, v, rules)}"))

@@ -12,7 +12,11 @@ nothing there (``backend: null``: no backend selected). ``status`` expects a dir
 [V1, V2] | null}`` expects the request headers as forwarded upstream (after remove, set and add,
 with the Host the decision sends; names in any case): a text is exactly one value, a list the
 values in order, null no such header. ``location`` is the Location of a direct answer (a
-redirect), whose ``url`` is that Location too. A cases file that is wrong is reported with
+redirect), whose ``url`` is that Location too. For a Map Local answer (``respond: {file}`` or
+``{dir}``) the file is looked up and read as the proxy would when answering (localfiles.serve, with
+the case's method and If-None-Match/If-Modified-Since headers): ``status`` is what the proxy would
+answer (404 for a missing mock, 304 when revalidated), and ``file`` the file it answers with,
+relative to the rules file's folder (null when none); the body itself is not compared. A cases file that is wrong is reported with
 ``FILE:LINE:COLUMN`` like a rules file.
 """
 from __future__ import annotations
@@ -22,7 +26,8 @@ from typing import Any
 
 from ..engine import Decision, decide
 from ..explain import build_request
-from ..render import final_path, final_url, forwarded_headers, location, route_label, route_named
+from ..localfiles import serve
+from ..render import final_path, final_url, forwarded_headers, local_file, location, route_label, route_named
 from ..errors import RulesError
 from ..load.ctx import CompileCtx
 from ..conditions.matchers import as_text
@@ -32,7 +37,7 @@ from ..load.yamlpos import Y, load_file
 
 CASE_KEYS = ("name", "request", "expect")
 REQUEST_KEYS = ("method", "url", "headers", "cookies", "client_ip", "jwt")
-EXPECT_KEYS = ("route", "backend", "upstream", "path", "url", "status", "outcome", "headers", "location")
+EXPECT_KEYS = ("route", "backend", "upstream", "path", "url", "status", "outcome", "headers", "location", "file")
 OUTCOMES = ("routed", "respond", "passthrough", "no_match", "bad_request")
 
 
@@ -232,8 +237,14 @@ def load_cases(path: str) -> list[Case]:
 
 # --------------------------------------------------------------------------------------------------
 def actual(d: Decision, req: RequestView) -> dict[str, Any]:
-    return {"route": d.route, "backend": d.backend, "upstream": d.upstream, "path": final_path(d, req),
-            "url": final_url(d, req), "status": d.status, "outcome": d.outcome, "location": location(d)}
+    out = {"route": d.route, "backend": d.backend, "upstream": d.upstream, "path": final_path(d, req),
+           "url": final_url(d, req), "status": d.status, "outcome": d.outcome, "location": location(d),
+           "file": None}
+    if local_file(d) is not None:      # Map Local: looked up as the proxy would when answering
+        got = serve(d.respond, req.method, req.rest, req.header("if-none-match"), req.header("if-modified-since"))
+        out["status"] = got.status
+        out["file"] = got.name if got.status < 400 else None
+    return out
 
 
 def _show_values(v: list[str] | None) -> str:
