@@ -5,8 +5,9 @@ The engine draws the mirrors of a request (``Decision.mirrors``: each with the p
 copy is sent with); the addon hands them here when it reroutes the flow (:meth:`Mirrors.remember`)
 and calls :meth:`Mirrors.request` from its ``request`` hook, when the request body is complete.
 Each copy is then sent by a task of its own, straight to the mirror's address over a new
-connection (HTTP/1.1, ``Connection: close``; TLS for an https upstream, verified unless mitmproxy's
-``ssl_insecure`` is set): never through mitmproxy, so it is not routed again, not shown as a flow
+connection (HTTP/1.1, ``Connection: close``; TLS for an https upstream, verified as mitmproxy
+verifies its own upstreams: ``ssl_verify_upstream_trusted_ca``/``_confdir`` or certifi's CAs, none
+with ``ssl_insecure``): never through mitmproxy, so it is not routed again, not shown as a flow
 and never delays or changes the real request. The copy has the request's method, the forwarded
 path, the forwarded headers (after remove/set/add; hop-by-hop ones left out), the Host the
 forwarded request has (or the mirror's own authority when that is the upstream's) and the body.
@@ -23,10 +24,10 @@ keyed by the upstream, which compares by value, so a reload that keeps a mirror 
 ``sent`` (answered, any status), ``failed``, ``dropped``, ``in_flight``.
 
 Why the real response is never delayed: the ``request`` hook only builds the copy's head and
-creates its task (a few µs per copy); connecting, writing and reading happen in that task, on the
-proxy's event loop, while the real request goes on. The TLS context for https mirrors is made
-once per ``ssl_insecure`` value (scripts/bench_mirror.py measures the p99 of a mirrored route against
-an unmirrored one).
+creates its task (~30 µs on a busy 2-core machine); connecting, writing and reading happen in that
+task, on the proxy's event loop, while the real request goes on. The TLS context for https
+mirrors is made once per set of TLS options, in a worker thread. scripts/bench_mirror.py measures
+the p99 of a mirrored route against an unmirrored one.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import logging
 import ssl
 from typing import Any
 
+import certifi     # mitmproxy's own CA bundle for upstreams (a dependency of mitmproxy)
 from mitmproxy import ctx, http
 
 from .upstreams import describe_connect_error
@@ -43,10 +45,16 @@ log = logging.getLogger("condroute")
 
 MAX_IN_FLIGHT = 64
 TIMEOUT = 10.0
-_tls: dict[bool, ssl.SSLContext] = {}      # by ssl_insecure: made once (loading the CAs takes ms)
+# by (ssl_insecure, ssl_verify_upstream_trusted_ca, ..._confdir): made once, in a worker thread
+# (loading the CAs takes 40-80 ms: on the event loop that would stall every flow once)
+_tls: dict[tuple, ssl.SSLContext] = {}
 
 
 class NoAnswer(ConnectionError):
+    pass
+
+
+class NoTrust(ConnectionError):
     pass
 # not copied: how this hop is framed and kept (recomputed for the copy), and the Host (set below)
 _NOT_COPIED = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
@@ -137,6 +145,8 @@ class Mirrors:
                     why = f"did not answer within {TIMEOUT:g}s"
                 elif isinstance(e, NoAnswer):
                     why = str(e)
+                elif isinstance(e, NoTrust):
+                    why = str(e)
                 elif isinstance(e, ssl.SSLError):
                     why = f"failed the TLS handshake ({e.reason or type(e).__name__})"
                 else:
@@ -162,17 +172,31 @@ def _head(method: str, path: str, host: str, fields: list[tuple[bytes, bytes]], 
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+def _tls_context(key: tuple) -> ssl.SSLContext:
+    """What mitmproxy trusts for its own upstream connections (net/tls.py): the CAs of
+    ``ssl_verify_upstream_trusted_ca``/``_confdir``, else certifi's; nothing with ``ssl_insecure``."""
+    insecure, cafile, capath = key
+    if insecure:
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        c.check_hostname = False
+        c.verify_mode = ssl.CERT_NONE
+        return c
+    try:
+        return ssl.create_default_context(cafile=cafile or (None if capath else certifi.where()), capath=capath)
+    except (OSError, ssl.SSLError) as e:
+        raise NoTrust(f"cannot be verified: the trusted certificates do not load ({e})") from None
+
+
 async def _exchange(up: Any, head: bytes, body: bytes) -> str:
     """Send one copy and read its answer to the end (dropped); the status line's code."""
     tls = None
     if up.scheme == "https":
-        insecure = bool(getattr(ctx.options, "ssl_insecure", False))
-        tls = _tls.get(insecure)
+        o = ctx.options
+        key = (bool(getattr(o, "ssl_insecure", False)), getattr(o, "ssl_verify_upstream_trusted_ca", None),
+               getattr(o, "ssl_verify_upstream_trusted_confdir", None))
+        tls = _tls.get(key)
         if tls is None:
-            tls = _tls[insecure] = ssl.create_default_context()
-            if insecure:
-                tls.check_hostname = False
-                tls.verify_mode = ssl.CERT_NONE
+            tls = _tls[key] = await asyncio.get_running_loop().run_in_executor(None, _tls_context, key)
     reader, writer = await asyncio.open_connection(up.host, up.port, ssl=tls,
                                                    server_hostname=up.host if tls else None)
     try:

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Mirror benchmark (a benchmark, not a test): does a mirror delay the real response?
+
+    .venv/bin/python scripts/bench_mirror.py [--seconds 20] [--conns 4] [--delay 0.2]
+
+One mitmdump (condroute, regular proxy mode, log off) with three routes to the same real backend
+(an echo server): ``mirrored.test`` mirrors every request to a deliberately slow mirror (it reads
+the copy, waits ``--delay`` seconds, then answers), ``refused.test`` mirrors to a port that refuses
+connections, ``plain.test`` has no mirror. Two phases, each ``--seconds`` long after a warm-up:
+``--conns`` keep-alive connections send POST requests (a 1 KB body) one after another, every
+connection alternating between the mirrored route and the plain one (phase 1), then between the
+refused-mirror route and the plain one (phase 2), so that both routes of a phase see the same
+machine, the same mitmdump and the same moment. Printed per phase: requests, p50, p99 and max
+latency per route, the ratio p99(mirrored) / p99(unmirrored) and PASS/FAIL against 1.05 (issue
+#16: "never delays the real response: p99 of the mirrored route within 5% of the unmirrored
+one"), and the mirror's counts from the status page (copies answered, failed, dropped because
+``MAX_IN_FLIGHT`` were under way).
+
+With two or more cores mitmdump gets a core of its own; the backends run in a child process and
+the load generator in this one, both on the other core (as scripts/bench.py does).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchlib import ADDON  # also puts addon/ on sys.path
+from bench import LOAD_CPU, PINNED, Mitm, pct, pin
+
+LIMIT = 1.05
+BODY = b"m" * 1024
+
+BACKENDS = r"""
+import json, sys, threading, time
+from http.server import BaseHTTPRequestHandler
+sys.path.insert(0, {addon!r})
+from condroute.cli.demo import _Server, start_echo
+
+DELAY = float(sys.argv[1])
+
+class Slow(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        time.sleep(DELAY)
+        self.send_response(200)
+        self.send_header("Content-Length", "6")
+        self.end_headers()
+        self.wfile.write(b"mirror")
+    do_GET = do_POST
+    def log_message(self, *a):
+        pass
+
+echo = start_echo("real")
+slow = _Server(("127.0.0.1", 0), Slow)
+threading.Thread(target=slow.serve_forever, daemon=True).start()
+print(json.dumps([echo.server_address[1], slow.server_address[1]]), flush=True)
+sys.stdin.read()
+"""
+
+RULES = """\
+version: 1
+upstreams:
+  real: http://127.0.0.1:{real}
+  slow-mirror: http://127.0.0.1:{slow}
+  refusing-mirror: http://127.0.0.1:{dead}
+routes:
+  - name: mirrored
+    match: {{host: mirrored.test}}
+    backends: [{{name: live, upstream: real, mirror: {{upstream: slow-mirror, percent: 100}}}}]
+  - name: refused
+    match: {{host: refused.test}}
+    backends: [{{name: live, upstream: real, mirror: {{upstream: refusing-mirror, percent: 100}}}}]
+  - name: plain
+    match: {{host: plain.test}}
+    backends: [{{name: live, upstream: real}}]
+"""
+
+
+def run_phase(port: int, hosts: tuple[str, str], seconds: float, conns: int, warmup: float) -> dict[str, list[float]]:
+    """Alternating requests on ``conns`` connections; latencies (s) per host after the warm-up."""
+    import http.client
+    out: dict[str, list[float]] = {h: [] for h in hosts}
+    lock = threading.Lock()
+    start = time.monotonic()
+    t_measure, t_stop = start + warmup, start + warmup + seconds
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        i = k
+        try:
+            while True:
+                t0 = time.monotonic()
+                if t0 >= t_stop:
+                    return
+                host = hosts[i % 2]
+                i += 1
+                c.request("POST", f"http://{host}/item/{i}", body=BODY, headers={"Content-Type": "text/plain"})
+                r = c.getresponse()
+                r.read()
+                t1 = time.monotonic()
+                if r.status != 200:
+                    raise RuntimeError(f"{host}: status {r.status}")
+                if t0 >= t_measure:
+                    with lock:
+                        out[host].append(t1 - t0)
+        except Exception as e:       # reported after the phase
+            errors.append(f"{type(e).__name__}: {e}")
+
+    ts = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(conns)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise RuntimeError("load generator: " + "; ".join(errors[:3]))
+    return out
+
+
+def api_status(port: int) -> dict:
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "http://condroute.mitm.it/api/status")
+    return json.loads(c.getresponse().read())
+
+
+def report(title: str, got: dict[str, list[float]], mirrored: str, plain: str, counts: dict | None) -> bool:
+    print(f"\n{title}")
+    print(f"   {'route':<32}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for host in (mirrored, plain):
+        xs = got[host]
+        print(f"   {host:<32}{len(xs):9d}{pct(xs, 0.5):9.2f}{pct(xs, 0.99):9.2f}{pct(xs, 1.0):9.2f}")
+    ratio = pct(got[mirrored], 0.99) / pct(got[plain], 0.99)
+    p50 = pct(got[mirrored], 0.5) / pct(got[plain], 0.5)
+    if counts is not None:
+        print(f"   copies to {counts['name']}: {counts['sent']} answered, {counts['failed']} failed, "
+              f"{counts['dropped']} dropped (too many under way), {counts['in_flight']} under way at the end")
+    ok = ratio <= LIMIT
+    print(f"   p50 ratio {p50:.3f}; p99(mirrored) / p99(unmirrored) = {ratio:.3f}   "
+          f"{'PASS' if ok else 'FAIL'} (limit {LIMIT:.2f})")
+    return ok
+
+
+def mirror_counts(port: int, name: str) -> dict | None:
+    for m in api_status(port)["mirrors"]["upstreams"]:
+        if m["name"] == name:
+            return m
+    return None
+
+
+def hook_us(n: int = 5000) -> float:
+    """µs of Mirrors.request() for one request with one mirror: all the work a mirror adds to the
+    real request's own path (the copy's head built, its task created; the task runs later)."""
+    import asyncio
+
+    from mitmproxy import http
+    from mitmproxy.test import tflow
+
+    from condroute import model
+    from condroute.mitm import mirror
+
+    up = model.Upstream("m", "http://127.0.0.1:9", "http", "127.0.0.1", 9, "")
+    target = ((model.Mirror(up), "/item/1", None),)
+
+    async def run() -> float:
+        mm = mirror.Mirrors()
+        flows = []
+        for _ in range(n):
+            req = http.Request.make("POST", "http://mirrored.test/item/1", BODY,
+                                    [(b"Host", b"mirrored.test"), (b"Content-Type", b"text/plain"),
+                                     (b"User-Agent", b"bench"), (b"Accept", b"*/*")])
+            f = tflow.tflow(req=req)
+            f.metadata["condroute"] = {"mirrors": [{"upstream": "m"}]}
+            flows.append(f)
+        spent = 0.0
+        for f in flows:
+            mm.pending[f.id] = target
+            t0 = time.perf_counter()
+            mm.request(f)
+            spent += time.perf_counter() - t0
+            for t in list(mm.tasks):      # not sent: only the hook's part is measured
+                t.cancel()
+                mm.tasks.discard(t)
+        await asyncio.sleep(0)
+        return spent / n * 1e6
+
+    return asyncio.run(run())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=20, help="measured seconds per phase (default 20)")
+    ap.add_argument("--warmup", type=float, default=3, help="seconds not measured at the start of each phase")
+    ap.add_argument("--conns", type=int, default=4, help="keep-alive connections (default 4)")
+    ap.add_argument("--delay", type=float, default=0.2, help="the slow mirror's delay in seconds (default 0.2)")
+    a = ap.parse_args()
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"mitmproxy {__import__('mitmproxy.version').version.VERSION}"
+          f"{'; mitmdump pinned to its own core' if PINNED else ''}")
+    if PINNED:
+        os.sched_setaffinity(0, {LOAD_CPU})
+    tmp = Path(tempfile.mkdtemp(prefix="condroute-bench-mirror-"))
+    child = tmp / "backends.py"
+    child.write_text(BACKENDS.format(addon=str(Path(ADDON).parent)))
+    be = subprocess.Popen([sys.executable, str(child), str(a.delay)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True, preexec_fn=pin(LOAD_CPU))
+    m = None
+    try:
+        real, slow = json.loads(be.stdout.readline())
+        import socket
+        dead = socket.socket()          # bound, never listening: connections are refused
+        dead.bind(("127.0.0.1", 0))
+        rules = tmp / "rules.yaml"
+        rules.write_text(RULES.format(real=real, slow=slow, dead=dead.getsockname()[1]))
+        m = Mitm(["-s", ADDON, "--set", f"condroute_rules={rules}", "--set", "condroute_log=off",
+                  "--set", "flow_detail=0"])
+        print(f"{a.conns} keep-alive connections, POST with a {len(BODY)} B body, requests alternating between "
+              f"the two routes of each phase; {a.seconds:g} s measured after {a.warmup:g} s of warm-up")
+        got = run_phase(m.port, ("mirrored.test", "plain.test"), a.seconds, a.conns, a.warmup)
+        ok1 = report(f"1. a slow mirror (answers after {a.delay * 1000:.0f} ms) against no mirror", got,
+                     "mirrored.test", "plain.test", mirror_counts(m.port, "slow-mirror"))
+        got = run_phase(m.port, ("refused.test", "plain.test"), a.seconds, a.conns, a.warmup)
+        ok2 = report("2. a mirror that refuses connections against no mirror", got, "refused.test", "plain.test",
+                     mirror_counts(m.port, "refusing-mirror"))
+        dead.close()
+        print(f"\n3. in process: Mirrors.request() for a request with one mirror (the copy's head built and its "
+              f"task created; nothing is sent or awaited there): {hook_us():.1f} µs per request")
+        return 0 if ok1 and ok2 else 1
+    finally:
+        if m is not None:
+            m.stop()
+        be.terminate()
+        be.wait(10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
