@@ -7,6 +7,7 @@ The per-mirror counts are read from /api/status and the condroute.status text.""
 from __future__ import annotations
 
 import json
+import subprocess
 import socket
 import struct
 import time
@@ -156,3 +157,40 @@ def test_an_http2_request_is_mirrored_with_its_body(tmp_path: Path, echo, proxy)
         until(lambda: mirror_counts(p, "shadow")["sent"] == 1, "the copy answered")
     finally:
         rec.close()
+
+
+def test_the_status_page_draws_the_mirrored_counts(tmp_path: Path, echo, proxy):
+    """The page's Mirrored table, drawn by headless Chromium from /api/status (skipped without it)."""
+    import pytest
+
+    from test_status_browser import CHROMIUM, Rows, pac
+    if CHROMIUM is None:
+        pytest.skip("no chromium (/usr/bin/chromium): scripts/test installs Debian's package when it can")
+    rec = Recorder()
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    try:
+        p = proxy(rules(tmp_path, echo("main"), {"shadow": f"http://127.0.0.1:{rec.port}/m",
+                                                 "gone": f"http://127.0.0.1:{dead.getsockname()[1]}"}))
+        with httpx.Client(proxy=p.url, timeout=10) as c:
+            for host in ("shadow.test", "shadow.test", "gone.test"):
+                assert c.post(f"http://{host}/x", content=b"b").status_code == 200
+        until(lambda: mirror_counts(p, "shadow")["sent"] == 2 and mirror_counts(p, "gone")["failed"] == 1,
+              "the copies to end")
+        text = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-default-apps", "--disable-extensions", "--no-default-browser-check",
+             f"--user-data-dir={tmp_path / 'profile'}", f"--proxy-pac-url={pac(p.port, dead.getsockname()[1])}",
+             "--virtual-time-budget=3000", "--dump-dom", "http://condroute.mitm.it/"],
+            capture_output=True, text=True, timeout=90, cwd=str(tmp_path))
+        assert text.returncode == 0, text.stderr[-3000:]
+        dom = Rows()
+        dom.feed(text.stdout)
+        assert dom.attrs["app"].get("data-state") == "ok", text.stdout[-3000:]
+        drawn = {a["data-mirror"]: cells for a, cells in dom.rows if "data-mirror" in a}
+        assert drawn == {"shadow": ["shadow", f"http://127.0.0.1:{rec.port}/m", "2", "0", "0", "0"],
+                         "gone": ["gone", f"http://127.0.0.1:{dead.getsockname()[1]}", "0", "1", "0", "0"]}
+    finally:
+        rec.close()
+        dead.close()
