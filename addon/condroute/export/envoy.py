@@ -24,7 +24,7 @@ import sys
 import yaml
 
 from .. import model
-from . import ir
+from . import ir, toolbox
 from .base import ExportOptions, Exported, Target
 from .envoy_cel import cel_dnf
 from .envoy_filters import filters as pre_filters
@@ -247,6 +247,7 @@ class _Export:
         return {"header": {"header_name": self.ctx.claim_header(s.key)}}
 
     def mirror(self, m: model.Mirror, b: model.Backend, base: str, main_auth, at: Where) -> dict:
+        at = toolbox.where_key(at.file, b.line, "mirror") if b.line else at     # condroute's `mirror` key
         if m.upstream.base_path != base:
             raise NotExported(at, "a mirror with another base path than the upstream's: Envoy mirrors the "
                                   "rewritten request")
@@ -379,7 +380,8 @@ class EnvoyTarget(Target):
     config_name = "envoy.yaml"
 
     def export(self, rules: model.Rules, opts: ExportOptions) -> Exported:
-        return _Export(rules, opts).run()
+        p = toolbox.prepare(rules, self.name)
+        return toolbox.merge(p, _Export(p.rules, opts).run())
 
     def binary(self) -> tuple[str | None, str]:
         here = os.path.join(os.path.dirname(sys.executable), "envoy")

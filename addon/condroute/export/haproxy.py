@@ -29,7 +29,7 @@ import subprocess
 import zlib
 
 from .. import model
-from . import ir
+from . import ir, toolbox
 from .base import ExportOptions, Exported, Target
 from .haproxy_cond import Acls, Dnf, cond_dnf, conj, fetch_of, term_text
 from .haproxy_jwt import JwtAtoms
@@ -453,7 +453,8 @@ class HaproxyTarget(Target):
     config_name = "haproxy.cfg"
 
     def export(self, rules: model.Rules, opts: ExportOptions) -> Exported:
-        return _Writer(rules, opts, self.name).run()
+        p = toolbox.prepare(rules, self.name)
+        return toolbox.merge(p, _Writer(p.rules, opts, self.name).run())
 
     def binary(self) -> tuple[str | None, str]:
         found = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")

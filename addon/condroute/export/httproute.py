@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from .. import model
-from . import ir
+from . import ir, toolbox
 from .base import Exported, ExportOptions, Target
 from .httproute_match import ANY_PATH, MAX_MATCHES, Match, apply, covers, disjoint, dnf, route_path
 from .httproute_action import Actions, dns_label, is_dns_name
@@ -79,9 +79,10 @@ class RouteInfo:
 
 class _Export(Actions):
     def __init__(self, rules: model.Rules):
-        self.rules = rules
-        self.refused: list[NotExported] = []
-        self.notes: list[str] = []
+        self.prepared = toolbox.prepare(rules, "httproute")     # enabled, the toolbox fields (export.toolbox)
+        self.rules = self.prepared.rules
+        self.refused: list[NotExported] = list(self.prepared.refused)
+        self.notes: list[str] = list(self.prepared.notes)
         self.services: dict[tuple[str, str], tuple[str, int]] = {}   # (upstream name, origin+base) -> Service
         self.ports: dict[str, tuple[int, model.Upstream]] = {}
         self.host_free: set[str] = set()                  # upstream origins whose Host the gateway does not send
@@ -111,7 +112,7 @@ class _Export(Actions):
 
     def skipped(self, d) -> bool:
         """A decision made by a part that was not exported (its route, or its backend)."""
-        return decided_by_refused(self.rules.routes, self.parts, d, self.ends_by)
+        return self.prepared.decided_by_refused(d) or decided_by_refused(self.rules.routes, self.parts, d, self.ends_by)
 
     # -------------------------------------------------------------------------------- routes
     def route(self, ri: int, r: model.Route) -> None:

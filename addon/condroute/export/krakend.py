@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import model
-from . import ir
+from . import ir, toolbox
 from .base import Exported, ExportOptions, Target
 from .httproute_roundtrip import decided_by_refused
 from .httproute_roundtrip import run as run_roundtrip
@@ -71,9 +71,10 @@ class Endpoint:
 
 class _Export:
     def __init__(self, rules: model.Rules):
-        self.rules = rules
-        self.refused: list[NotExported] = []
-        self.notes: list[str] = []
+        self.prepared = toolbox.prepare(rules, "krakend")     # enabled, the toolbox fields (export.toolbox)
+        self.rules = self.prepared.rules
+        self.refused: list[NotExported] = list(self.prepared.refused)
+        self.notes: list[str] = list(self.prepared.notes)
         self.parts: set[tuple[int, int | None]] = set()
         self.endpoints: list[Endpoint] = []
 
@@ -291,7 +292,7 @@ class _Export:
 
     def skipped(self, d) -> bool:
         """A decision made by a part that was not exported (its route, or its backend)."""
-        return decided_by_refused(self.rules.routes, self.parts, d)
+        return self.prepared.decided_by_refused(d) or decided_by_refused(self.rules.routes, self.parts, d)
 
 
 def _ordered(extra: dict | None) -> dict:

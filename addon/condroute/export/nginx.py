@@ -27,7 +27,7 @@ import subprocess
 
 from .. import model
 from ..compile.compiler import NEVER_STRIP
-from . import ir
+from . import ir, toolbox
 from .base import ExportOptions, Exported, Target
 from .ir import NotExported, where_line
 from .nginx_match import bits_rx, leaves, tree_atoms
@@ -95,6 +95,10 @@ class NginxTarget(Target):
     config_name = "nginx.conf"
 
     def export(self, rules: model.Rules, opts: ExportOptions) -> Exported:
+        p = toolbox.prepare(rules, self.name)
+        return toolbox.merge(p, self._export(p.rules, opts))
+
+    def _export(self, rules: model.Rules, opts: ExportOptions) -> Exported:
         cfg = Config(rules, opts)
         routes: list[Route] = []
         for i, r in enumerate(rules.routes, 1):

@@ -39,6 +39,7 @@ from typing import Any, Iterable
 from .. import model
 from ..compile.runtime import Rules
 from ..engine import Decision, decide
+from ..localfiles import serve
 from ..render import final_path, forwarded_headers, passes_through
 from ..request import RequestView
 from .base import ExportOptions, Exported, Target
@@ -261,12 +262,15 @@ def compare(d: Decision, w: Wire, a: Answer, origins: dict[str, str], rules: Rul
         return [f"condroute {_outcome(d)}, {target} sent it to {got['upstream']}"]
     if d.outcome == "respond" and d.respond is not None:
         diffs = []
-        if a.status != d.respond.status:
-            diffs.append(f"status: condroute {d.respond.status}, {target} {a.status}")
-        loc = next((v for k, v in d.respond.headers if k.lower() == "location"), None)
-        if loc is None and req.method != "HEAD" and a.body.decode("utf-8", "replace") != d.respond.body:
-            diffs.append(f"body: condroute {d.respond.body!r}, {target} {a.body.decode('utf-8', 'replace')[:80]!r}")
-        for k, v in d.respond.headers:
+        resp = d.respond
+        if getattr(resp, "file", ""):        # respond.file: the file as it is now (export.toolbox)
+            resp = _file_answer(resp, req.method)
+        if a.status != resp.status:
+            diffs.append(f"status: condroute {resp.status}, {target} {a.status}")
+        loc = next((v for k, v in resp.headers if k.lower() == "location"), None)
+        if loc is None and req.method != "HEAD" and a.body.decode("utf-8", "replace") != resp.body:
+            diffs.append(f"body: condroute {resp.body[:80]!r}, {target} {a.body.decode('utf-8', 'replace')[:80]!r}")
+        for k, v in resp.headers:
             if k.lower() in ("content-length",):
                 continue
             got_v = a.header(k)
@@ -277,6 +281,14 @@ def compare(d: Decision, w: Wire, a: Answer, origins: dict[str, str], rules: Rul
     if a.status != want_status:
         return [f"status: condroute {_outcome(d)} ({want_status} from the gateway), {target} {a.status}"]
     return []
+
+
+def _file_answer(resp: model.Respond, method: str) -> model.Respond:
+    """condroute's answer for a respond.file (``localfiles.serve``, the file as it is now), without
+    the ETag and Last-Modified an exported copy cannot keep (``export.toolbox``)."""
+    a = serve(resp, method)
+    headers = tuple((k, v) for k, v in a.headers if k.lower() not in ("etag", "last-modified"))
+    return model.Respond(a.status, a.body.decode("utf-8", "replace"), headers)
 
 
 def _folded(values: list[str]) -> list[str]:
