@@ -146,6 +146,23 @@ def test_an_abort_with_a_percent_says_so_and_a_delay_before_it():
     assert d.reason == "injected fault: abort 503 (fault.abort, 99.5% of requests), nothing forwarded"
 
 
+def test_an_aborted_request_sends_no_mirror_copy_and_a_delayed_one_does():
+    r = rules("""
+        version: 1
+        upstreams: {a: "http://127.0.0.1:9001", m: "http://127.0.0.1:9002"}
+        routes:
+          - name: r
+            backends:
+              - {name: x, when: {header: {x-abort: "1"}}, upstream: a, mirror: m, fault: {abort: 503}}
+              - {name: y, upstream: a, mirror: m, fault: {delay: 1}}
+        """)
+    d = decide(r, req(headers=[("x-abort", "1")]))
+    assert (d.outcome, d.mirrors) == ("respond", ())
+    d = decide(r, req())
+    assert d.outcome == "routed" and len(d.mirrors) == 1 and d.fault_delay == 1.0
+    assert render.outcome_text(d).endswith(", mirrored to m, fault: delayed 1s")
+
+
 def test_a_delay_is_recorded_in_the_decision():
     r = one("{delay: 2}", more=", timeout: 1")
     d = decide(r, req())
