@@ -84,3 +84,25 @@ def test_sni_is_what_the_certificate_is_verified_against(proxy, rules_file, tls_
             r = c.get(f"http://{host}/")
             assert r.status_code == 502, (host, r.text)
             assert "certificate" in r.text.lower() or "tls" in r.text.lower(), r.text
+
+
+def test_one_client_connection_to_one_address_under_several_names(proxy, rules_file, tls_backend):
+    """mitmproxy reuses an open upstream connection for the next request of the same client
+    connection to the same address, whatever name it was opened with: a request that needs another
+    name gets a connection of its own (through a relay that only forwards), and each is reused."""
+    b = tls_backend(["api.example.test", "127.0.0.1"])
+    up = f"https://127.0.0.1:{b.port}"
+    rules = rules_file(f"""
+        version: 1
+        routes:
+          - name: r
+            backends:
+              - {{name: a, when: {{path: /a}}, upstream: "{up}", sni: a.test}}
+              - {{name: b, when: {{path: /b}}, upstream: "{up}", sni: b.test}}
+              - {{name: c, upstream: "{up}"}}
+        """)
+    p = proxy(rules, "--set", "ssl_insecure=true")
+    with httpx.Client(proxy=p.url, timeout=20) as c:      # one connection to the proxy (one origin)
+        got = [c.get(f"http://x.test/{path}").text for path in ("a", "b", "c", "a", "b", "c")]
+    assert got == ["sni=a.test", "sni=b.test", f"sni={NO_SNI}"] * 2
+    assert b.seen == ["a.test", "b.test", NO_SNI]           # three connections, each reused

@@ -192,37 +192,20 @@ def _mirror_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
                                   "mirrors")
 
 
-def _said(sni: str | None) -> str:
-    return "no sni" if sni is None else f"sni {sni}"
-
-
 def _sni_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
-    """An sni that is the upstream's own host name (mitmproxy sends that name anyway), and one https
-    address sent different server names by different backends (mitmproxy reuses an open connection
-    to an address for the next request of the same client connection, whatever name it was opened
-    with: connections.py)."""
-    names: dict[tuple[str, int], tuple[str | None, str]] = {}
+    """An sni that is the upstream's own host name: mitmproxy sends that name anyway."""
     for i, route in enumerate(rules.routes):
         for j, b in enumerate(route.backends):
+            if b.sni is None or b.sni == "preserve":
+                continue
             ups = [b.upstream] if b.upstream is not None else []
             if b.split is not None:
                 ups += [up for up, _ in b.split.arms]
             ups = [up for up in ups if up.scheme == "https"]
-            if b.sni is not None and b.sni != "preserve" and ups and all(up.host.lower().rstrip(".") == b.sni
-                                                                           for up in ups):
+            if ups and all(up.host.lower().rstrip(".") == b.sni for up in ups):
                 yield Problem(route.file or rules.file, *w.backend_key(i, j, "sni"),
                               f"backend {b.name!r}: sni {b.sni} is its upstream's own host name, which mitmproxy "
                               "sends anyway: sni is for an upstream addressed by IP or by another name")
-            sent = None if b.sni is None else b.sni
-            for up in ups:
-                key = (up.host.lower(), up.port)
-                first = names.setdefault(key, (sent, b.name))
-                if first[0] != sent:
-                    yield Problem(route.file or rules.file, *w.backend_key(i, j, "sni"),
-                                  f"backend {b.name!r} sends {_said(sent)} to {up.host}:{up.port}, backend "
-                                  f"{first[1]!r} {_said(first[0])}: one client connection's requests to both share "
-                                  "mitmproxy's upstream connection, opened with the first one's name")
-                    break
 
 
 def _every_backend_off(rules: Rules, w: _Where) -> Iterator[Problem]:
@@ -399,8 +382,38 @@ def _fault_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
                                   f"gets the {f.abort}")
 
 
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+_RESPONSE_RETRY_ON = frozenset({"reset", "5xx", "gateway-error"})
+
+
+def _retry_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
+    """retry_on and failover: false where they cannot do what they say (mitm/retry.py): retry_on on a
+    route that only matches methods that are never retried; retry_on beyond connect-failure with
+    retries: 0 and nothing to fail over to (condroute sends the request itself for nothing); and
+    failover: false on the only backend of a route without a fallback (nothing could fail over)."""
+    for i, route in enumerate(rules.routes):
+        f = route.file or rules.file
+        alone = len(route.backends) == 1        # (a fallback is one of them)
+        for j, b in enumerate(route.backends):
+            explicit = b.retry_on != frozenset({"connect-failure"})
+            if explicit and route.methods is not None and not (route.methods & _IDEMPOTENT):
+                yield Problem(f, *w.backend_key(i, j, "retry_on"),
+                              f"backend {b.name!r}: retry_on never applies: route {route.name!r} matches only "
+                              f"{', '.join(sorted(route.methods))}, and only idempotent methods (GET, HEAD, OPTIONS, "
+                              "TRACE, PUT, DELETE) are retried")
+                continue
+            if explicit and not b.retries and not b.retry_on.isdisjoint(_RESPONSE_RETRY_ON) and (alone or not b.failover):
+                yield Problem(f, *w.backend_key(i, j, "retry_on"),
+                              f"backend {b.name!r}: retry_on {', '.join(sorted(b.retry_on))} with retries: 0 and "
+                              f"nothing to fail over to: no request is ever sent again; set retries")
+            if not b.failover and alone:
+                yield Problem(f, *w.backend_key(i, j, "failover"),
+                              f"backend {b.name!r}: failover: false changes nothing: route {route.name!r} has no "
+                              "other backend and no fallback to fail over to")
+
+
 CHECKS = (_unconditional_shadows, _shadowed_routes, _zero_splits, _case_mismatches, _unused_upstreams, _every_backend_off,
-          _mirror_misuse, _sni_misuse, _fault_misuse)
+          _mirror_misuse, _sni_misuse, _fault_misuse, _retry_misuse)
 
 
 def lint(rules: Rules, root: Y | None = None) -> list[Problem]:

@@ -80,6 +80,7 @@ class ConditionalRouting(Commands, LiveRules):
         self._retrying = self.upstreams.retrying   # the same dict: "any to send ourselves?" per request
         # sni and throttle: server names for upstream connections, throttling relays (connections.py)
         self.conns = Connections(self.upstreams.health, lambda: self.upstreams.connect_timeout)
+        self._tls_open = self.conns.open     # the same dict: "TLS connections whose name to mind?" per request
         # flow id -> seconds: an injected delay (fault) drawn for the flow, waited for in requestheaders
         self._delays: dict[str, float] = {}
 
@@ -256,7 +257,8 @@ class ConditionalRouting(Commands, LiveRules):
                               "headers": self._original_headers(flow, d)}
             self.upstreams.remember(flow, d)   # before apply: a failover starts from the original
             self.apply(flow, d, view.host_at if view.fields is data.headers.fields else None)
-            if d.backend_obj.extra and (d.sni is not None or d.throttle is not None):
+            if (d.backend_obj.extra and (d.sni is not None or d.throttle is not None)) or (
+                    self._tls_open and d.scheme == "https"):
                 kbps = self.conns.routed(flow, d, view.host)
                 if kbps is not None:
                     md["throttled"] = kbps        # sent through a relay (connections.py)
@@ -433,6 +435,8 @@ class ConditionalRouting(Commands, LiveRules):
 
     def server_disconnected(self, data: Any) -> None:
         self.upstreams.server_disconnected(data)
+        if self._tls_open:
+            self.conns.server_disconnected(data)
 
     def server_connect_error(self, data: Any) -> None:
         self.upstreams.server_connect_error(data)

@@ -19,9 +19,13 @@ uses mitmproxy's public hooks only:
   (the upstream's address: no SNI sent). Envoy's ``auto_sni`` takes the Host/:authority of the
   request sent upstream instead; condroute sends the client's, as the word says.
   *Reuse:* mitmproxy reuses an open upstream connection for a request to the same address (host,
-  port, TLS, upstream proxy) on the same client connection, whatever its server name: two backends
-  that send different names to the same address share it when one client connection (a CONNECT
-  tunnel, HTTP/2) carries requests for both. ``condroute lint`` warns about such rules.
+  port, TLS, upstream proxy) on the same client connection, whatever its server name (measured: the
+  second of two backends with names a and b for one address was sent on a's connection). So while
+  these hooks run, the name of each open TLS connection is kept (``open``), and a flow whose client
+  connection has one to its address under another name (or is about to: a name not yet taken) goes
+  through a relay that only forwards, one per address and name: a connection of its own, reused by
+  the next request with that name. Flows of backends without sni are checked too (one dict test per
+  request, only while such connections are open). Not in upstream-proxy mode.
 * **throttle.** mitmproxy reads a response as fast as the upstream sends it, and its ``stream``
   callable is synchronous (it cannot wait without stopping the event loop). So a throttled flow is sent
   to a relay on 127.0.0.1 owned by this module (an asyncio server in mitmproxy's loop, one per
@@ -47,6 +51,7 @@ from typing import Any, Callable
 from mitmproxy import http
 
 from ..engine import Decision
+from ..model import every_upstream
 from .health import Health
 from .upstreams import describe_connect_error
 
@@ -107,14 +112,14 @@ class Bucket:
 
 class Relay:
     """A listener on 127.0.0.1 that forwards each accepted connection to ``host:port``, pacing what
-    comes back at ``kbps`` (1 kbps = 125 bytes/s). Its port is known (and connections queue in the
+    comes back at ``kbps`` (1 kbps = 125 bytes/s; None: not paced, a connection of its own). Its port is known (and connections queue in the
     kernel's backlog) as soon as it is made; it starts accepting on the next turn of the loop."""
 
-    def __init__(self, host: str, port: int, kbps: float, health: Health,
+    def __init__(self, host: str, port: int, kbps: float | None, health: Health,
                  connect_timeout: Callable[[], float]) -> None:
         self.host, self.upstream_port, self.kbps = host, port, kbps
-        self.rate = kbps * 125.0                                   # bytes per second
-        self.chunk = int(min(65536, max(256, self.rate / 20)))     # ~20 writes a second
+        self.rate = kbps * 125.0 if kbps else None                 # bytes per second (None: as fast as it comes)
+        self.chunk = int(min(65536, max(256, self.rate / 20))) if self.rate else 65536   # ~20 writes a second
         self.health = health
         self.connect_timeout = connect_timeout
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -201,9 +206,9 @@ class Relay:
     async def _paced(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Upstream to proxy, at most ``rate`` bytes a second after a burst of one chunk."""
         loop = asyncio.get_running_loop()
-        bucket = Bucket(self.rate, self.chunk, loop.time())
+        bucket = Bucket(self.rate, self.chunk, loop.time()) if self.rate else None
         while data := await reader.read(self.chunk):
-            wait = bucket.take(len(data), loop.time())
+            wait = bucket.take(len(data), loop.time()) if bucket is not None else 0.0
             if wait > 0:
                 await asyncio.sleep(wait)
             writer.write(data)
@@ -220,7 +225,9 @@ class Connections:
         self.health = health
         self.connect_timeout = connect_timeout
         self.names: dict[tuple[str, str, int], str] = {}   # (client id, host, port) -> server name
-        self.relays: dict[tuple[str, int, float, str | None], Relay] = {}
+        # the TLS connections open while these hooks run: (client id, host, port) -> (server id, name)
+        self.open: dict[tuple[str, str, int], tuple[str, str | None]] = {}
+        self.relays: dict[tuple[str, int, float | None, str | None], Relay] = {}
         self._warned_via = False
         self._warned_loop = False
 
@@ -248,6 +255,8 @@ class Connections:
                         name = d.host      # the upstream's own name (or address) through the relay
                     data.host, data.port = RELAY_HOST, relay.port
                     relayed = d.throttle
+        if https and relayed is None and (self.open or self.names) and flow.server_conn.via is None:
+            name = self._apart(flow, d, name)
         if name is not None:
             names = self.names
             if len(names) >= MAX_NAMES:
@@ -255,7 +264,24 @@ class Connections:
             names[(flow.client_conn.id, data.host, data.port)] = name
         return relayed
 
-    def _relay(self, host: str, port: int, kbps: float, name: str | None) -> Relay | None:
+    def _apart(self, flow: http.HTTPFlow, d: Decision, name: str | None) -> str | None:
+        """A flow whose client connection has (or is about to have) a TLS connection to the same
+        address under another server name: mitmproxy would send it on that one. It goes through a
+        relay that only forwards (one per address and name), a connection of its own."""
+        data = flow.request.data
+        want = name or data.host             # mitmproxy's default: the address
+        key = (flow.client_conn.id, data.host, data.port)
+        have = self.open.get(key)
+        pending = self.names.get(key)
+        if (have is None or have[1] == want) and (pending is None or pending == want):
+            return name
+        relay = self._relay(data.host, data.port, None, want)
+        if relay is None:
+            return name
+        data.host, data.port = RELAY_HOST, relay.port
+        return want
+
+    def _relay(self, host: str, port: int, kbps: float | None, name: str | None) -> Relay | None:
         key = (host.lower(), port, kbps, name)
         r = self.relays.get(key)
         if r is not None and not r.closed:
@@ -272,15 +298,24 @@ class Connections:
 
     # -- hooks -------------------------------------------------------------------------------------
     def server_connect(self, data: Any) -> None:
-        """A connection is about to open: give it the server name its flow is to send."""
-        if not self.names:
-            return
+        """A connection is about to open: give it the server name its flow is to send; keep the name
+        of each TLS connection while it is open (see _apart)."""
         a = data.server.address
         if not a:
             return
-        name = self.names.pop((data.client.id, str(a[0]), int(a[1])), None)
+        key = (data.client.id, str(a[0]), int(a[1]))
+        name = self.names.pop(key, None)
         if name is not None:
             data.server.sni = name
+        if data.server.tls:
+            self.open[key] = (data.server.id, data.server.sni)
+
+    def server_disconnected(self, data: Any) -> None:
+        a = data.server.address
+        if a:
+            key = (data.client.id, str(a[0]), int(a[1]))
+            if self.open.get(key, ("",))[0] == data.server.id:
+                del self.open[key]
 
     @staticmethod
     def responseheaders(flow: http.HTTPFlow) -> None:
@@ -293,11 +328,17 @@ class Connections:
             resp.stream = True
 
     def sync(self, rules: Any) -> None:
-        """New rules: close the listeners of relays no backend of theirs asks for any more."""
+        """New rules: close the listeners of relays they no longer ask for (a throttle's address
+        and rate; an https upstream's address for a relay that only forwards); forget the names when
+        no backend has sni or throttle (the hooks that use them are no longer called)."""
+        if not needs(rules)[0]:
+            self.names.clear()
+            self.open.clear()
         if not self.relays:
             return
-        wanted = set()
+        wanted: set[tuple[str, int, float | None]] = set()
         if rules is not None:
+            wanted.update((u.host.lower(), u.port, None) for u in every_upstream(rules) if u.scheme == "https")
             for r in rules.routes:
                 for b in r.backends:
                     if b.throttle is not None:
@@ -315,3 +356,4 @@ class Connections:
             relay.abort()
         self.relays.clear()
         self.names.clear()
+        self.open.clear()
