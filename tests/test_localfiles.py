@@ -409,3 +409,12 @@ def test_load_refusals_are_located(tree, respond, route_path, message):
         """)
     assert message in out
     assert out.startswith(str(tree / "rules.yaml") + ":7:")
+
+
+def test_names_in_notes_are_printable(tree):
+    a = serve(_dir(tree, "mocks"), "GET", "a\nb\x1b.json")
+    assert a.status == 404 and "\n" not in a.note and "\x1b" not in a.note
+    assert a.note == "mocks/a\\nb\\x1b.json: there is no such file" and a.name == "mocks/a\\nb\\x1b.json"
+    b = serve(_dir(tree, "mocks"), "GET", "x\x00")
+    assert b.note == "mocks/x\\x00: the name has a NUL"
+    assert shown_name(_dir(tree, "mocks"), "\r\n") == "mocks/\\r\\n"

@@ -98,6 +98,15 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def printable(text: str) -> str:
+    """A name for the log, the comment and the answer: characters that are not printable (a NUL,
+    a line break from ``%0a``) escaped, so that a request cannot write lines of its own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
 def _rel(path: str, root: str) -> str:
     if root and _inside(path, root):
         return os.path.relpath(path, root).replace(os.sep, "/")
@@ -135,7 +144,7 @@ def check_rest(rest: str | None) -> tuple[list[str] | None, int, str]:
         if _DRIVE.match(name):
             return None, 400, f"the name has a drive letter ({name[:2]})"
         if name.startswith("."):
-            return None, 404, f"{name!r} is hidden (its name starts with '.'): hidden files are not served"
+            return None, 404, f"{printable(name)!r} is hidden (its name starts with '.'): hidden files are not served"
         out.append(name)
     return out, 0, ""
 
@@ -145,9 +154,9 @@ def shown_name(r: Respond, rest: str | None) -> str:
     relative to the rules file's folder, ``{rest}`` as it came (the folder ending in ``/`` when
     ``{rest}`` is empty). Touches no file system."""
     if r.file:
-        return _rel(r.file, r.root)
+        return printable(_rel(r.file, r.root))
     folder = _rel(r.dir, r.root).rstrip("/") + "/"
-    return folder + (rest or "")
+    return printable(folder + (rest or ""))
 
 
 # -- the cache ----------------------------------------------------------------------------------------
@@ -238,7 +247,7 @@ def _not_modified_since(values: list[str], mtime: int) -> bool:
 def _locate(r: Respond, rest: str | None) -> tuple[str | None, str, Answer | None]:
     """The real path to open and its shown name, or an answer (refused or missing)."""
     if r.file:
-        shown = _rel(r.file, r.root)
+        shown = printable(_rel(r.file, r.root))
         real = os.path.realpath(r.file)
         if not os.path.lexists(r.file):
             return None, shown, _plain(404, f"{shown}: there is no such file (respond.file)", shown, error=True)
@@ -248,7 +257,7 @@ def _locate(r: Respond, rest: str | None) -> tuple[str | None, str, Answer | Non
         return real, shown, None
     folder = _rel(r.dir, r.root).rstrip("/") + "/"
     names, status, why = check_rest(rest)
-    shown = folder + (rest or "")
+    shown = printable(folder + (rest or ""))
     if names is None:
         return None, shown, _plain(status, f"{shown}: {why}", shown)
     base = os.path.realpath(r.dir)
