@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import threading
 import time
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 
@@ -212,3 +216,47 @@ def test_the_timeout_does_not_count_the_delay(upstream, rules_file, proxy):
         r = c.get("http://fault.test/mock")
         assert (r.status_code, r.text) == (200, "slow mock") and time.monotonic() - t0 >= 0.3
         assert r.headers["x-condroute"] == "mock/m -> respond 200 (fault: delayed 0.3s)"
+
+
+def test_a_delayed_http2_stream_does_not_hold_up_its_connection(upstream, rules_file, proxy, tmp_path):
+    """HTTP/2: a delayed stream and a later stream on the same connection; the later one is answered
+    while the delayed one still waits (mitmproxy pauses only the stream whose hook is running)."""
+    up = upstream()
+    confdir = tmp_path / "mitmconf"
+    p = proxy(rules_file(HEADER_TRIGGERED.format(url=up.url)), "--set", f"confdir={confdir}")
+    ca = confdir / "mitmproxy-ca-cert.pem"
+    assert ca.exists(), p.output()
+    sock = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    try:
+        sock.sendall(b"CONNECT fault.test:443 HTTP/1.1\r\nHost: fault.test:443\r\n\r\n")
+        assert read_head(sock).split(b" ", 2)[1] == b"200"
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["h2"])
+        tls = ctx.wrap_socket(sock, server_hostname="fault.test")
+        assert tls.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        mark = p.mark()
+
+        def get(path: str, *extra: tuple[str, str]) -> int:
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":authority", "fault.test"),
+                                    (":path", path), *extra], end_stream=True)
+            tls.sendall(conn.data_to_send())
+            return sid
+
+        held = get("/held", ("x-fault", "hold"))
+        p.wait_for(r"GET https://fault\.test/held -> api/hold .*fault: delayed 20s", start=mark)
+        other = get("/other")
+        responded: list[int] = []
+        while other not in responded:
+            for ev in conn.receive_data(tls.recv(65536)):
+                if isinstance(ev, h2.events.StreamEnded):
+                    responded.append(ev.stream_id)
+                elif isinstance(ev, h2.events.DataReceived):
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            tls.sendall(conn.data_to_send())
+        assert responded == [other] and held not in responded
+        assert [h.split(b"\r\n")[0] for h, _, _ in up.requests] == [b"GET /other HTTP/1.1"]
+    finally:
+        sock.close()
