@@ -273,3 +273,33 @@ async def test_upstream_proxy_mode_is_not_throttled_and_says_so_once(harness, ca
         assert "throttled" not in f.metadata["condroute"]
     said = [m for m in caplog.records if "upstream-proxy mode" in m.getMessage()]
     assert len(said) == 1
+
+
+async def test_a_client_that_goes_away_mid_body_ends_the_upstream_connection():
+    """The proxy closes its connection to the relay (the client left): the relay ends its connection
+    to the upstream too, rather than reading the rest of a slow body for no one."""
+    ended = asyncio.Event()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:                      # an endless body, as fast as the relay takes it
+                w.write(b"z" * 4096)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            ended.set()
+            w.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    relay = Relay("127.0.0.1", port, kbps=80, health=Health(), connect_timeout=lambda: 3.0)
+    try:
+        r, w = await asyncio.open_connection(RELAY_HOST, relay.port)
+        assert len(await r.readexactly(1000)) == 1000
+        w.transport.abort()
+        await asyncio.wait_for(ended.wait(), 10)
+        assert relay._writers == set()
+    finally:
+        relay.abort()
+        srv.close()
