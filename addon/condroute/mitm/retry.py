@@ -162,6 +162,7 @@ async def send_once(host: str, port: int, method: bytes, target: bytes, fields: 
     head: h11.Response | None = None
     chunks: list[bytes] = []
     size = 0
+    eof = False
     try:
         data = conn.send(h11.Request(method=method, target=target, headers=fields))
         if body:
@@ -177,6 +178,7 @@ async def send_once(host: str, port: int, method: bytes, target: bytes, fields: 
                 except asyncio.TimeoutError:
                     what = "sent no response head" if head is None else "stopped sending the response body"
                     return Result("timeout", f"{what} within {timeout:g}s")
+                eof = not got
                 conn.receive_data(got)
                 continue
             if isinstance(ev, h11.InformationalResponse):
@@ -201,7 +203,7 @@ async def send_once(host: str, port: int, method: bytes, target: bytes, fields: 
             # h11.ConnectionClosed before the end of the response
             return Result("reset", _cut(head))
     except (h11.RemoteProtocolError, ConnectionError, OSError, asyncio.IncompleteReadError) as e:
-        if isinstance(e, h11.RemoteProtocolError) and "closed" not in str(e) and head is None:
+        if isinstance(e, h11.RemoteProtocolError) and not eof and head is None:
             return Result("reset", f"sent a response that is not HTTP/1.1 ({e})")
         return Result("reset", _cut(head, e))
     except h11.LocalProtocolError as e:
