@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import h2_request_via_proxy
 from test_sni_support import NO_SNI, TLSBackend, make_ca, make_leaf
 
 
@@ -106,3 +107,21 @@ def test_one_client_connection_to_one_address_under_several_names(proxy, rules_f
         got = [c.get(f"http://x.test/{path}").text for path in ("a", "b", "c", "a", "b", "c")]
     assert got == ["sni=a.test", "sni=b.test", f"sni={NO_SNI}"] * 2
     assert b.seen == ["a.test", "b.test", NO_SNI]           # three connections, each reused
+
+
+def test_http2_client_preserve_through_a_throttle(proxy, rules_file, tls_backend, tmp_path):
+    """An HTTP/2 client (CONNECT, TLS with ALPN h2) to a throttled https backend with sni: preserve:
+    the name the client sent the proxy reaches the backend through the relay."""
+    b = tls_backend(["api.example.test", "127.0.0.1"])
+    rules = rules_file(f"""
+        version: 1
+        routes:
+          - name: kept
+            match: {{host: kept.test}}
+            backends: [{{name: k, upstream: "https://127.0.0.1:{b.port}", sni: preserve, throttle: {{kbps: 800}}}}]
+        """)
+    confdir = tmp_path / "conf"
+    p = proxy(rules, "--set", "ssl_insecure=true", "--set", f"confdir={confdir}")
+    status, headers, body, alpn = h2_request_via_proxy(p.port, "https://kept.test/", str(confdir / "mitmproxy-ca-cert.pem"))
+    assert (status, body, alpn) == (200, b"sni=kept.test", "h2")
+    assert b.seen == ["kept.test"]
