@@ -190,6 +190,30 @@ def test_a_flow_that_needs_another_name_on_an_open_connection_gets_its_own():
     assert c.open == {}
 
 
+def test_names_of_open_connections_are_bounded(monkeypatch):
+    import condroute.mitm.connections as conns
+    monkeypatch.setattr(conns, "MAX_NAMES", 3)
+    c = Connections(Health(), lambda: 3.0)
+    for _ in range(5):
+        server = connection.Server(address=("10.0.0.5", 8443))
+        server.tls = True
+        c.server_connect(ServerConnectionHookData(server=server, client=tflow.tflow().client_conn))
+    assert len(c.open) == 3
+
+
+async def test_a_connection_that_failed_to_open_is_forgotten(harness):
+    harness.configure_rules(RULES)
+    f = tflow.tflow()
+    server = connection.Server(address=("10.0.0.5", 8443))
+    server.tls = True
+    data = ServerConnectionHookData(server=server, client=f.client_conn)
+    harness.server_connect(data)
+    assert len(harness.conns.open) == 1
+    server.error = "connection refused"
+    harness.server_connect_error(data)
+    assert harness.conns.open == {}
+
+
 # -- in mitmproxy's harness -------------------------------------------------------------------------------
 @pytest.fixture
 def harness(tmp_path: Path):

@@ -440,6 +440,8 @@ class ConditionalRouting(Commands, LiveRules):
 
     def server_connect_error(self, data: Any) -> None:
         self.upstreams.server_connect_error(data)
+        if self._tls_open:
+            self.conns.server_disconnected(data)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.conns.responseheaders(flow)     # first: a throttled response is streamed

@@ -308,9 +308,13 @@ class Connections:
         if name is not None:
             data.server.sni = name
         if data.server.tls:
-            self.open[key] = (data.server.id, data.server.sni)
+            opened = self.open
+            if len(opened) >= MAX_NAMES and key not in opened:
+                del opened[next(iter(opened))]       # (bounded, should a close go unreported)
+            opened[key] = (data.server.id, data.server.sni)
 
     def server_disconnected(self, data: Any) -> None:
+        """A connection closed, or failed to open (server_connect_error): its name is no longer in use."""
         a = data.server.address
         if a:
             key = (data.client.id, str(a[0]), int(a[1]))
