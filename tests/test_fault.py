@@ -445,3 +445,13 @@ def test_lint_warns_of_faults_that_cannot_do_what_is_meant(tmp_path: Path):
         (13, 110, "backend 'retried' retries 503 (retry_on), but an injected abort is never retried: it is "
                   "answered before the upstream is asked (as in Envoy); the client gets the 503"),
     ]
+
+
+def test_a_delay_drawn_after_requestheaders_is_not_kept(fa):
+    """A flow decided again in the request hook (a failover after retries, retry.py) may draw a
+    delay that nothing waits for any more: forward() forgets it (no entry left per flow)."""
+    f = make_flow({"x-fault": "delay"})
+    fa.route(f)                      # as a failover in the request hook decides again
+    assert list(fa._delays) == [f.id]
+    fa.forward(f)
+    assert fa._delays == {}

@@ -356,6 +356,10 @@ class ConditionalRouting(Commands, LiveRules):
 
     def forward(self, flow: http.HTTPFlow) -> None:
         """The `request` hook's work for a flow mitmproxy forwards (or condroute answers)."""
+        if self._delays:
+            # a delay still here was drawn when the flow was decided again in this hook (a failover
+            # after retries, retry.py): requestheaders, which waits for delays, has run already
+            self._delays.pop(flow.id, None)
         self._answer_or_fix(flow)
         self.upstreams.request(flow)
         if self._mirroring:
