@@ -418,3 +418,72 @@ def test_names_in_notes_are_printable(tree):
     b = serve(_dir(tree, "mocks"), "GET", "x\x00")
     assert b.note == "mocks/x\\x00: the name has a NUL"
     assert shown_name(_dir(tree, "mocks"), "\r\n") == "mocks/\\r\\n"
+
+
+# -- explain, render and condroute check -----------------------------------------------------------
+RULES = """
+version: 1
+routes:
+  - {name: one, match: {path: /api/me}, backends: [{name: f, respond: {file: mock.json}}]}
+  - {name: many, match: {path: /m/*}, backends: [{name: d, respond: {dir: mocks}}]}
+"""
+
+
+def test_render_names_the_file(tree):
+    from condroute import render
+    from condroute.engine import decide
+    from condroute.explain import build_request
+    rules = _load(tree, RULES)
+    d = decide(rules, build_request("http://a.example/m/users.json", "GET", [], [], None, None), explain=True)
+    assert render.header_value(d) == "many/d -> respond 200 from file mocks/users.json"
+    assert render.summary(d).endswith("-> many/d -> respond 200 from file mocks/users.json")
+    assert "condroute answered 200 from file mocks/users.json" in render.comment(d)
+    assert render.to_dict(d)["file"] == "mocks/users.json"
+    lines = render.render_decision(rules, d, d._req)
+    assert any(line.startswith("respond") and "200 from file mocks/users.json (the file {rest} names in mocks/)"
+               in line for line in lines)
+    d = decide(rules, build_request("http://a.example/api/me", "GET", [], [], None, None))
+    assert render.header_value(d) == "one/f -> respond 200 from file mock.json"
+
+
+def test_check_cases_read_the_file(tree):
+    from condroute.cli.cases import load_cases, run_case
+    rules = _load(tree, RULES)
+    cases = tree / "cases.yaml"
+    cases.write_text(textwrap.dedent("""
+        - request: {url: "http://a.example/m/users.json"}
+          expect: {status: 200, file: mocks/users.json}
+        - request: {url: "http://a.example/m/nope.json"}
+          expect: {status: 404, file: null}
+        - request: {url: "http://a.example/api/me", headers: {If-None-Match: "*"}}
+          expect: {status: 304, file: mock.json}
+        - request: {url: "http://a.example/m/nope.json"}
+          expect: {status: 200, file: mocks/nope.json}
+        - request: {url: "http://a.example/m/%2e%2e/x"}
+          expect: {status: 400}
+        """))
+    got = [run_case(rules, c) for c in load_cases(str(cases))]
+    assert got[:3] == [[], [], []]
+    assert got[3] == ["status: wanted 200, got 404", 'file: wanted "mocks/nope.json", got null']
+    assert got[4] == []
+
+
+def test_lint_big_file_and_empty_dir(tree, monkeypatch):
+    from condroute.cli.lint import lint
+    (tree / "empty" / ".git").mkdir(parents=True)
+    (tree / "empty" / ".git" / "x").write_text("x")
+    (tree / "empty" / ".env").write_text("x")
+    rules = _load(tree, """
+        version: 1
+        routes:
+          - {name: one, match: {path: /api/me}, backends: [{name: f, respond: {file: mock.json}}]}
+          - {name: e, match: {path: /e/*}, backends: [{name: d, respond: {dir: empty}}]}
+          - {name: m, match: {path: /m/*}, backends: [{name: d, respond: {dir: mocks}}]}
+        """)
+    assert [str(p).split(": ", 1)[1] for p in lint(rules)] == [
+        "backend 'd': respond.dir empty/ has no file condroute would serve (hidden files and folders, whose names "
+        "start with '.', are not served): every request gets 404"]
+    assert str(lint(rules)[0]).startswith(f"{tree / 'rules.yaml'}:5:")
+    monkeypatch.setattr(localfiles, "MAX_FILE", 5)
+    big = [str(p) for p in lint(rules) if "MiB" in str(p)]
+    assert len(big) == 1 and "respond.file mock.json is 0.0 MiB: condroute serves files up to 0 MiB" in big[0]

@@ -12,7 +12,9 @@ import os
 import re
 from typing import Iterator
 
+from .. import localfiles
 from ..conditions.registry import KINDS
+from ..localfiles import shown_name
 from ..errors import Problem
 from ..compile.runtime import PathPattern, Route, Rules
 from ..load.yamlpos import Y, load_file
@@ -224,6 +226,47 @@ def _every_backend_off(rules: Rules, w: _Where) -> Iterator[Problem]:
                           f"later routes have them, write enabled: false on the route")
 
 
+def _servable(folder: str, limit: int = 10_000) -> bool | None:
+    """Whether a folder holds a file Map Local would serve (not hidden, not in a hidden folder);
+    None when ``limit`` entries were looked at without finding one (no warning then)."""
+    seen = 0
+    for _top, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            if not f.startswith("."):
+                return True
+        seen += len(dirs) + len(files)
+        if seen > limit:
+            return None
+    return False
+
+
+def _local_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
+    """Map Local: a respond.file larger than condroute serves (it is answered 500), a respond.dir
+    with no file condroute would serve (every request is answered 404)."""
+    for i, route in enumerate(rules.routes):
+        for j, b in enumerate(route.backends):
+            r = b.respond
+            if r is None or not (r.file or r.dir):
+                continue
+            at = w.backend_key(i, j, "respond", "file" if r.file else "dir")
+            name = shown_name(r, None)
+            if r.file:
+                try:
+                    size = os.stat(r.file).st_size
+                except OSError:
+                    continue
+                if size > localfiles.MAX_FILE:
+                    yield Problem(route.file or rules.file, *at,
+                                  f"backend {b.name!r}: respond.file {name} is {size / (1 << 20):.1f} MiB: condroute "
+                                  f"serves files up to {localfiles.MAX_FILE >> 20} MiB (the answer is held in memory) "
+                                  "and answers 500 for this one")
+            elif _servable(r.dir) is False:
+                yield Problem(route.file or rules.file, *at,
+                              f"backend {b.name!r}: respond.dir {name} has no file condroute would serve (hidden "
+                              "files and folders, whose names start with '.', are not served): every request gets 404")
+
+
 def _unused_upstreams(rules: Rules, w: _Where) -> Iterator[Problem]:
     used: set[str] = set()
     for route in rules.routes:
@@ -413,7 +456,7 @@ def _retry_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
 
 
 CHECKS = (_unconditional_shadows, _shadowed_routes, _zero_splits, _case_mismatches, _unused_upstreams, _every_backend_off,
-          _mirror_misuse, _sni_misuse, _fault_misuse, _retry_misuse)
+          _mirror_misuse, _sni_misuse, _fault_misuse, _retry_misuse, _local_misuse)
 
 
 def lint(rules: Rules, root: Y | None = None) -> list[Problem]:
