@@ -19,8 +19,9 @@ one"), and the mirror's counts from the status page (copies answered, failed, dr
 on the proxy's event loop, shared by every flow: that is a throughput cost, not a delay of the
 mirrored route's own responses). Exit status 1 on a FAIL.
 
-With two or more cores mitmdump gets a core of its own; the backends run in a child process and
-the load generator in this one, both on the other core (as scripts/bench.py does).
+With two or more cores mitmdump gets a core of its own; the backends run in two child processes
+(the echo server; the slow mirror, asyncio in one thread) and the load generator in this one, all
+on the other core (as scripts/bench.py does).
 """
 from __future__ import annotations
 
@@ -41,32 +42,37 @@ LIMIT = 1.05
 BODY = b"m" * 1024
 
 BACKENDS = r"""
-import json, sys, threading, time
-from http.server import BaseHTTPRequestHandler
+import asyncio, json, sys
 sys.path.insert(0, {addon!r})
-from condroute.cli.demo import _Server, start_echo
 
-DELAY = float(sys.argv[1])
+if sys.argv[1] == "echo":                  # the real backend: condroute's demo echo server
+    from condroute.cli.demo import start_echo
+    echo = start_echo("real")
+    print(json.dumps(echo.server_address[1]), flush=True)
+    sys.stdin.read()
+else:                                      # the slow mirror: asyncio, one thread (no GIL contention)
+    DELAY = float(sys.argv[2])
 
-class Slow(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        time.sleep(DELAY)
-        self.send_response(200)
-        self.send_header("Content-Length", "6")
-        self.end_headers()
-        self.wfile.write(b"mirror")
-    do_GET = do_POST
-    def log_message(self, *a):
-        pass
+    async def handle(reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":", 1)[1])
+            await reader.readexactly(n)
+            await asyncio.sleep(DELAY)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nmirror")
+            await writer.drain()
+        finally:
+            writer.close()
 
-echo = start_echo("real")
-slow = _Server(("127.0.0.1", 0), Slow)
-threading.Thread(target=slow.serve_forever, daemon=True).start()
-print(json.dumps([echo.server_address[1], slow.server_address[1]]), flush=True)
-sys.stdin.read()
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=512)
+        print(json.dumps(srv.sockets[0].getsockname()[1]), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(main())
 """
 
 RULES = """\
@@ -217,11 +223,11 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="condroute-bench-mirror-"))
     child = tmp / "backends.py"
     child.write_text(BACKENDS.format(addon=str(Path(ADDON).parent)))
-    be = subprocess.Popen([sys.executable, str(child), str(a.delay)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True, preexec_fn=pin(LOAD_CPU))
+    procs = [subprocess.Popen([sys.executable, str(child), role, str(a.delay)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, preexec_fn=pin(LOAD_CPU)) for role in ("echo", "slow")]
     m = None
     try:
-        real, slow = json.loads(be.stdout.readline())
+        real, slow = (json.loads(p.stdout.readline()) for p in procs)
         import socket
         dead = socket.socket()          # bound, never listening: connections are refused
         dead.bind(("127.0.0.1", 0))
@@ -259,8 +265,9 @@ def main() -> int:
     finally:
         if m is not None:
             m.stop()
-        be.terminate()
-        be.wait(10)
+        for p in procs:
+            p.terminate()
+            p.wait(10)
 
 
 if __name__ == "__main__":

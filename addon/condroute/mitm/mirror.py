@@ -131,7 +131,7 @@ class Mirrors:
 
     async def _send(self, up: Any, head: bytes, body: bytes, counts: list[int]) -> None:
         try:
-            status = await asyncio.wait_for(_exchange(up, head, body), TIMEOUT)
+            status = await _exchange(up, head, body)
         except asyncio.CancelledError:      # the proxy shuts down
             counts[3] -= 1
             raise
@@ -187,37 +187,71 @@ def _tls_context(key: tuple) -> ssl.SSLContext:
         raise NoTrust(f"cannot be verified: the trusted certificates do not load ({e})") from None
 
 
+class _Copy(asyncio.Protocol):
+    """One copy on a connection of its own: written once connected; the status line of the answer
+    kept, the rest dropped as it comes; ``done`` gets the status code when the mirror closes, or
+    why there was no answer. (A protocol, not asyncio's streams: half the work on the loop.)"""
+
+    def __init__(self, head: bytes, body: bytes, done: asyncio.Future) -> None:
+        self.head, self.body, self.done = head, body, done
+        self.first = b""
+        self.status: str | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        transport.write(self.head)
+        if self.body:
+            transport.write(self.body)     # (not head + body: no copy of a large body on the loop)
+        self.head = self.body = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.status is None:
+            self.first += data
+            line, nl, _ = self.first.partition(b"\n")
+            if nl or len(self.first) > 8192:
+                parts = line.split(b" ", 2)
+                self.status = parts[1].decode("ascii", "replace").strip() if len(parts) > 1 else "?"
+                self.first = b""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done.done():
+            return
+        if self.status is not None:
+            self.done.set_result(self.status)
+        elif isinstance(exc, ConnectionResetError):
+            self.done.set_exception(NoAnswer("reset the connection before answering"))
+        elif isinstance(exc, BrokenPipeError):
+            self.done.set_exception(NoAnswer("closed the connection before reading the copy"))
+        elif exc is not None:
+            self.done.set_exception(NoAnswer(f"failed before answering ({type(exc).__name__})"))
+        else:
+            self.done.set_exception(NoAnswer("closed the connection without answering"))
+
+
 async def _exchange(up: Any, head: bytes, body: bytes) -> str:
-    """Send one copy and read its answer to the end (dropped); the status line's code."""
-    tls = None
-    if up.scheme == "https":
-        o = ctx.options
-        key = (bool(getattr(o, "ssl_insecure", False)), getattr(o, "ssl_verify_upstream_trusted_ca", None),
-               getattr(o, "ssl_verify_upstream_trusted_confdir", None))
-        tls = _tls.get(key)
-        if tls is None:
-            tls = _tls[key] = await asyncio.get_running_loop().run_in_executor(None, _tls_context, key)
-    reader, writer = await asyncio.open_connection(up.host, up.port, ssl=tls,
-                                                   server_hostname=up.host if tls else None)
+    """Send one copy and read its answer to the end (dropped); the status line's code. Raises
+    TimeoutError when the mirror has not answered within TIMEOUT seconds (an answer whose end
+    has not come by then counts as answered)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    proto = _Copy(head, body, done)
+    transport = None
     try:
-        try:
-            writer.write(head)
-            if body:
-                writer.write(body)         # (not head + body: no copy of a large body on the loop)
-            await writer.drain()
-            first = await reader.readline()
-        except ConnectionResetError:
-            raise NoAnswer("reset the connection before answering") from None
-        except BrokenPipeError:
-            raise NoAnswer("closed the connection before reading the copy") from None
-        if not first:
-            raise NoAnswer("closed the connection without answering")
-        try:
-            while await reader.read(65536):    # the rest of the answer, dropped
-                pass
-        except ConnectionError:
-            pass                           # it answered: the rest is dropped anyway
-        parts = first.split(b" ", 2)
-        return parts[1].decode("ascii", "replace") if len(parts) > 1 else "?"
+        async with asyncio.timeout(TIMEOUT):
+            tls = None
+            if up.scheme == "https":
+                o = ctx.options
+                key = (bool(getattr(o, "ssl_insecure", False)), getattr(o, "ssl_verify_upstream_trusted_ca", None),
+                       getattr(o, "ssl_verify_upstream_trusted_confdir", None))
+                tls = _tls.get(key)
+                if tls is None:
+                    tls = _tls[key] = await loop.run_in_executor(None, _tls_context, key)
+            transport, _ = await loop.create_connection(lambda: proto, up.host, up.port, ssl=tls,
+                                                        server_hostname=up.host if tls else None)
+            return await done
+    except TimeoutError:
+        if proto.status is not None:
+            return proto.status
+        raise
     finally:
-        writer.close()
+        if transport is not None and not done.done():
+            transport.abort()
