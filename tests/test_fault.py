@@ -281,7 +281,8 @@ def test_explain_shows_the_fault_and_what_was_drawn(monkeypatch):
     d = decide(r, req(), explain=True)
     lines = render.render_decision(r, d, req())
     assert any(ln.startswith("fault") and "delay 2s (30% of requests): drawn" in ln
-               and "abort 503 (10% of requests): not drawn for this request" in ln for ln in lines)
+               and "abort 503 (10% of requests): not drawn for this request; each request is drawn anew" in ln
+               for ln in lines)
     data = render.decision_data(r, d, req())
     assert data["fault"] == {"delay": {"seconds": 2.0, "percent": 30.0, "drawn": True},
                              "abort": {"status": 503, "percent": 10.0, "drawn": False}}

@@ -639,6 +639,8 @@ def fault_text(d: Decision, f: Any) -> str:
         what = ("drawn: condroute answers it, nothing is forwarded" if d.fault_abort is not None
                 else "not drawn for this request")
         parts.append(f"abort {f.abort}{pct}: {what}")
+    if any(v is not None and 0 < p < 100 for v, p in ((f.delay, f.delay_percent), (f.abort, f.abort_percent))):
+        parts.append("each request is drawn anew")
     return "; ".join(parts)
 
 
