@@ -171,3 +171,21 @@ def test_traversal_through_curl_and_raw_sockets(tree, proxy, echo):
     assert (got, body) == (400, b"condroute: bad request: the path has a backslash\n")
     got, body = raw(p.port, (base + "/mocks/users.json\x00").encode())
     assert (got, body) == (400, b"condroute: mocks/users.json\\x00: the name has a NUL\n")
+
+
+def test_http2_get_head_and_304(tree, proxy, tmp_path):
+    """Over HTTP/2 (h2 between the client and mitmproxy): a HEAD keeps its Content-Length with no
+    DATA, a 304 has neither (h2 checks the framing of what it receives)."""
+    from helpers import h2_request_via_proxy
+    confdir = tmp_path / "mitmconf"
+    p = proxy(tree / "rules.yaml", "--set", f"confdir={confdir}")
+    ca = str(confdir / "mitmproxy-ca-cert.pem")
+    status, headers, body, alpn = h2_request_via_proxy(p.port, "https://app.example/mocks/users.json", ca)
+    assert (alpn, status, body) == ("h2", 200, b'[{"id": 1}]')
+    etag = headers["etag"]
+    status, headers, body, _ = h2_request_via_proxy(p.port, "https://app.example/mocks/users.json", ca, method="HEAD")
+    assert (status, body, headers["content-length"]) == (200, b"", str(len('[{"id": 1}]')))
+    status, headers, body, _ = h2_request_via_proxy(p.port, "https://app.example/mocks/users.json", ca,
+                                                    headers=[("if-none-match", etag)])
+    assert (status, body, headers["etag"]) == (304, b"", etag)
+    assert "content-length" not in headers
