@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import ssl
 import struct
 import threading
 from contextlib import redirect_stdout
@@ -17,34 +18,54 @@ from mitmproxy import io as mio
 
 from condroute.mitm.flows import explain_flows
 from condroute.rules import load_rules
-from helpers import free_port, read_head, serve_raw
+from helpers import free_port, h2_request_via_proxy, read_head, serve_raw
+from test_sni_support import make_ca, make_leaf
 
 
 class Backend:
     """A raw HTTP/1.1 backend: ``script`` says what each request gets in turn ("reset", or a status
     code); after the script, 200. Counts the requests whose head it read."""
 
-    def __init__(self, script: list):
+    def __init__(self, script: list, tls: ssl.SSLContext | None = None):
         self.script = list(script)
         self.seen = 0
+        self.bodies: list[bytes] = []
+        self.names: list[str | None] = []         # TLS: the server name of each handshake
         self.lock = threading.Lock()
+        self.tls = tls
+        if tls is not None:
+            tls.sni_callback = lambda obj, name, c: self.names.append(name)
         self.srv = serve_raw(self.handle)
-        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.srv.getsockname()[1]}"
 
     def handle(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                return
         with conn:
             while True:
                 head = read_head(conn)
                 if not head:
                     return
+                head, _, body = head.partition(b"\r\n\r\n")
+                length = next((int(v) for k, _, v in (ln.partition(b":") for ln in head.split(b"\r\n")[1:])
+                               if k.strip().lower() == b"content-length"), 0)
+                while len(body) < length:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    body += more
                 with self.lock:
                     self.seen += 1
+                    self.bodies.append(body)
                     n = self.seen
                     what = self.script[n - 1] if n <= len(self.script) else 200
                 if what == "reset":
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
-                body = f"answer {n} ({what})".encode()
+                body = f"answer {n} ({what}{', ' + str(len(body)) + ' bytes' if body else ''})".encode()
                 conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nX-Seen: %d\r\n\r\n%s"
                              % (what, len(body), n, body))
 
@@ -53,8 +74,8 @@ class Backend:
 def backends():
     made: list[Backend] = []
 
-    def make(script: list) -> Backend:
-        b = Backend(script)
+    def make(script: list, tls: ssl.SSLContext | None = None) -> Backend:
+        b = Backend(script, tls)
         made.append(b)
         return b
 
@@ -68,6 +89,11 @@ def test_retry_on_and_failover_false_end_to_end(tmp_path: Path, rules_file, prox
     five = backends([503, 503])                        # 503 twice, then 200
     dead = backends(["reset"] * 100)                   # always resets
     post = backends(["reset"] * 100)
+    ca = make_ca(tmp_path)
+    cert, key = make_leaf(tmp_path, ["api.example.test"], ca)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    secure = backends(["reset", 503], server_tls)     # https: resets, 503, then 200
     fb = echo("fallback")
     gone = f"http://127.0.0.1:{free_port()}"           # refuses connections
     rules = rules_file(f"""
@@ -79,7 +105,12 @@ def test_retry_on_and_failover_false_end_to_end(tmp_path: Path, rules_file, prox
           post: {post.url}
           fb: {fb}
           gone: {gone}
+          secure: {secure.url}
         routes:
+          - name: secure
+            match: {{path: /secure}}
+            backends:
+              - {{name: s, upstream: secure, retries: 2, retry_on: [reset, gateway-error], sni: api.example.test}}
           - name: flaky
             match: {{path: /flaky}}
             backends:
@@ -110,7 +141,10 @@ def test_retry_on_and_failover_false_end_to_end(tmp_path: Path, rules_file, prox
               - {{name: stable, fallback: true, upstream: fb}}
         """)
     dump = tmp_path / "flows.mitm"
-    p = proxy(rules, "-w", str(dump))
+    # the https backend's certificate is for api.example.test, signed by the test CA: verified
+    # against the backend's sni (ssl_insecure is off)
+    confdir = tmp_path / "conf"
+    p = proxy(rules, "-w", str(dump), "--set", f"ssl_verify_upstream_trusted_ca={ca[0]}", "--set", f"confdir={confdir}")
     with httpx.Client(proxy=p.url, timeout=20) as c:
         # resets twice, then answers: the client gets the third answer
         mark = p.mark()
@@ -126,6 +160,11 @@ def test_retry_on_and_failover_false_end_to_end(tmp_path: Path, rules_file, prox
         # 503 twice, then 200
         r = c.get("http://app.example/five?x=1")
         assert (r.status_code, r.text) == (200, "answer 3 (200)") and five.seen == 3
+
+        # https: a reset, a 503, then 200; each handshake with the backend's sni, the certificate verified
+        r = c.get("http://app.example/secure")
+        assert (r.status_code, r.text) == (200, "answer 3 (200)"), r.text
+        assert secure.seen == 3 and secure.names == ["api.example.test"] * 3
 
         # always resets, with a fallback: 1 + retries tries, then the fallback's echo answers
         mark = p.mark()
@@ -162,10 +201,19 @@ def test_retry_on_and_failover_false_end_to_end(tmp_path: Path, rules_file, prox
         # without the header the stable fallback serves as usual
         r = c.get("http://app.example/canary")
         assert r.status_code == 200 and r.json()["backend"] == "fallback"
+    # an HTTP/2 client (TLS to the proxy): the answer condroute read over HTTP/1.1 goes back as HTTP/2
+    # (a PUT with a body: sent each time with its length, as mitmproxy would have forwarded it)
+    flaky.script, flaky.seen = ["reset"], 0
+    code, headers, body, alpn = h2_request_via_proxy(p.port, "https://app.example/flaky", str(confdir / "mitmproxy-ca-cert.pem"),
+                                                     method="PUT", body=b"h2-body")
+    assert (alpn, code, body) == ("h2", 200, b"answer 2 (200, 7 bytes)")
+    assert flaky.seen == 2 and flaky.bodies[-2:] == [b"h2-body", b"h2-body"]
     p.stop()
 
     with open(dump, "rb") as f:
-        flows = {fl.metadata.get("condroute", {}).get("route"): fl for fl in mio.FlowReader(f).stream()}
+        flows: dict = {}
+        for fl in mio.FlowReader(f).stream():        # the first flow of each route
+            flows.setdefault(fl.metadata.get("condroute", {}).get("route"), fl)
     md = flows["flaky"].metadata["condroute"]
     assert [(t["outcome"], t["reason"]) for t in md["tries"]] == [
         ("reset", "reset the connection before a response"), ("reset", "reset the connection before a response"),
@@ -182,7 +230,9 @@ def test_retry_on_and_failover_false_end_to_end(tmp_path: Path, rules_file, prox
     with redirect_stdout(out):
         assert explain_flows(load_rules(str(rules)), str(dump), as_json=True) == 0
     data = json.loads(out.getvalue())
-    by_route = {x["route"]: x for x in data["decisions"]}
+    by_route: dict = {}
+    for x in data["decisions"]:
+        by_route.setdefault(x["route"], x)
     assert [t["outcome"] for t in by_route["flaky"]["live_tries"]] == ["reset", "reset", "answered"]
     out = io.StringIO()
     with redirect_stdout(out):

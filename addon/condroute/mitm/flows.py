@@ -160,6 +160,8 @@ def explain_flows(rules: Rules, dump: str, as_json: bool) -> int:
             "rules": rules.file, "flows": dump, "requests": len(results),
             "decisions": [{"index": x["index"], "live": x["live"],
                            "agrees_with_live": x["agrees"] if recorded else None,
+                           **({"live_differs_after_upstream_failures": True}
+                              if recorded and not x["agrees"] and x["live_lines"] else {}),
                            "original_recovered": x["exact"], "x_condroute": x["d"].header_value(),
                            **({"live_tries": x["tries"]} if x["tries"] else {}),
                            **({"live_notes": x["live_lines"]} if x["live_lines"] else {}),
@@ -180,7 +182,11 @@ def explain_flows(rules: Rules, dump: str, as_json: bool) -> int:
         if d.route in origins:             # an imported rule, named by its source
             line += f"  ({origins[d.route]})"
         if recorded:
-            line += "  [live: same]" if x["agrees"] else f"  [live: {x['live'] or 'passthrough'}]"
+            if x["agrees"]:
+                line += "  [live: same]"
+            else:
+                after = ", after upstream failures (below)" if x["live_lines"] else ""
+                line += f"  [live: {x['live'] or 'passthrough'}{after}]"
         if not x["exact"]:
             line += "  (decided on the forwarded request: the original was not saved)"
         print(line)
@@ -201,7 +207,9 @@ def explain_flows(rules: Rules, dump: str, as_json: bool) -> int:
         print("never reached: " + ", ".join(never))
     else:
         print("every backend was reached")
-    disagree = sum(1 for x in results if not x["agrees"]) if recorded else 0
+    # (a live decision that differs because an upstream failed then — a failover, retries spent, a
+    # pinned backend's answer — is no disagreement: the rules decide the same)
+    disagree = sum(1 for x in results if not x["agrees"] and not x["live_lines"]) if recorded else 0
     if disagree:
         print(f"{disagree} request{'s' * (disagree != 1)} decided differently from the live proxy "
               "(the rules changed since, or the original request was not saved)")

@@ -291,6 +291,11 @@ class Retry:
             rounds += 1
             if not await self._round(flow, p, live):
                 break
+            # the next backend's fault delay, drawn when it was chosen (the addon waits for it in
+            # requestheaders, which is over for this flow)
+            delay = getattr(live, "_delays", {}).pop(flow.id, None)
+            if delay:
+                await asyncio.sleep(delay)
             probe = up.pending.pop(flow.id, None)     # the next upstream is tried first, as in requestheaders
             if probe is not None:
                 await up._ensure(flow, probe)

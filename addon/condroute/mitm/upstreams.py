@@ -213,7 +213,7 @@ class Upstreams:
             self.retrying[flow.id] = _Pending(snapshot, d)
         # A backend with retries is tried first unless a connection to it is open right now: a
         # restarting upstream closes its connections, and the retries are meant for exactly that.
-        retrying = connect_tries(d, flow.request.method) > 1
+        retrying = bool(d.retries) and connect_tries(d, flow.request.method) > 1
         if self.health.known_up(up.host, up.port, fresh=not retrying) or not self._live(flow):
             return
         self.pending[flow.id] = _Pending(snapshot or flow.request.data.copy(), d)
