@@ -200,9 +200,13 @@ def _backend(target: str, b: model.Backend, file: str) -> tuple[model.Backend, l
         why = WHY[(target, fld)].format(retry_on=", ".join(sorted(b.retry_on)))
         return NotExported(where_key(file, b.line, *keys), why)
 
-    if b.fault is not None:
-        f = b.fault
-        if target not in ANSWERING or f.delay is not None or f.abort is None or f.abort_percent < 100:
+    f = b.fault
+    if f is not None and not (f.delay is not None and f.delay_percent > 0) \
+            and not (f.abort is not None and f.abort_percent > 0):
+        b, f = dataclasses.replace(b, fault=None), None        # percent 0: never injected
+    if f is not None:
+        if target not in ANSWERING or (f.delay is not None and f.delay_percent > 0) or f.abort is None \
+                or f.abort_percent < 100:
             raise refuse("fault", "fault")
         # every request aborted: condroute answers it as Envoy's fault filter does, before anything
         # else of the backend applies (nothing is forwarded, mirrored, retried or throttled)

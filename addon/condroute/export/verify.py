@@ -14,11 +14,20 @@ Each request is written once as it goes on the wire, and condroute decides on ex
   order, names without case; repeated fields folded into one comma-separated field count as the
   same, RFC 9110 §5.3), no header condroute removed, and no header the gateway invented, except
   those a gateway adds by design (``IGNORED``);
-- a direct answer: its status, body and headers; a redirect: status and Location;
+- a mirror of every request (``percent: 100``): a copy reached the mirror's recording backend,
+  with the path and Host condroute sends it with (a sampled mirror is drawn on each side on its
+  own, so it is not compared);
+- a direct answer: its status, body and headers (a ``respond.file``: the file as condroute serves
+  it now, ``localfiles.serve``, without ETag and Last-Modified, which an inlined copy cannot keep);
+  a redirect: status and Location;
 - no route (passthrough, which a gateway cannot do): the gateway's own ``404``; nothing selected
   with ``on_no_match: error``: its own ``502``; a path condroute refuses: ``400``.
 
 Every process it started is stopped on the way out, also on Ctrl-C.
+
+Why this module is long: the recording backends, writing a request on the wire, comparing an
+answer with a decision and running a gateway are one procedure whose parts share the recorders and
+the case numbering; split up, each part would need the others' internals.
 """
 from __future__ import annotations
 
@@ -56,6 +65,7 @@ IGNORED = frozenset({
 })
 IGNORED_PREFIXES = ("x-envoy-",)
 START_TIMEOUT = 30.0
+MIRROR_WAIT = 5.0      # the longest a gateway's copy to a mirror may take to arrive
 
 
 def _ignored(name: str) -> bool:
@@ -435,6 +445,9 @@ def run(t: Target, compiled: Rules, m: model.Rules, wires: list[Wire], allow_par
                     if again is None or again["upstream"] != a.arrival["upstream"]:
                         diffs.append(f"split: the same key went to {a.arrival['upstream']}, then to "
                                      f"{again['upstream'] if again else 'no upstream'} ({t.name} is not sticky)")
+                if not diffs and a.arrival is not None and d.mirrors:
+                    client_host = next((v for k, v in w.headers if k.lower() == "host"), None)
+                    diffs = mirror_diffs(d, n, client_host, by_origin, t.name, time.monotonic() + MIRROR_WAIT)
             except (ValueError, http.client.HTTPException) as e:   # a target http.client cannot write
                 diffs = [f"cannot send this request: {e}"]
             except OSError as e:
@@ -453,6 +466,38 @@ def run(t: Target, compiled: Rules, m: model.Rules, wires: list[Wire], allow_par
             rec.close()
         if keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def mirror_diffs(d: Decision, n: int, client_host: str | None, by_origin: dict[str, Recorder], target: str,
+                 deadline: float) -> list[str]:
+    """The copies condroute sends for case ``n`` (``d.mirrors``, drawn) compared with what reached
+    the mirrors' recording backends: a copy arrived, with its path and Host (``client_host``: the
+    request's, for a copy sent with the client's Host). Only mirrors of every request (percent 100)
+    are checked: a sampled one is drawn on each side on its own."""
+    diffs = []
+    for m, path, host in d.mirrors:
+        if m.percent < 100:
+            continue
+        rec = by_origin.get(m.upstream.origin)
+        if rec is None:
+            continue
+        mine = 2 if d.upstream_obj is not None and d.upstream_obj.origin == m.upstream.origin else 1
+        while True:
+            got = [x for x in list(rec.arrivals) if _values(x["headers"], CASE_HEADER.lower()) == [str(n)]]
+            if len(got) >= mine or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if len(got) < mine:
+            diffs.append(f"mirror: condroute sends a copy to {m.upstream.name}, {target} sent none")
+            continue
+        copy = got[-1]
+        if copy["target"] != path and not any(x["target"] == path for x in got):
+            diffs.append(f"mirror {m.upstream.name}: path: condroute {path}, {target} {copy['target']}")
+        want = host if host is not None else client_host
+        hosts = {h for x in got for h in _values(x["headers"], "host")}
+        if want is not None and want not in hosts:
+            diffs.append(f"mirror {m.upstream.name}: Host: condroute {want}, {target} {_show(sorted(hosts))}")
+    return diffs
 
 
 def _touches_refused(rules: Rules, d: Decision, refused: set[tuple[str, int]]) -> bool:
