@@ -359,3 +359,14 @@ def test_a_fault_that_never_fires_is_no_fault(tmp_path):
             assert (y.respond.status, y.respond.body, y.upstream) == (500, "fault filter abort", None)
         else:
             assert [(e.at.line, e.at.col) for e in got.refused] == [(7, 32)]
+
+
+def test_two_backends_on_one_line_each_located_at_its_own_key(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("version: 1\nupstreams: {a: http://127.0.0.1:9001}\nroutes:\n  - name: r\n    backends: ["
+                 "{name: x, upstream: a, when: {header: {X-A: '1'}}, throttle: {kbps: 8}}, "
+                 "{name: y, upstream: a, throttle: {kbps: 9}}]\n")
+    exp = target("nginx").export(read_model(str(p)), ExportOptions())
+    line = p.read_text().splitlines()[4]
+    assert [(e.at.line, e.at.col) for e in exp.refused] == \
+        [(5, line.index("throttle") + 1), (5, line.rindex("throttle") + 1)]

@@ -247,7 +247,7 @@ class _Export:
         return {"header": {"header_name": self.ctx.claim_header(s.key)}}
 
     def mirror(self, m: model.Mirror, b: model.Backend, base: str, main_auth, at: Where) -> dict:
-        at = toolbox.where_key(at.file, b.line, "mirror") if b.line else at     # condroute's `mirror` key
+        at = toolbox.where_key(at.file, b.line, "mirror", name=b.name) if b.line else at     # condroute's `mirror` key
         if m.upstream.base_path != base:
             raise NotExported(at, "a mirror with another base path than the upstream's: Envoy mirrors the "
                                   "rewritten request")

@@ -136,9 +136,10 @@ def _tree(file: str) -> Y | None:
     return tree
 
 
-def _mapping_at(node: Y, line: int, key: str) -> Y | None:
+def _mapping_at(node: Y, line: int, key: str, name: str | None = None) -> Y | None:
     if isinstance(node.v, dict):
-        if node.line == line and key in node.v:
+        if node.line == line and key in node.v and (
+                name is None or "name" not in node.v or node.v["name"].v == name):
             return node
         items = node.v.values()
     elif isinstance(node.v, list):
@@ -146,18 +147,18 @@ def _mapping_at(node: Y, line: int, key: str) -> Y | None:
     else:
         return None
     for n in items:
-        found = _mapping_at(n, line, key)
+        found = _mapping_at(n, line, key, name)
         if found is not None:
             return found
     return None
 
 
-def where_key(file: str, line: int, *keys: str) -> Where:
-    """Where key ``keys[0]`` of the mapping that starts on ``line`` (a backend, a route) is written,
-    and below it ``keys[1]`` ... (``"respond", "file"``); the mapping's line when it has no such key
-    (an imported backend)."""
+def where_key(file: str, line: int, *keys: str, name: str | None = None) -> Where:
+    """Where key ``keys[0]`` of the mapping that starts on ``line`` (a backend, a route; with
+    ``name``, the one so named, for two on one line) is written, and below it ``keys[1]`` ...
+    (``"respond", "file"``); the mapping's line when it has no such key (an imported backend)."""
     tree = _tree(file)
-    node = _mapping_at(tree, line, keys[0]) if tree is not None else None
+    node = _mapping_at(tree, line, keys[0], name) if tree is not None else None
     if node is None:
         return where_line(file, line)
     at = where_line(file, line)
@@ -198,7 +199,7 @@ def _backend(target: str, b: model.Backend, file: str) -> tuple[model.Backend, l
 
     def refuse(fld: str, *keys: str) -> NotExported:
         why = WHY[(target, fld)].format(retry_on=", ".join(sorted(b.retry_on)))
-        return NotExported(where_key(file, b.line, *keys), why)
+        return NotExported(where_key(file, b.line, *keys, name=b.name), why)
 
     f = b.fault
     if f is not None and not (f.delay is not None and f.delay_percent > 0) \
@@ -220,7 +221,7 @@ def _backend(target: str, b: model.Backend, file: str) -> tuple[model.Backend, l
     if r is not None and r.file:
         if target not in ANSWERING:
             raise refuse("file", "respond", "file")
-        at = where_key(file, b.line, "respond", "file")
+        at = where_key(file, b.line, "respond", "file", name=b.name)
         try:
             b = dataclasses.replace(b, respond=file_answer(r))
         except OSError as e:
@@ -243,7 +244,7 @@ def _backend(target: str, b: model.Backend, file: str) -> tuple[model.Backend, l
     if b.throttle is not None:
         raise refuse("throttle", "throttle")
     if not b.failover:
-        notes.append(f"{where_key(file, b.line, 'failover')}: failover: false: {target} never sends a request "
+        notes.append(f"{where_key(file, b.line, 'failover', name=b.name)}: failover: false: {target} never sends a request "
                      f"to another backend when this one's upstream is down; it answers its own "
                      f"{FAILOVER_ERROR[target]}, as condroute answers 502/503 (the text differs)")
     return b, notes
