@@ -4,8 +4,8 @@
     .venv/bin/python scripts/bench_mirror.py [--seconds 20] [--conns 4] [--delay 0.2]
 
 One mitmdump (condroute, regular proxy mode, log off) with four routes to the same real backend
-(an echo server): ``mirrored.test`` mirrors every request to a deliberately slow mirror (it reads
-the copy, waits ``--delay`` seconds, then answers), ``refused.test`` mirrors to a port that refuses
+(an echo server): ``mirrored.test`` mirrors every request to a deliberately slow mirror (it answers
+a copy ``--delay`` seconds after it arrived), ``refused.test`` mirrors to a port that refuses
 connections, ``plain.test`` and ``plain-too.test`` have no mirror. Three phases, each ``--seconds``
 long after a warm-up: ``--conns`` keep-alive connections send POST requests (a 1 KB body) one after
 another, every connection alternating between two routes: the two plain ones (phase 0: the noise
@@ -20,8 +20,9 @@ on the proxy's event loop, shared by every flow: that is a throughput cost, not 
 mirrored route's own responses). Exit status 1 on a FAIL.
 
 With two or more cores mitmdump gets a core of its own; the backends run in two child processes
-(the echo server; the slow mirror, asyncio in one thread) and the load generator in this one, all
-on the other core (as scripts/bench.py does).
+(the echo server; the slow mirror, which takes its copies in batches every 50 ms so that it does not
+compete with the real backend for the shared core when a copy arrives) and the load generator in
+this one, all on the other core (as scripts/bench.py does).
 """
 from __future__ import annotations
 
@@ -50,29 +51,47 @@ if sys.argv[1] == "echo":                  # the real backend: condroute's demo 
     echo = start_echo("real")
     print(json.dumps(echo.server_address[1]), flush=True)
     sys.stdin.read()
-else:                                      # the slow mirror: asyncio, one thread (no GIL contention)
+else:
+    # The slow mirror. It shares a core with the real backend and the load generator, so it must
+    # not work when a copy arrives (that would slow the real backend just while the mirrored
+    # request is served, which a mirror elsewhere does not): the kernel accepts the connections
+    # (listen backlog) and buffers the copies; every 50 ms this loop takes the new ones, and
+    # answers those that arrived DELAY seconds ago or more (so: after DELAY to DELAY + 50 ms).
+    import collections, socket, time
     DELAY = float(sys.argv[2])
-
-    async def handle(reader, writer):
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            n = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    n = int(line.split(b":", 1)[1])
-            await reader.readexactly(n)
-            await asyncio.sleep(DELAY)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nmirror")
-            await writer.drain()
-        finally:
-            writer.close()
-
-    async def main():
-        srv = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=512)
-        print(json.dumps(srv.sockets[0].getsockname()[1]), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-    asyncio.run(main())
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4096)
+    srv.setblocking(False)
+    print(json.dumps(srv.getsockname()[1]), flush=True)
+    waiting = collections.deque()
+    while True:
+        time.sleep(0.05)
+        now = time.monotonic()
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except BlockingIOError:
+                break
+            waiting.append((now, conn))
+        while waiting and now - waiting[0][0] >= DELAY:
+            conn = waiting.popleft()[1]
+            try:
+                conn.settimeout(2)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                n = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        n = int(line.split(b":", 1)[1])
+                while len(body) < n:
+                    body += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nmirror")
+            except OSError:
+                pass
+            conn.close()
 """
 
 RULES = """\
