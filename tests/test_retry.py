@@ -97,7 +97,7 @@ async def test_a_reset_is_retried_and_the_answer_is_the_upstreams(addon, caplog)
     c = send.calls[0]
     assert (c["method"], c["target"], c["body"]) == (b"GET", b"/cart?q=1", b"")
     fields = dict(c["fields"])
-    assert fields[b"host"] == b"127.0.0.1:9301" and fields[b"X-Main"] == b"1" and fields[b"X-Client"] == b"c"
+    assert fields[b"Host"] == b"127.0.0.1:9301" and fields[b"X-Main"] == b"1" and fields[b"X-Client"] == b"c"
     assert f.response.status_code == 200 and f.response.content == b"third"
     assert f.response.headers["X-Condroute"] == "shop/main -> main"
     md = f.metadata["condroute"]
@@ -215,6 +215,16 @@ async def test_a_response_too_large_to_buffer_is_left_to_mitmproxy(addon):
     await tctx.cycle(a, f)
     assert f.response is None and f.request.port == 9301 and f.metadata["condroute"]["backend"] == "main"
     assert "left to mitmproxy, which sends it again and streams the answer" in f.comment
+
+
+async def test_a_request_h11_refuses_to_write_is_left_to_mitmproxy(addon):
+    tctx, a = addon
+    f = make_flow("http://shop.example/x", headers={"X-Bad": "a\x00b"})       # a NUL in a header value
+    await tctx.cycle(a, f)
+    md = f.metadata["condroute"]
+    assert f.response is None and md["backend"] == "main" and [t["outcome"] for t in md["tries"]] == ["unsendable"]
+    assert "left to mitmproxy" in f.comment
+    assert a.upstreams.health.unavailable(*MAIN) is None
 
 
 async def test_a_refused_connection_is_not_retried_without_connect_failure_and_fails_over(addon):

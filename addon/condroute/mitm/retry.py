@@ -81,7 +81,7 @@ PASSED_OVER = "did not serve this request"
 
 @dataclass
 class Result:
-    outcome: str                          # answered | reset | timeout | connect-failure | too-large
+    outcome: str                          # answered | reset | timeout | connect-failure | too-large | unsendable
     reason: str                           # the status line, or what went wrong
     response: http.Response | None = None
 
@@ -118,7 +118,7 @@ def _fields(flow: http.HTTPFlow, body: bytes) -> list[tuple[bytes, bytes]]:
     r = flow.request
     named = {t.strip().lower().encode() for t in r.headers.get("connection", "").split(",") if t.strip()}
     host = r.host_header or r.authority or r.pretty_host
-    out = [(b"host", host.encode("idna") if not host.isascii() else host.encode())]
+    out = [(b"Host", host.encode("idna") if not host.isascii() else host.encode())]
     for k, v in r.headers.fields:
         lk = k.lower()
         if lk in HOP_BY_HOP or lk in named or lk == b"host":
@@ -149,6 +149,14 @@ async def send_once(host: str, port: int, method: bytes, target: bytes, fields: 
                     max_body: int = DEFAULT_MAX_BODY) -> Result:
     """Send one request on a new connection and read the whole response (at most ``max_body``
     bytes of body). Never raises for anything the network does."""
+    conn = h11.Connection(h11.CLIENT)
+    try:
+        data = conn.send(h11.Request(method=method, target=target, headers=fields))
+        if body:
+            data += conn.send(h11.Data(data=body))
+        data += conn.send(h11.EndOfMessage())
+    except h11.LocalProtocolError as e:     # a request h11 will not write (mitmproxy may): not the upstream's fault
+        return Result("unsendable", f"not sent by condroute: h11 refuses the request ({e})")
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=tls, server_hostname=server_hostname if tls else None),
@@ -158,16 +166,11 @@ async def send_once(host: str, port: int, method: bytes, target: bytes, fields: 
     except (OSError, asyncio.TimeoutError) as e:
         return Result("connect-failure", describe_connect_error(e, connect_timeout))
     started = time.time()
-    conn = h11.Connection(h11.CLIENT)
     head: h11.Response | None = None
     chunks: list[bytes] = []
     size = 0
     eof = False
     try:
-        data = conn.send(h11.Request(method=method, target=target, headers=fields))
-        if body:
-            data += conn.send(h11.Data(data=body))
-        data += conn.send(h11.EndOfMessage())
         writer.write(data)
         await writer.drain()
         while True:
@@ -206,8 +209,6 @@ async def send_once(host: str, port: int, method: bytes, target: bytes, fields: 
         if isinstance(e, h11.RemoteProtocolError) and not eof and head is None:
             return Result("reset", f"sent a response that is not HTTP/1.1 ({e})")
         return Result("reset", _cut(head, e))
-    except h11.LocalProtocolError as e:
-        return Result("connect-failure", f"cannot be sent this request ({e})")
     finally:
         writer.close()
 
@@ -336,9 +337,10 @@ class Retry:
             tries.append(render.try_entry(d, address, res.outcome if kind is None else
                                           ("5xx" if kind in ("5xx", "gateway-error") else res.outcome), res.reason))
             md["tries"] = tries
-            if res.outcome == "too-large":
-                flow.comment = f"{flow.comment} | " + render.tries_comment(
-                    tries, "left to mitmproxy, which sends it again and streams the answer")
+            if res.outcome in ("too-large", "unsendable"):
+                then = ("left to mitmproxy, which sends it again and streams the answer" if res.outcome == "too-large"
+                        else "left to mitmproxy")
+                flow.comment = f"{flow.comment} | " + render.tries_comment(tries, then)
                 return False
             if kind is None:
                 flow.response = res.response
