@@ -249,6 +249,7 @@ JS = """
       var reason = el("td");
       reason.appendChild(el("div", null, d.reason));
       (d.skipped || []).forEach(function (k) { reason.appendChild(el("div", "skipped", "skipped " + k.backend + ": " + k.reason)); });
+      (d.tries || []).forEach(function (k, i) { reason.appendChild(el("div", "skipped", "attempt " + (i + 1) + ": upstream " + k.upstream + " (" + k.address + ") " + k.reason)); });
       var tr = row("", [td(clock(d.time)), td(d.method + " " + d.url, "url"),
                         add(el("td"), badge(d.outcome, d.outcome)), td(to, "mono"), reason]);
       tr.dataset.outcome = d.outcome;
