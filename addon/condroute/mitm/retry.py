@@ -322,7 +322,7 @@ class Retry:
         md = flow.metadata.get("condroute")
         if md is None:      # pragma: no cover - the record of a routed flow is always there
             md = flow.metadata["condroute"] = {}
-        request = f"{r.method} {r.pretty_url.split('?')[0]}"
+        request = d.request          # as the decision's log line writes it (the client's URL)
         res = Result("reset", "not sent")
         kind: str | None = None
         for i in range(attempts):
