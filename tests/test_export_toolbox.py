@@ -192,6 +192,10 @@ routes:
     match: {path: /mirrored/*}
     backends:
       - {name: x, upstream: a, preserve_host: true, mirror: {upstream: c, percent: 100}}
+  - name: mirrored-own-host
+    match: {path: /copied/*}
+    backends:
+      - {name: x, upstream: a, mirror: {upstream: c, percent: 100}}
   - name: catch-all
     match: {path: /*}
     backends:
@@ -225,6 +229,9 @@ ENABLED_CASES = """\
 - name: a mirror of every request
   request: {url: "http://shop.example/mirrored/1?q=2"}
   expect: {route: mirrored, upstream: a}
+- name: a mirror's copy goes with the mirror's own Host
+  request: {url: "http://shop.example/copied/1"}
+  expect: {route: mirrored-own-host, upstream: a}
 """
 
 
@@ -244,7 +251,7 @@ def test_switched_off_parts_are_left_out(name, enabled_file):
     if name in ("envoy", "nginx"):
         assert exp.refused == []
     if name == "haproxy":
-        assert [(e.at.line, e.at.col) for e in exp.refused] == [(41, 53)]      # the mirror
+        assert [(e.at.line, e.at.col) for e in exp.refused] == [(41, 53), (45, 32)]      # the mirrors
     text = exp.text
     assert "switched-off" not in text
     assert "zzoff" not in text
@@ -261,11 +268,12 @@ def test_verified_on_the_gateway(name, enabled_file):
     r = verify_file(name, enabled_file, enabled_file.replace(".yaml", ".cases.yaml"), allow_partial=True)
     assert r.failed == 0, "\n".join(r.lines)
     if name == "haproxy":      # no mirrors: that route is refused, its case skipped
-        assert r.refused == [f"{enabled_file}:41:53: not exported to haproxy: {toolbox.WHY[('haproxy', 'mirror')]}"]
-        assert (r.passed, r.skipped) == (8, 1)
+        assert r.refused == [f"{enabled_file}:{at}: not exported to haproxy: {toolbox.WHY[('haproxy', 'mirror')]}"
+                             for at in ("41:53", "45:32")]
+        assert (r.passed, r.skipped) == (8, 2)
     else:
         assert r.refused == []
-        assert (r.passed, r.skipped) == (9, 0)
+        assert (r.passed, r.skipped) == (10, 0)
 
 
 def test_httproute_round_trip(enabled_file):
@@ -273,7 +281,7 @@ def test_httproute_round_trip(enabled_file):
     a fault are refused at their keys (HTTPRoute has neither)."""
     r = verify_file("httproute", enabled_file, enabled_file.replace(".yaml", ".cases.yaml"))
     assert r.failed == 0, "\n".join(r.lines)
-    assert r.passed == 5
+    assert r.passed == 6
     whys = [x.split(": not exported to httproute: ", 1)[1] for x in r.refused]
     assert not any("enabled" in w or "switched-off" in w or "zzoff" in w for w in whys)
     assert f"{enabled_file}:29:42: not exported to httproute: respond.file: HTTPRoute v1 has no direct " \

@@ -251,10 +251,11 @@ class _Export:
         if m.upstream.base_path != base:
             raise NotExported(at, "a mirror with another base path than the upstream's: Envoy mirrors the "
                                   "rewritten request")
-        if not b.preserve_host and b.host_rewrite is None and m.upstream.authority != main_auth:
-            raise NotExported(at, f"a mirror to {m.upstream.authority}: condroute sends the copy with that Host, "
-                                  "Envoy sends it with the forwarded request's")
         pol = {"cluster": self.cluster(m.upstream), "disable_shadow_host_suffix_append": True}
+        if not b.preserve_host and b.host_rewrite is None and m.upstream.authority != main_auth:
+            # condroute sends the copy with the mirror's own authority (Envoy 1.33+: the mirror
+            # policy's host_rewrite_literal; before, the copy had the forwarded request's)
+            pol["host_rewrite_literal"] = m.upstream.authority
         if m.percent < 100:
             pol["runtime_fraction"] = {"default_value": {"numerator": round(m.percent * 10000),
                                                          "denominator": "MILLION"}}
