@@ -253,8 +253,8 @@ class _Export:
                                   "rewritten request")
         pol = {"cluster": self.cluster(m.upstream), "disable_shadow_host_suffix_append": True}
         if not b.preserve_host and b.host_rewrite is None and m.upstream.authority != main_auth:
-            # condroute sends the copy with the mirror's own authority (Envoy 1.33+: the mirror
-            # policy's host_rewrite_literal; before, the copy had the forwarded request's)
+            # condroute sends the copy with the mirror's own authority: the mirror policy's
+            # host_rewrite_literal (verified on Envoy 1.40; an Envoy without it rejects the config)
             pol["host_rewrite_literal"] = m.upstream.authority
         if m.percent < 100:
             pol["runtime_fraction"] = {"default_value": {"numerator": round(m.percent * 10000),
