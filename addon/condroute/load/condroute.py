@@ -41,7 +41,8 @@ def _check_respond(r: Y, cc: CompileCtx, st: int, body: str, hdrs: tuple[tuple[s
         elif low == "content-length" and st == 204:
             cc.error_key(r.v["headers"], name, f"respond.headers: {name} cannot be sent with status 204 "
                                                f"(RFC 9110 §8.6)")
-        elif low == "content-length" and val.strip() != str(len(body.encode())):
+        elif low == "content-length" and val.strip() != str(len(body.encode())) \
+                and "file" not in r.v and "dir" not in r.v:     # (refused for those: read_local_answer)
             cc.error_key(r.v["headers"], name, f"respond.headers: {name} {val} does not match the body "
                                                f"({len(body.encode())} bytes); leave it out: it is set from the body")
 

@@ -376,7 +376,12 @@ class ConditionalRouting(Commands, LiveRules):
             if "local" in answer:
                 flow.response = self._local_response(flow, md, answer)
                 return
-            flow.response = http.Response.make(answer["status"], answer["body"], answer["headers"])
+            resp = http.Response.make(answer["status"], answer["body"], answer["headers"])
+            if flow.request.method.upper() == "HEAD":
+                # the headers of the GET answer (its Content-Length included), no body: a body after a
+                # HEAD answer would be read as the next response on the connection (RFC 9110 9.3.2)
+                resp.data.content = b""
+            flow.response = resp
         elif md.get("outcome") == "routed":
             # mitmproxy (11, 12) forwards an HTTP/2 request without content-length to an HTTP/1.1
             # server with no framing at all, so the server reads an empty body. A rerouted HTTP/2
