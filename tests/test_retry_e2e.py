@@ -65,6 +65,10 @@ class Backend:
                 if what == "reset":
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
+                if what == "stall":          # no answer until the client gives up
+                    conn.settimeout(10)
+                    conn.recv(1)
+                    return
                 body = f"answer {n} ({what}{', ' + str(len(body)) + ' bytes' if body else ''})".encode()
                 conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nX-Seen: %d\r\n\r\n%s"
                              % (what, len(body), n, body))
@@ -94,6 +98,7 @@ def test_retry_on_and_failover_false_end_to_end(tmp_path: Path, rules_file, prox
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(cert, key)
     secure = backends(["reset", 503], server_tls)     # https: resets, 503, then 200
+    slow = backends(["stall"])                         # no answer at first, then 200
     fb = echo("fallback")
     gone = f"http://127.0.0.1:{free_port()}"           # refuses connections
     rules = rules_file(f"""
@@ -106,7 +111,12 @@ def test_retry_on_and_failover_false_end_to_end(tmp_path: Path, rules_file, prox
           fb: {fb}
           gone: {gone}
           secure: {secure.url}
+          slow: {slow.url}
         routes:
+          - name: slow
+            match: {{path: /slow}}
+            backends:
+              - {{name: s, upstream: slow, retries: 1, retry_on: [reset], timeout: 0.5}}
           - name: secure
             match: {{path: /secure}}
             backends:
@@ -160,6 +170,13 @@ def test_retry_on_and_failover_false_end_to_end(tmp_path: Path, rules_file, prox
         # 503 twice, then 200
         r = c.get("http://app.example/five?x=1")
         assert (r.status_code, r.text) == (200, "answer 3 (200)") and five.seen == 3
+
+        # no response head within the backend's timeout: a failed attempt (Envoy's "read timeout")
+        mark = p.mark()
+        r = c.get("http://app.example/slow")
+        assert (r.status_code, r.text) == (200, "answer 2 (200)") and slow.seen == 2
+        p.wait_for(r"slow/s: upstream slow \(127\.0\.0\.1:\d+\) attempt 1 of 2: sent no response head within "
+                   r"0\.5s; retrying", start=mark, timeout=5)
 
         # https: a reset, a 503, then 200; each handshake with the backend's sni, the certificate verified
         r = c.get("http://app.example/secure")
