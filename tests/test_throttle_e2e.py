@@ -117,29 +117,23 @@ def test_throttled_upstream_that_refuses_is_a_clear_502(proxy, rules_file):
     assert "127.0.0.1:%d" % port in p.output()
 
 
-def test_relay_refused_after_probe_is_a_502_not_a_hang(proxy, rules_file):
-    """The upstream accepts the probe's connection, then goes away before the relay connects: the
-    relay closes mitmproxy's connection and mitmproxy answers 502 (never a hang)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    port = srv.getsockname()[1]
-
-    def once() -> None:
-        c, _ = srv.accept()      # the probe
-        c.close()
-        srv.close()              # then nothing listens
-
-    threading.Thread(target=once, daemon=True).start()
+def test_relay_whose_upstream_refuses_is_a_502_not_a_hang(proxy, rules_file, plain):
+    """The upstream stops accepting while a connection to it is open (so it is known up: no probe
+    first): the relay's own connection is refused, it closes mitmproxy's connection at once, and
+    mitmproxy answers 502 (never a hang); the relay marks the real address down."""
     rules = rules_file(f"""
         version: 1
         routes:
           - name: gone
             match: {{host: gone.test}}
-            backends: [{{name: g, upstream: "http://127.0.0.1:{port}", throttle: {{kbps: 80}}}}]
+            backends: [{{name: g, upstream: "http://127.0.0.1:{plain.port}", throttle: {{kbps: 800}}}}]
         """)
     p = proxy(rules)
-    with httpx.Client(proxy=p.url, timeout=20) as c:
-        r = c.get("http://gone.test/")
-        assert r.status_code == 502, r.text
-    p.wait_for(rf"127\.0\.0\.1:{port} \(throttled\) refused")
+    with httpx.Client(proxy=p.url, timeout=20) as first:
+        assert first.get("http://gone.test/size/10").text == "x" * 10   # its relay connection stays open
+        plain.srv.shutdown(socket.SHUT_RDWR)      # stop listening (wakes the accepting thread)
+        plain.srv.close()
+        with httpx.Client(proxy=p.url, timeout=20) as second:        # another client connection
+            r = second.get("http://gone.test/")
+            assert r.status_code == 502, r.text
+    p.wait_for(rf"127\.0\.0\.1:{plain.port} \(throttled\) refused the connection")
