@@ -16,6 +16,12 @@ and enforces ``retries`` and ``timeout`` with what mitmproxy (11 and 12) offers 
   passed over. Later requests pass over the address for the cool-down without trying it.
   An open connection to the upstream proves it; so does one that succeeded in the last two seconds,
   except for backends with ``retries``. Steady traffic (open keep-alive connections) is never probed.
+  The retries count connection failures when ``retry_on`` names ``connect-failure`` (the default),
+  ``5xx`` or ``gateway-error`` (Envoy: connect-failure is included in both). A backend with
+  ``failover: false`` is not passed over: its request is answered 502 naming the backend, the
+  upstream and the error (``refuse_pinned``), and the engine answers 503 while it cools down.
+  Resets and 5xx responses (``retry_on: [reset, 5xx, gateway-error]``): mitm/retry.py, which
+  sends such requests itself from the ``request`` hook (``retrying`` holds them until then).
 * **Passive health** also comes from mitmproxy's own connections: ``server_connect_error`` marks an
   address down — only the address of an upstream of the live rules (``is_upstream``): a failure of
   traffic condroute does not route (a passthrough whose host does not resolve) marks nothing and
