@@ -255,22 +255,29 @@ class Retry:
             v = None
         return v if v else DEFAULT_MAX_BODY
 
-    def tls(self) -> ssl.SSLContext:
+    async def tls(self) -> ssl.SSLContext:
+        """The client TLS context for https upstreams, verified as mitmproxy verifies its own: made
+        once per option values, in a worker thread (loading the CA store takes tens of milliseconds,
+        which on the event loop would stall every flow)."""
         insecure = bool(getattr(ctx.options, "ssl_insecure", False))
         ca = getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None)
         cadir = getattr(ctx.options, "ssl_verify_upstream_trusted_confdir", None)
         key = (insecure, ca, cadir)
         c = self._tls.get(key)
         if c is None:
-            if insecure:
-                c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                c.check_hostname = False
-                c.verify_mode = ssl.CERT_NONE
-            else:
-                import certifi
-                c = ssl.create_default_context(cafile=ca or (None if cadir else certifi.where()), capath=cadir)
-            c.set_alpn_protocols(["http/1.1"])
-            self._tls[key] = c
+            c = self._tls[key] = await asyncio.to_thread(self._make_tls, insecure, ca, cadir)
+        return c
+
+    @staticmethod
+    def _make_tls(insecure: bool, ca: str | None, cadir: str | None) -> ssl.SSLContext:
+        if insecure:
+            c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            c.check_hostname = False
+            c.verify_mode = ssl.CERT_NONE
+        else:
+            import certifi
+            c = ssl.create_default_context(cafile=ca or (None if cadir else certifi.where()), capath=cadir)
+        c.set_alpn_protocols(["http/1.1"])
         return c
 
     # -- the request hook --------------------------------------------------------------------------
@@ -312,7 +319,11 @@ class Retry:
         body = r.raw_content or b""
         fields = _fields(flow, body)
         address = f"{d.host}:{d.port}"
-        tls = self.tls() if d.scheme == "https" else None
+        try:
+            tls = await self.tls() if d.scheme == "https" else None
+        except (OSError, ssl.SSLError) as e:      # a CA file that does not load: left to mitmproxy, which says so
+            log.warning(f"condroute: cannot make the TLS context to retry {d.request}: {e}; left to mitmproxy")
+            return False
         sni = d.sni
         if sni == "preserve":
             sni = flow.client_conn.sni or None
