@@ -132,10 +132,7 @@ class _Writer:
     def write_backend(self, name: str, r: model.Route, b: model.Backend, file: str) -> None:
         at = ir.where_line(file, b.line)
         chosen = f"cr_be_{name[3:]}"
-        if b.mirrors:
-            raise ir.NotExported(at, "mirror: HAProxy 2.6 has no request mirroring of its own (an SPOE "
-                                     "agent is a separate program; its Lua httpclient sends only GET, HEAD, "
-                                     "PUT, POST and DELETE)")
+        assert not b.mirrors        # refused by toolbox.prepare, located at the mirror key
         if b.redirect is not None:
             lines = redirect_lines(b.redirect, chosen, at)
             self.acls.lines.append(f"acl {chosen} var(txn.cr_backend) -m str {name}")

@@ -115,8 +115,7 @@ class _Export:
                                   "never by weight or by a key")
         if b.upstream is None:
             raise NotExported(at, "the backend forwards to the request's original destination: KrakenD has none")
-        if b.mirrors:
-            raise NotExported(at, "mirrors are not exported to KrakenD")
+        assert not b.mirrors        # refused by toolbox.prepare, located at the mirror key
         if b.retries:
             raise NotExported(at, "retries are not exported to KrakenD (it does not retry a backend)")
         if b.preserve_host or b.host_rewrite is not None:
