@@ -204,6 +204,7 @@ def _broken(rules: Path, tmp_path: Path) -> Path:
         settings["geoip_db"] = str((rules.parent / settings["geoip_db"]).resolve())
     out = tmp_path / rules.name
     out.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    _copy_local_files(rules.read_text(encoding="utf-8"), rules.parent, tmp_path)
     return out
 
 
@@ -338,7 +339,19 @@ def _copy_rules(src: Path, ports: dict[int, int], tmp_path: Path) -> Path:
     for imported in (yaml.safe_load(text) or {}).get("imports") or ():   # imported files, beside it as before
         (tmp_path / imported).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src.parent / imported, tmp_path / imported)
+    _copy_local_files(text, src.parent, tmp_path)
     return copy
+
+
+def _copy_local_files(text: str, src_dir: Path, tmp_path: Path) -> None:
+    """The files and folders a recipe answers from (respond.file / respond.dir), beside its copy."""
+    for m in re.finditer(r"\b(file|dir): *([^\s,}]+)", text):
+        there, here = src_dir / m.group(2), tmp_path / m.group(2)
+        if there.is_dir():
+            shutil.copytree(there, here, dirs_exist_ok=True)
+        elif there.is_file():
+            here.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(there, here)
 
 
 @pytest.mark.parametrize("section", sorted(RECIPE_SECTIONS))
