@@ -120,6 +120,11 @@ async def test_a_copy_of_the_forwarded_request_goes_to_the_mirror(addon, recorde
     # the real request is rerouted as usual, and not waiting on the copy
     assert (f.request.host, f.request.port, f.request.path) == ("127.0.0.1", 9001, "/p?q=1")
     assert f.metadata["condroute"]["mirrors"] == [{"upstream": "shadow", "url": f"http://127.0.0.1:{rec.port}/m/p?q=1"}]
+    # the copy waits until the real response has been sent (mitmproxy: flow.live False)
+    await asyncio.sleep(mirror.TICK * 4)
+    assert not addon.mirrors.tasks and addon.mirrors.under_way == 1 and rec.got == []
+    assert addon.status.snapshot()["mirrors"]["in_flight"] == 1
+    f.live = False
     ((head, body),) = await asyncio.get_running_loop().run_in_executor(None, rec.wait, 1)
     lines = head.split(b"\r\n")
     assert lines[0] == b"POST /m/p?q=1 HTTP/1.1"
@@ -139,7 +144,9 @@ async def test_a_copy_of_the_forwarded_request_goes_to_the_mirror(addon, recorde
 async def test_a_mirror_percent_and_preserve_host(addon, recorder):
     rec = recorder()
     addon.rules = rules_with(model.Mirror(rec.up, 0.0), model.Mirror(rec.up), preserve_host=True)
-    await addon.tctx.cycle(addon, flow(method="GET", body=b""))
+    f = flow(method="GET", body=b"")
+    await addon.tctx.cycle(addon, f)
+    f.live = False
     ((head, body),) = await asyncio.get_running_loop().run_in_executor(None, rec.wait, 1)
     lines = head.split(b"\r\n")
     assert lines[0] == b"GET /m/p?q=1 HTTP/1.1" and lines[1] == b"Host: shop.test" and body == b""
@@ -160,6 +167,7 @@ async def test_a_failing_mirror_is_logged_once_and_the_request_goes_on(addon, re
         f = flow(url="http://shop.test/p?access_token=SECRET")
         await addon.tctx.cycle(addon, f)
         assert f.request.port == 9001 and f.response is None and f.error is None
+        f.live = False
     await until(lambda: addon.mirrors.failed == 3)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("condroute: mirror ")]
     assert said == [f"condroute: mirror shadow (127.0.0.1:{port}) refused the connection; the copy is dropped "
@@ -179,10 +187,14 @@ async def test_copies_in_flight_are_bounded(addon, recorder, caplog, monkeypatch
     monkeypatch.setattr(mirror, "TIMEOUT", 1.0)
     rec = recorder(answer=False)
     addon.rules = rules_with(model.Mirror(rec.up))
-    for _ in range(5):
-        await addon.tctx.cycle(addon, flow())
-    assert len(addon.mirrors.tasks) == 2 and addon.mirrors.dropped == 3
+    flows = [flow() for _ in range(5)]
+    for f in flows:
+        await addon.tctx.cycle(addon, f)
+    assert addon.mirrors.under_way == 2 and addon.mirrors.dropped == 3     # (waiting for the responses)
     assert addon.mirrors.by_upstream[rec.up] == [0, 0, 3, 2]     # sent, failed, dropped, in flight
+    for f in flows:
+        f.live = False
+    await until(lambda: len(addon.mirrors.tasks) == 2)
     assert sum("copies are under way" in r.getMessage() for r in caplog.records) == 1
     await until(lambda: not addon.mirrors.tasks)     # each one given up after TIMEOUT
     assert addon.mirrors.failed == 2
@@ -275,3 +287,32 @@ async def test_a_request_decided_again_without_mirrors_sends_no_copy(addon):
     f.metadata["condroute"].pop("mirrors")          # what the new decision's metadata looks like
     addon.request(f)
     assert addon.mirrors.pending == {} and not addon.mirrors.tasks
+
+
+@pytest.mark.slow
+async def test_a_reload_without_the_mirror_drops_its_counts(addon, recorder):
+    rec = recorder()
+    addon.rules = rules_with(model.Mirror(rec.up))
+    f = flow()
+    await addon.tctx.cycle(addon, f)
+    f.live = False
+    await until(lambda: addon.mirrors.sent == 1 and not addon.mirrors.tasks)
+    assert [m["name"] for m in addon.status.snapshot()["mirrors"]["upstreams"]] == ["shadow"]
+    addon.rules = rules_with(model.Mirror(rec.up))        # reloaded, the same mirror: counts kept
+    assert addon.status.snapshot()["mirrors"]["upstreams"][0]["sent"] == 1
+    addon.rules = rules_with()
+    snap = addon.status.snapshot()["mirrors"]
+    assert snap["upstreams"] == [] and snap["sent"] == 1     # the total since the start stays
+
+
+@pytest.mark.slow
+async def test_a_copy_goes_after_wait_max_when_the_flow_stays_live(addon, recorder, monkeypatch):
+    """A long download or a WebSocket keeps the flow live: its copy goes after WAIT_MAX anyway."""
+    monkeypatch.setattr(mirror, "WAIT_MAX", 0.05)
+    rec = recorder()
+    addon.rules = rules_with(model.Mirror(rec.up))
+    f = flow()
+    await addon.tctx.cycle(addon, f)
+    ((head, body),) = await asyncio.get_running_loop().run_in_executor(None, rec.wait, 1)
+    assert f.live and body == b"hello"
+    await until(lambda: addon.mirrors.sent == 1 and addon.mirrors.under_way == 0 and not addon.mirrors.waiting)

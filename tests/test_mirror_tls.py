@@ -18,6 +18,13 @@ from helpers import read_head, serve_raw
 from test_mirror import flow, rules_with, until
 
 
+async def sent_one(addon) -> None:
+    """One request through the addon, its response sent (so its copy goes)."""
+    f = flow()
+    await addon.tctx.cycle(addon, f)
+    f.live = False
+
+
 @pytest.fixture
 def tls_mirror(tmp_path: Path):
     """(upstream, cert path, bodies received) of an https server on 127.0.0.1 that answers 200."""
@@ -69,6 +76,7 @@ async def test_an_https_mirror_is_verified_like_mitmproxys_upstreams(addon, tls_
     f = flow()
     await addon.tctx.cycle(addon, f)
     assert f.request.port == 9001 and f.response is None and f.error is None
+    f.live = False
     await until(lambda: addon.mirrors.failed == 1)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("condroute: mirror ")]
     assert line.startswith(f"condroute: mirror secure (127.0.0.1:{up.port}) failed the TLS handshake "
@@ -76,14 +84,14 @@ async def test_an_https_mirror_is_verified_like_mitmproxys_upstreams(addon, tls_
     assert got == []
     # trusted through mitmproxy's own option: verified and answered
     addon.tctx.options.ssl_verify_upstream_trusted_ca = str(cert)
-    await addon.tctx.cycle(addon, flow())
+    await sent_one(addon)
     await until(lambda: addon.mirrors.sent == 1)
     assert got == [b"hello"]
     assert any(f"mirror secure (127.0.0.1:{up.port}) answers again (200)" in r.getMessage() for r in caplog.records)
     # ssl_insecure: not verified at all
     addon.tctx.options.ssl_verify_upstream_trusted_ca = None
     addon.tctx.options.ssl_insecure = True
-    await addon.tctx.cycle(addon, flow())
+    await sent_one(addon)
     await until(lambda: addon.mirrors.sent == 2)
     assert addon.mirrors.by_upstream[up] == [2, 1, 0, 0]
 
@@ -96,6 +104,7 @@ async def test_a_ca_file_that_does_not_load_is_a_failure_of_the_copy(addon, tls_
     f = flow()
     await addon.tctx.cycle(addon, f)
     assert f.response is None and f.error is None
+    f.live = False
     await until(lambda: addon.mirrors.failed == 1)
     assert any("the trusted certificates do not load" in r.getMessage() for r in caplog.records)
     assert got == []

@@ -38,7 +38,8 @@ for. A route's ``origin`` names an imported rule by its source (``httproute head
 (routes.yaml:27)``; "" for a route of the rules file itself), ``file`` the imported file its ``line``
 is in ("" likewise). ``mirrors`` counts the copies sent to mirrors since the proxy started: answered
 (``sent``), failed, dropped (too many under way, or a streamed body), under way now, and the mirrors whose
-last copy failed; ``upstreams`` the same per mirror upstream that was drawn for a request (order of first use).
+last copy failed; ``upstreams`` the same per mirror upstream drawn for a request (order of first use;
+a mirror a reload removed is dropped once none of its copies is under way).
 ``state`` is one of ``up`` (a connection is open, ``connections``, or the last one succeeded,
 ``ok_ago`` seconds ago), ``down`` (it refused or timed out a connection: passed over for
 ``cooldown_left`` more seconds; ``error``, ``failed_ago``, ``attempts``), ``retrying`` (the
@@ -218,15 +219,12 @@ class Status:
             out.append(e)
         return out
 
-    def _mirrors(self) -> dict[str, Any]:
+    def _mirrors(self, rules: Any) -> dict[str, Any]:
         m = getattr(self.live, "mirrors", None)     # mitm/mirror.py (absent from bare test harnesses)
         if m is None:
             return {"sent": 0, "failed": 0, "dropped": 0, "in_flight": 0, "failing": [], "upstreams": []}
-        return {"sent": m.sent, "failed": m.failed, "dropped": m.dropped, "in_flight": len(m.tasks),
-                "failing": sorted(m.failing),
-                "upstreams": [{"name": up.name, "url": up.url, "sent": c[0], "failed": c[1], "dropped": c[2],
-                               "in_flight": c[3], "failing": up.name in m.failing}
-                              for up, c in m.by_upstream.items()]}
+        return {"sent": m.sent, "failed": m.failed, "dropped": m.dropped, "in_flight": m.under_way,
+                "failing": sorted(m.failing), "upstreams": m.rows(rules)}
 
     def snapshot(self) -> dict[str, Any]:
         """The status as plain data: the JSON of ``/api/status``."""
@@ -252,7 +250,7 @@ class Status:
             "upstreams": self._upstreams(rules) if rules is not None else [],
             "recent": [recent_entry(at, d) for at, d in reversed(self.recent)],
             "switches": switches_list(live),
-            "mirrors": self._mirrors(),
+            "mirrors": self._mirrors(rules),
             "passthrough": hits.get((None, None), 0),
             "decisions": sum(hits.values()),
             "recent_max": RECENT,
