@@ -74,6 +74,8 @@ def outcome_text(d: Decision) -> str:
                 text += f", {mirrored(d)}"
             if d.fault_delay is not None:
                 text += f", {fault_delayed(d)}"
+            if d.sni is not None or d.throttle is not None:
+                text += f", {shaped(d)}"
         return text
     if d.outcome == "respond":
         if d.fault_abort is not None:
@@ -91,6 +93,16 @@ def outcome_text(d: Decision) -> str:
     if d.outcome == "bad_request":
         return f"{d.route + ': ' if d.route else ''}refused {d.status}: {d.reason}"
     return "no route, passthrough"
+
+
+def shaped(d: Decision) -> str:
+    """How the upstream connection is shaped: the TLS server name sent, the response's pace."""
+    parts = []
+    if d.sni is not None:
+        parts.append("sni " + ("preserved (the client's)" if d.sni == "preserve" else d.sni))
+    if d.throttle is not None:
+        parts.append(f"throttled to {d.throttle:g} kbps")
+    return ", ".join(parts)
 
 
 def mirrored(d: Decision) -> str:
@@ -281,6 +293,8 @@ def comment(d: Decision) -> str:
             rest += f" | {_clean(mirrored(d))}"
         if d.fault_delay is not None:
             rest += f" | {fault_delayed(d)}"
+        if d.sni is not None or d.throttle is not None:
+            rest += f" | {_clean(shaped(d))}"
         why = trail[-1][2] if trail else ""
         rest = f" [{_held_texts.get(why) or _held(why)}]{rest}"
     elif o == "respond":
@@ -371,6 +385,10 @@ def to_dict(d: Decision) -> dict[str, Any]:
                               for m, path, _ in d.mirrors]
         if d.fault_delay is not None:
             out["fault_delay"] = d.fault_delay
+        if d.sni is not None:
+            out["sni"] = d.sni
+        if d.throttle is not None:
+            out["throttle_kbps"] = d.throttle
         if d.fault_abort is not None:
             out["fault_abort"] = d.fault_abort
     if d.routes_passed:
@@ -604,6 +622,10 @@ def decision_data(rules: Rules, d: Decision, req: RequestView) -> dict[str, Any]
             sent = [m for m, _, _ in d.mirrors]
             out["mirrors"] = [{"upstream": m.upstream.name, "url": m.upstream.url, "percent": m.percent,
                                "sent": any(m is s for s in sent)} for m in b.mirrors]
+        if d.sni is not None:
+            out["sni"] = d.sni
+        if d.throttle is not None:
+            out["throttle_kbps"] = d.throttle
     if b is not None and b.fault is not None:
         out["fault"] = fault_data(d, b.fault)
     if d.respond is not None:
@@ -619,6 +641,10 @@ def decision_data(rules: Rules, d: Decision, req: RequestView) -> dict[str, Any]
         out["timeout"] = d.timeout
     if d.retries:
         out["retries"] = d.retries
+    if b is not None and d.outcome == "routed":
+        out["retry_on"] = sorted(b.retry_on)
+        if not b.failover:
+            out["failover"] = False
     nt = not_tried(rules, d) if d.outcome != "bad_request" else []
     if nt:
         out["not_tried"] = nt
@@ -758,11 +784,20 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
                 lines.append(_row("mirror", f"{name}{pct}: a copy goes to {up.origin}{path} (its answer is dropped)"))
             else:
                 lines.append(_row("mirror", f"{name}{pct}: not drawn for this request"))
+    if d.outcome == "routed" and d.sni is not None:
+        lines.append(_row("sni", "the client's own TLS server name (sni: preserve)" if d.sni == "preserve"
+                          else f"{d.sni} (the TLS server name sent to the upstream, and checked in its certificate)"))
+    if d.outcome == "routed" and d.throttle is not None:
+        lines.append(_row("throttle", f"the response reaches the client at {d.throttle:g} kbps "
+                                      f"({d.throttle * 125:g} bytes/s)"))
     extra = []
     if d.timeout is not None:
         extra.append(f"timeout {d.timeout:g}s")
     if d.retries:
-        extra.append(f"retries {d.retries}")
+        extra.append(f"retries {d.retries} on {', '.join(sorted(b.retry_on))}" if b is not None
+                     else f"retries {d.retries}")
+    if b is not None and not b.failover:
+        extra.append("failover: false (answers 502/503 instead of failing over)")
     if extra:
         lines.append(_row("limits", ", ".join(extra)))
     return lines
