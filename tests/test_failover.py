@@ -204,3 +204,24 @@ def test_lint_warns_of_retry_on_and_failover_that_cannot_do_what_they_say(tmp_pa
         (15, 42, "backend 'z': retry_on reset with retries: 0 and nothing to fail over to: no request is ever "
                  "sent again; set retries"),
     ]
+
+
+def test_explain_shows_retry_on_and_failover_false():
+    from condroute.explain import decision_data, render_decision
+    r = load_rules_text(textwrap.dedent("""
+        version: 1
+        upstreams: {a: "http://127.0.0.1:9001"}
+        routes:
+          - name: r
+            backends:
+              - {name: c, when: {header: {X-Variant: canary}}, upstream: a, failover: false}
+              - {name: m, upstream: a, retries: 3, retry_on: [reset, 5xx], timeout: 2}
+        """), "t.yaml")
+    view = RequestView.from_url("http://x.example/p")
+    d = decide(r, view)
+    assert render_decision(r, d, view)[-1] == "limits    timeout 2s, retries 3 on 5xx, reset"
+    assert decision_data(r, d, view)["retry_on"] == ["5xx", "reset"]
+    view = RequestView.from_url("http://x.example/p", headers=[("X-Variant", "canary")])
+    d = decide(r, view)
+    assert render_decision(r, d, view)[-1] == "limits    failover: false (answers 502/503 instead of failing over)"
+    assert decision_data(r, d, view)["failover"] is False and "retry_on" not in decision_data(r, d, view)

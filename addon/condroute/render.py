@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .request import RequestView
 
 LABEL = 10   # width of the label column of the explain table
+_DEFAULT_RETRY_ON = frozenset({"connect-failure"})   # (model.DEFAULT_RETRY_ON: shown only when another)
 
 
 # -- one line ------------------------------------------------------------------------------------
@@ -642,7 +643,8 @@ def decision_data(rules: Rules, d: Decision, req: RequestView) -> dict[str, Any]
     if d.retries:
         out["retries"] = d.retries
     if b is not None and d.outcome == "routed":
-        out["retry_on"] = sorted(b.retry_on)
+        if b.retry_on != _DEFAULT_RETRY_ON:
+            out["retry_on"] = sorted(b.retry_on)
         if not b.failover:
             out["failover"] = False
     nt = not_tried(rules, d) if d.outcome != "bad_request" else []
@@ -794,8 +796,8 @@ def render_decision(rules: Rules, d: Decision, req: RequestView) -> list[str]:
     if d.timeout is not None:
         extra.append(f"timeout {d.timeout:g}s")
     if d.retries:
-        extra.append(f"retries {d.retries} on {', '.join(sorted(b.retry_on))}" if b is not None
-                     else f"retries {d.retries}")
+        extra.append(f"retries {d.retries} on {', '.join(sorted(b.retry_on))}"
+                     if b is not None and b.retry_on != _DEFAULT_RETRY_ON else f"retries {d.retries}")
     if b is not None and not b.failover:
         extra.append("failover: false (answers 502/503 instead of failing over)")
     if extra:
