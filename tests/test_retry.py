@@ -46,6 +46,10 @@ RULES = """
         match: {host: alone.example}
         backends:
           - {name: only, upstream: main, retries: 1, retry_on: [reset]}
+      - name: slowly
+        match: {host: slowly.example}
+        backends:
+          - {name: t, upstream: main, retries: 2, retry_on: [reset], throttle: {kbps: 64}}
       - name: plain
         match: {host: plain.example}
         backends:
@@ -182,10 +186,11 @@ async def test_a_5xx_retry_on_does_not_name_is_the_answer(addon):
 async def test_what_condroute_never_sends_itself(addon):
     tctx, a = addon
     a.retry.send = send = Sender({9301: [RESET]})
-    # a method that is not idempotent, an upgrade, a streamed body, a backend without retry_on
+    # a method that is not idempotent, an upgrade, a backend without retry_on, a throttled one; a streamed body
     flows = [make_flow("http://shop.example/x", method="POST"),
              make_flow("http://shop.example/x", headers={"Upgrade": "websocket", "Connection": "upgrade"}),
-             make_flow("http://plain.example/x")]
+             make_flow("http://plain.example/x"),
+             make_flow("http://slowly.example/x")]      # throttled: paced by a relay mitmproxy connects through
     for f in flows:
         await tctx.cycle(a, f)
         assert f.response is None and f.id not in a.upstreams.retrying

@@ -103,10 +103,13 @@ def connect_tries(d: Decision, method: str) -> int:
 
 def sends_itself(d: Decision, flow: http.HTTPFlow) -> bool:
     """Does condroute send this routed request itself, to retry it on a reset or a 5xx (retry_on
-    beyond connect-failure, an idempotent method, no WebSocket or other upgrade)? The body is
-    checked later, in the ``request`` hook (mitm/retry.py). One identity test for the rest."""
+    beyond connect-failure, an idempotent method, no WebSocket or other upgrade, no throttle: a
+    throttled response is paced by a relay mitmproxy connects through)? The body is checked later,
+    in the ``request`` hook (mitm/retry.py). One identity test for the rest."""
     ro = d.backend_obj.retry_on
     if ro is DEFAULT_RETRY_ON or ro.isdisjoint(RESPONSE_RETRY_ON):
+        return False
+    if d.throttle is not None:     # paced by a relay (connections.py): mitmproxy must fetch it
         return False
     r = flow.request
     return r.method.upper() in IDEMPOTENT and "upgrade" not in r.headers and not (r.is_http2 and r.method == "CONNECT")
