@@ -189,6 +189,10 @@ routes:
       - {name: f, when: {header: {x-a: "1"}}, upstream: a, retry_on: [reset], failover: false, retries: 1}
       - {name: g, when: {header: {x-b: "1"}}, upstream: a, retry_on: [5xx], retries: 0}
       - {name: h, fallback: true, upstream: b}
+  - name: slow
+    match: {path: /slow}
+    backends:
+      - {name: s, upstream: a, retries: 2, retry_on: [reset, connect-failure], throttle: {kbps: 64}}
 """
 
 
@@ -203,6 +207,9 @@ def test_lint_warns_of_retry_on_and_failover_that_cannot_do_what_they_say(tmp_pa
                  "methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) are retried"),
         (15, 42, "backend 'z': retry_on reset with retries: 0 and nothing to fail over to: no request is ever "
                  "sent again; set retries"),
+        (25, 54, "backend 's': with throttle, only connection failures are retried: a throttled response is "
+                 "paced by the relay mitmproxy connects through, so condroute does not send the request itself "
+                 "to retry a reset or a 5xx"),
     ]
 
 

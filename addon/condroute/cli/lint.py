@@ -432,7 +432,8 @@ _RESPONSE_RETRY_ON = frozenset({"reset", "5xx", "gateway-error"})
 def _retry_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
     """retry_on and failover: false where they cannot do what they say (mitm/retry.py): retry_on on a
     route that only matches methods that are never retried; retry_on beyond connect-failure with
-    retries: 0 and nothing to fail over to (condroute sends the request itself for nothing); and
+    retries: 0 and nothing to fail over to (condroute sends the request itself for nothing); retry_on
+    reset/5xx/gateway-error with throttle (left to mitmproxy: connection failures only); and
     failover: false on the only backend of a route without a fallback (nothing could fail over)."""
     for i, route in enumerate(rules.routes):
         f = route.file or rules.file
@@ -449,6 +450,11 @@ def _retry_misuse(rules: Rules, w: _Where) -> Iterator[Problem]:
                 yield Problem(f, *w.backend_key(i, j, "retry_on"),
                               f"backend {b.name!r}: retry_on {', '.join(sorted(b.retry_on))} with retries: 0 and "
                               f"nothing to fail over to: no request is ever sent again; set retries")
+            if explicit and b.throttle is not None and not b.retry_on.isdisjoint(_RESPONSE_RETRY_ON):
+                yield Problem(f, *w.backend_key(i, j, "retry_on"),
+                              f"backend {b.name!r}: with throttle, only connection failures are retried: a "
+                              f"throttled response is paced by the relay mitmproxy connects through, so condroute "
+                              f"does not send the request itself to retry a reset or a 5xx")
             if not b.failover and alone:
                 yield Problem(f, *w.backend_key(i, j, "failover"),
                               f"backend {b.name!r}: failover: false changes nothing: route {route.name!r} has no "
