@@ -54,6 +54,10 @@ RULES = """
         match: {host: plain.example}
         backends:
           - {name: p, upstream: main, retries: 2}
+      - name: kept
+        match: {host: kept.example}
+        backends:
+          - {name: k, upstream: "https://127.0.0.1:9304", sni: preserve, retries: 1, retry_on: [reset]}
     """
 
 
@@ -353,3 +357,19 @@ async def test_send_once_skips_100_continue():
     res = await asyncio.wait_for(get(port, b"PUT", b"x"), 5)
     srv.close()
     assert res.response.status_code == 204 and "content-length" not in res.response.headers
+
+
+async def test_sni_preserve_names_the_retried_connection_as_mitmproxys_own(addon):
+    """sni: preserve on a request condroute sends itself: the client's TLS name, else the host the client
+    asked for (as connections.preserved_name names mitmproxy's connections), never the upstream's IP."""
+    tctx, a = addon
+    a.retry.send = send = Sender({9304: [answer(200)]})
+    f = make_flow("http://kept.example/x")
+    f.client_conn.sni = None           # a plain-http client (tflow's client connection has a name)
+    await tctx.cycle(a, f)
+    assert f.response.status_code == 200
+    assert send.calls[0]["server_hostname"] == "kept.example"
+    f = make_flow("http://kept.example/x")
+    f.client_conn.sni = "client.example"
+    await tctx.cycle(a, f)
+    assert send.calls[1]["server_hostname"] == "client.example"

@@ -62,6 +62,7 @@ from mitmproxy import ctx, http
 
 from .. import render
 from ..engine import Decision, decide
+from .connections import preserved_name
 from .upstreams import RESPONSE_RETRY_ON, Upstreams, _Pending, backoff, describe_connect_error
 from .view import request_view
 
@@ -325,8 +326,9 @@ class Retry:
             log.warning(f"condroute: cannot make the TLS context to retry {d.request}: {e}; left to mitmproxy")
             return False
         sni = d.sni
-        if sni == "preserve":
-            sni = flow.client_conn.sni or None
+        if sni == "preserve":    # as connections.py names mitmproxy's own connections
+            req = d._req
+            sni = preserved_name(flow.client_conn.sni, req.host if req is not None else None)
         attempts = 1 + d.retries
         tries = d.tries = list(d.tries)
         before = len(tries)
