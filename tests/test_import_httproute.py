@@ -415,7 +415,8 @@ WARNINGS = [
     ("  - filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {}}]\n"
      "    backendRefs: [{name: svc-b, port: 1}]\n", "7:22",
      "ResponseHeaderModifier filter is not supported yet: response headers are not modified"),
-    ("  - retry: {attempts: 2}\n    backendRefs: [{name: svc-b, port: 1}]\n", "7:5", "`retry` is not supported yet"),
+    ("  - retry: {codes: [500], attempts: 2}\n    backendRefs: [{name: svc-b, port: 1}]\n", "7:20",
+     "retry codes 500: 500 is not retried"),         # retry: test_import_toolbox.py
     ("  - sessionPersistence: {type: Cookie}\n    backendRefs: [{name: svc-b, port: 1}]\n", "7:5",
      "`sessionPersistence` is not supported yet"),
 ]

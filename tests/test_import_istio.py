@@ -506,12 +506,6 @@ WARNED_MORE = [
     ("- mirrorPercentage: {value: 5}", "vs.yaml:8:5: t#1: mirrorPercentage without mirror does nothing"),
     ("- match: [{uri: {exact: /a}}]\n  directResponse: {status: 200}\n  headers: {request: {set: {x: y}}}",
      "vs.yaml:10:15: t#1: headers.request does nothing on a directResponse (no request is sent)"),
-    ("- fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}",
-     "vs.yaml:8:12: t#1: fault is not supported yet; requests are routed without it (Istio would answer gRPC status "
-     "UNAVAILABLE to every request this rule matches; condroute routes them)"),
-    ("- fault: {abort: {httpStatus: 503}}",
-     "vs.yaml:8:12: t#1: fault is not supported yet; requests are routed without it (Istio would answer 503 to 0% "
-     "of the requests)"),
 ]
 
 
@@ -562,24 +556,6 @@ def test_same_name_in_two_namespaces_gets_the_namespace_in_its_route_names(tmp_p
 
 # -- warnings -----------------------------------------------------------------------------------------
 WARNED = [
-    ("""\
-      - fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
-        route: [{destination: {host: svc, subset: v1}}]
-    """, "vs.yaml:8:12: t#1: fault is not supported yet; requests are routed without it (Istio would answer 500 to "
-         "every request this rule matches; condroute routes them)"),
-    ("""\
-      - fault: {delay: {fixedDelay: 7s, percentage: {value: 0.1}}}
-        route: [{destination: {host: svc, subset: v1}}]
-    """, "vs.yaml:8:12: t#1: fault is not supported yet; requests are routed without it (Istio would delay 0.1% "
-         "of the requests by 7s)"),
-    ("""\
-      - route: [{destination: {host: svc, subset: v1}}]
-        retries: {attempts: 3, retryOn: "5xx,connect-failure,gateway-error", perTryTimeout: 2s}
-    """, "vs.yaml:9:37: t#1: retryOn 5xx,gateway-error is not supported yet: condroute retries connect failures only"),
-    ("""\
-      - route: [{destination: {host: svc, subset: v1}}]
-        retries: {attempts: 3, perTryTimeout: 2s}
-    """, "vs.yaml:9:28: t#1: perTryTimeout is not supported yet"),
     ("""\
       - route: [{destination: {host: svc, subset: v1}}]
         retries: {attempts: 30}
@@ -644,11 +620,12 @@ def test_tcp_routes_and_other_kinds_are_named_in_warnings(tmp_path):
     assert any(w.startswith("vs.yaml:1:1: not read: DestinationRule") for w in found), found
 
 
-def test_the_bookinfo_fault_fixtures_load_with_their_warnings():
+def test_the_bookinfo_fault_fixture_is_imported_without_warnings():
+    """Fault rows of their own: test_import_toolbox.py."""
     rules = load_rules(str(FIX / "ratings-fault.rules.yaml"))
-    assert [str(w).rsplit("/", 1)[-1] for w in rules.warnings] == [
-        "virtual-service-ratings-test-abort.yaml:14:7: ratings#1: fault is not supported yet; requests are routed "
-        "without it (Istio would answer 500 to every request this rule matches; condroute routes them)"]
+    assert not rules.warnings
+    jason = rules.routes[0].backends[0]
+    assert (jason.fault.abort, jason.fault.abort_percent, jason.fault.delay) == (500, 100.0, None)
 
 
 @pytest.mark.parametrize("name", CASES)

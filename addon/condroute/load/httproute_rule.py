@@ -1,9 +1,15 @@
 """One HTTPRoute rule's action → one model Backend: ``backendRefs`` (weights), ``filters``
 (RequestHeaderModifier, URLRewrite, RequestRedirect, RequestMirror; the rest refused or warned about,
-located), ``timeouts``. The matching side (paths, headers, precedence) is ``load.httproute``'s.
+located), ``timeouts``, ``retry`` (GEP-1731: connection errors and the status codes condroute can
+retry; see :meth:`RuleBackend.retry`). The matching side (paths, headers, precedence) is
+``load.httproute``'s.
 
 Every refusal names the field and says what the gateway would do (most are the API server's or the
-gateway's own refusals: a hand-written file may break them)."""
+gateway's own refusals: a hand-written file may break them).
+
+Why this module is long: every field of a rule's action, each with its located refusals and
+warnings, is read here in one class, in the order the API documents them; split up, the rule's
+reader would be passed around between modules for no gain."""
 from __future__ import annotations
 
 import re
@@ -15,6 +21,8 @@ from ..model import Backend, Mirror, PathRewrite, Redirect, Respond, Split, Upst
 from ..node import Y
 from .common import REMOVE_KEPT, REQUEST_HEADERS_KEPT
 from .ctx import CompileCtx, kind
+from .istio_answer import (DEFAULT_RETRIES, FIRST_BACKOFF, MAX_RETRIES, RETRY_BACKOFF_TEXT, codes_text, status_retry_on,
+                           worst_case)
 from .services import resolve
 
 RULE_KEYS = ("name", "matches", "filters", "backendRefs", "timeouts", "retry", "sessionPersistence")
@@ -428,7 +436,11 @@ class RuleBackend:
         return by_type, ok
 
     # -- the backend --------------------------------------------------------------------------
-    def timeouts(self, node: Y | None) -> tuple[float | None, bool]:
+    def timeouts(self, node: Y | None, retries: int) -> tuple[float | None, bool]:
+        """GEP-1742: ``request`` bounds the whole request, retries included; ``backendRequest`` each
+        request to a backend. condroute's timeout bounds each attempt (mitm/retry.py): without
+        retries the shorter of the two, with them ``backendRequest`` (else ``request``), and a
+        located warning when the attempts may then outlast ``request``."""
         if node is None:
             return None, True
         cc = self.cc
@@ -445,7 +457,61 @@ class RuleBackend:
             cc.error(node.v["backendRequest"], "timeouts.backendRequest must not be longer than timeouts.request")
             return None, False
         nonzero = [t for t in (req, back) if t]
-        return (min(nonzero) if nonzero else None), True
+        each = min(nonzero) if nonzero else None
+        if retries and req and each is not None and worst_case(retries, each) > req:
+            cc.warn(node, f"{self.info.label}: timeouts.request {node.v['request'].text} bounds the whole request, "
+                          f"retries included; condroute bounds each attempt by {each:g}s, so {retries + 1} attempts "
+                          f"may take up to {worst_case(retries, each):g}s (the waits between them included)",
+                    key="request")
+        return each, True
+
+    def retry(self, node: Y | None) -> dict[str, Any] | None:
+        """GEP-1731 ``retry: {codes, attempts, backoff}``: connection errors (connect-failure, reset)
+        and the ``codes`` condroute can retry (istio_answer.status_retry_on); ``attempts`` →
+        retries (unset: 2, Istio's and Envoy Gateway's default; at most 10); a ``backoff`` longer
+        than condroute's first wait warned. {} without retry; None after a located error."""
+        if node is None:
+            return {}
+        cc, label = self.cc, self.info.label
+        if not check_keys(node, ("attempts", "backoff", "codes"), "retry", cc):
+            return None
+        codes: set[int] = set()
+        cn = get(node, "codes")
+        if cn is not None:
+            if not cc.expect_list(cn, "retry codes"):
+                return None
+            for c in cn.v:
+                if isinstance(c.v, bool) or not isinstance(c.v, int) or not 400 <= c.v <= 599:
+                    cc.error(c, f"retry codes: {kind(c.v)} is not an HTTP status from 400 to 599")
+                    return None
+                codes.add(c.v)
+        an = get(node, "attempts")
+        if an is None:
+            n = DEFAULT_RETRIES
+            cc.warn(node, f"{label}: retry without attempts: the number of retries is implementation-specific; "
+                          f"condroute retries {n} times (Istio's and Envoy Gateway's default)")
+        elif isinstance(an.v, bool) or not isinstance(an.v, int) or an.v < 0:
+            cc.error(an, f"retry attempts must be a whole number >= 0, not {kind(an.v)}")
+            return None
+        elif an.v > MAX_RETRIES:
+            cc.warn(an, f"{label}: retry attempts {an.v}: condroute retries at most {MAX_RETRIES} times")
+            n = MAX_RETRIES
+        else:
+            n = an.v
+        bn = get(node, "backoff")
+        if bn is not None:
+            secs = duration(bn, cc, "retry.backoff")
+            if secs is None:
+                return None
+            if secs > FIRST_BACKOFF:
+                cc.warn(bn, f"{label}: retry backoff {bn.text} is not imported: {RETRY_BACKOFF_TEXT}")
+        if not n:
+            return {"retries": 0}
+        on = {"connect-failure", "reset"}
+        add, note = status_retry_on(codes, on)
+        if note:
+            cc.warn(cn, f"{label}: retry codes {codes_text(codes)}: {note}")
+        return {"retries": n, "retry_on": frozenset(on | add)}
 
     def build(self, rule: Y) -> Backend | None:
         """The rule's Backend (None after located errors)."""
@@ -455,13 +521,15 @@ class RuleBackend:
         refs_n = get(rule, "backendRefs")
         refs, written, refs_ok = self.backend_refs(refs_n)
         ok = ok and refs_ok
-        timeout, t_ok = self.timeouts(get(rule, "timeouts"))
+        retry = self.retry(get(rule, "retry"))
+        if retry is None:
+            ok, retry = False, {}
+        kw.update(retry)
+        timeout, t_ok = self.timeouts(get(rule, "timeouts"), retry.get("retries", 0))
         ok = ok and t_ok
-        for k in ("retry", "sessionPersistence"):
-            if get(rule, k) is not None:
-                cc.warn(rule, f"{info.label}: `{k}` is not supported yet: "
-                              + ("condroute retries only connection failures, and only with its own `retries`"
-                                 if k == "retry" else "each request is a fresh weighted draw"), key=k)
+        if get(rule, "sessionPersistence") is not None:
+            cc.warn(rule, f"{info.label}: `sessionPersistence` is not supported yet: each request is a fresh "
+                          f"weighted draw", key="sessionPersistence")
         if "RequestRedirect" in by_type and refs_n is not None and isinstance(refs_n.v, list) and refs_n.v:
             cc.error_key(rule, "backendRefs", "a rule with a RequestRedirect filter cannot have backendRefs: "
                                               "it answers with the redirect (the gateway refuses the route)")

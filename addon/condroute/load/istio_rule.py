@@ -10,12 +10,22 @@
 * ``headers.request`` set / add / remove (a ``host`` or ``:authority`` set is the Host);
   ``headers.response`` only on a directResponse (condroute does not change upstream responses yet:
   a located warning otherwise);
-* ``timeout``; ``retries.attempts`` (no ``retries``: Istio's default, 2 retries on connect failure);
+* ``timeout``; ``retries``: ``attempts`` → retries, ``retryOn`` → retry_on where Envoy's policy means
+  what condroute's does (connect-failure, reset, 5xx, gateway-error; status codes 502-504 as
+  gateway-error, all of 500-599 as 5xx), ``perTryTimeout`` → timeout (condroute's timeout is per
+  attempt, as perTryTimeout is; Istio's ``timeout`` bounds all attempts together: warned when they
+  differ). No ``retries``: 2 retries on connect failure, the part of Istio's default policy
+  (connect-failure, refused-stream, unavailable, cancelled, a 503) condroute has — not a 503,
+  which would send every imported route through condroute's own retrying client and retry 502
+  and 504 as well;
+* ``fault`` → Backend.fault (delay and/or an httpStatus abort, each for ``percentage`` % of the
+  requests, 0% when left out, as Envoy does);
 * ``mirror`` + ``mirrorPercentage`` (or ``mirrorPercent``), ``mirrors``: Backend.mirrors;
 * ``directResponse`` → a direct answer (``body.bytes`` decoded from base64, UTF-8 text);
   ``redirect`` → a Redirect (301 by default; a new authority drops the request's port);
-* ``fault``, ``retries.retryOn`` beyond connect failures, ``retries.perTryTimeout``, ``corsPolicy``,
-  per-destination headers of a weighted route: "not supported yet", a located warning each.
+* a gRPC or HTTP/2 fault abort, retryOn policies condroute has no equivalent of (refused-stream,
+  retriable-4xx, gRPC statuses, ...), retries backoff, ``corsPolicy``, per-destination headers of a
+  weighted route: not imported, a located warning each.
 
 The client's Host is forwarded (``preserve_host``), as a sidecar does."""
 from __future__ import annotations
@@ -30,7 +40,8 @@ from ..model import Backend, Mirror, PathRewrite, Split, Upstream
 from ..node import Y
 from .common import REMOVE_KEPT, REQUEST_HEADERS_KEPT
 from .ctx import CompileCtx, kind
-from .istio_answer import DEFAULT_RETRIES, direct_response, fault, percentage, redirect, retries
+from .istio_answer import (DEFAULT_RETRIES, RetryPolicy, direct_response, fault, percentage, redirect, retries,
+                           worst_case)
 from .istio_match import BlockMatch, check_keys, regex_problem
 from .krakend import parse_duration
 from .services import resolve
@@ -97,8 +108,7 @@ class RuleReader:
         if "corsPolicy" in v:
             cc.warn(rule, f"{label}: corsPolicy is not supported yet: condroute does not answer CORS preflights "
                           f"or add CORS headers; requests are routed as if it were absent", key="corsPolicy")
-        if "fault" in v:
-            fault(self.cc, v["fault"], label)
+        injected = fault(self.cc, v["fault"], label) if "fault" in v else None
         kw: dict[str, Any] = {}
         if target == "directResponse":
             resp = direct_response(self.cc, v["directResponse"], tuple(ops.set) + tuple(ops.add), label)
@@ -128,7 +138,9 @@ class RuleReader:
         if "timeout" in v:
             kw["timeout"] = self.duration(v["timeout"], f"{label}: timeout")
         if "retries" in v:
-            kw["retries"] = retries(self.cc, v["retries"], label)
+            self.retry_policy(rule, retries(self.cc, v["retries"], label), label, kw)
+        if injected is not None:
+            kw["fault"] = injected
         mirrors = self.mirrors(rule, label)
         if mirrors:
             kw["mirrors"] = mirrors
@@ -366,6 +378,24 @@ class RuleReader:
                 return None
             return un
         return None
+
+    def retry_policy(self, rule: Y, policy: RetryPolicy, label: str, kw: dict[str, Any]) -> None:
+        """``retries`` into ``kw``, and its perTryTimeout against the rule's ``timeout``: condroute's
+        timeout bounds each attempt (mitm/retry.py), as Envoy's per_try_timeout does, while Istio's
+        ``timeout`` bounds the whole request, retries included."""
+        kw["retries"], kw["retry_on"] = policy.retries, policy.retry_on
+        whole = kw.get("timeout")
+        per = policy.per_try
+        if per is not None and (whole is None or per < whole):
+            kw["timeout"] = per
+        responses = policy.retry_on - {"connect-failure"}
+        each = kw.get("timeout")
+        if whole is not None and each is not None and (responses or per is not None) and policy.retries \
+                and worst_case(policy.retries, each) > whole:
+            self.cc.warn(rule, f"{label}: timeout {rule.v['timeout'].text}: Istio bounds the whole request by it, "
+                               f"retries included; condroute bounds each attempt by {each:g}s, so "
+                               f"{policy.retries + 1} attempts may take up to {worst_case(policy.retries, each):g}s "
+                               f"(the waits between them included)", key="timeout")
 
     def duration(self, node: Y, what: str) -> float | None:
         if node.text in ("0", "0s", "0ms"):
