@@ -139,6 +139,8 @@ def test_fault_refusals_are_located(tmp_path, fault, message):
     ('{attempts: 3, retryOn: "5xx"}', (3, {"5xx"}, None)),
     ('{attempts: 3, retryOn: "gateway-error,connect-failure"}', (3, {"gateway-error", "connect-failure"}, None)),
     ('{attempts: 2, retryOn: "reset,connect-failure"}', (2, {"reset", "connect-failure"}, None)),
+    # Envoy's reset covers a connection failure (retry_state_impl: RETRY_ON_RESET retries every reset reason)
+    ('{attempts: 2, retryOn: "reset"}', (2, {"reset", "connect-failure"}, None)),
     ('{attempts: 2, retryOn: "502,503,504"}', (2, {"gateway-error"}, None)),            # exactly gateway-error
     ('{attempts: 2, retryOn: "5xx,500,503"}', (2, {"5xx"}, None)),                     # codes 5xx covers
     ('{attempts: 1, retryOn: "connect-failure", perTryTimeout: 2s}', (1, {"connect-failure"}, 2.0)),
@@ -175,7 +177,7 @@ def test_no_retries_is_istios_default_as_far_as_condroute_has_it(tmp_path):
         "in.yaml:7:37: t#1: retryOn 503: 503 is retried as gateway-error, which retries 502 and 504 too"]),
     ('{attempts: 2, retryOn: "retriable-status-codes,connect-failure"}', (2, {"connect-failure", "gateway-error"}), [
         "in.yaml:7:37: t#1: retryOn 503: 503 is retried as gateway-error, which retries 502 and 504 too"]),
-    ('{attempts: 2, retryOn: "reset,500,503,429"}', (2, {"reset", "gateway-error"}), [
+    ('{attempts: 2, retryOn: "reset,500,503,429"}', (2, {"reset", "connect-failure", "gateway-error"}), [
         "in.yaml:7:37: t#1: retryOn 429, 500 and 503: 503 is retried as gateway-error, which retries 502 "
         "and 504 too; 429 and 500 are not retried (condroute's retry_on names 5xx and gateway-error, not single "
         "statuses)"]),

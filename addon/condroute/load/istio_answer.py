@@ -185,8 +185,9 @@ def retries(cc: CompileCtx, node: Y, label: str) -> RetryPolicy:
     """Istio ``retries: {attempts, retryOn, perTryTimeout, ...}`` (Envoy's retry_policy, as Istio's
     retry.ConvertPolicy writes it): ``attempts`` → retries (at most condroute's 10; 0 disables
     retries, as in Istio); ``retryOn`` → retry_on where the policies mean the same (connect-failure,
-    reset, 5xx, gateway-error; status codes through :func:`status_retry_on`), a located warning for
-    each other; no retryOn → Istio's default policy, of which condroute has connect-failure."""
+    reset, 5xx, gateway-error; Envoy's reset also retries a connection failure, so it brings
+    connect-failure; status codes through :func:`status_retry_on`), a located warning for each
+    other; no retryOn → Istio's default policy, of which condroute has connect-failure."""
     if not cc.expect_map(node, f"{label}: retries") or not check_keys(node, RETRIES_KEYS, f"{label}: retries", cc):
         return RetryPolicy(DEFAULT_RETRIES)
     v = node.v
@@ -233,6 +234,8 @@ def retry_on(cc: CompileCtx, node: Y, label: str) -> frozenset[str] | None:
     codes = {int(p) for p in parts if p.isdigit() and 100 <= int(p) <= 599}
     names = [p for p in parts if not (p.isdigit() and 100 <= int(p) <= 599)]
     have = {p for p in names if p in SAME_RETRY_ON}
+    if "reset" in have:
+        have.add("connect-failure")      # Envoy's reset retries every reset reason, a connection failure too
     grpc = [p for p in names if p in GRPC_RETRY_ON]
     other = [p for p in names if p not in SAME_RETRY_ON and p not in GRPC_RETRY_ON and p != "retriable-status-codes"]
     if "retriable-status-codes" in names and not codes:
