@@ -153,8 +153,9 @@ def test_retries_become_retries_and_retry_on(tmp_path, retries, expected):
 
 
 def test_no_retries_is_istios_default_as_far_as_condroute_has_it(tmp_path):
-    """Istio's default policy: 2 retries on connect-failure, refused-stream, unavailable, cancelled and
-    a 503. Imported: 2 retries on connect failure (documented, not warned on every rule)."""
+    """Istio's default policy (pilot/pkg/networking/core/route/retry/retry.go): 2 retries on
+    connect-failure, refused-stream, unavailable, cancelled, retriable-status-codes (with no codes).
+    Imported: 2 retries on connect failure (documented, not warned on every rule)."""
     b, found = load(tmp_path, f"- match: [{{uri: {{prefix: /}}}}]\n{ROUTE}")
     assert (b.retries, b.retry_on, b.timeout) == (2, frozenset({"connect-failure"}), None)
     assert found == []
@@ -163,8 +164,8 @@ def test_no_retries_is_istios_default_as_far_as_condroute_has_it(tmp_path):
 @pytest.mark.parametrize("retries, expected, messages", [
     ("{attempts: 3}", (3, {"connect-failure"}), [
         "in.yaml:7:15: t#1: retries without retryOn: Istio retries on connect-failure, refused-stream, "
-        "unavailable, cancelled and a 503 (its default retryOn); condroute retries connect failures only (write "
-        "retryOn: gateway-error or 5xx to retry 5xx answers)"]),
+        "unavailable and cancelled (its default retryOn); condroute retries connect failures only (refused-stream "
+        "is HTTP/2's, unavailable and cancelled are gRPC statuses)"]),
     ("{attempts: 30, retryOn: 5xx}", (10, {"5xx"}), [
         "in.yaml:7:25: t#1: retries attempts 30: condroute retries at most 10 times"]),
     ('{attempts: 2, retryOn: "5xx,refused-stream,retriable-4xx,reset-before-request"}', (2, {"5xx"}), [
@@ -175,8 +176,11 @@ def test_no_retries_is_istios_default_as_far_as_condroute_has_it(tmp_path):
         "(x-envoy-retry-grpc-on), which condroute does not read"]),
     ('{attempts: 2, retryOn: "connect-failure,503"}', (2, {"connect-failure", "gateway-error"}), [
         "in.yaml:7:37: t#1: retryOn 503: 503 is retried as gateway-error, which retries 502 and 504 too"]),
-    ('{attempts: 2, retryOn: "retriable-status-codes,connect-failure"}', (2, {"connect-failure", "gateway-error"}), [
-        "in.yaml:7:37: t#1: retryOn 503: 503 is retried as gateway-error, which retries 502 and 504 too"]),
+    # alone, retriable-status-codes retries nothing (Istio's policy has no status codes of its own)
+    ('{attempts: 2, retryOn: "retriable-status-codes,connect-failure"}', (2, {"connect-failure"}), [
+        "in.yaml:7:37: t#1: retryOn retriable-status-codes is not imported: condroute retries on connect-failure, "
+        "reset, 5xx and gateway-error only"]),
+    ('{attempts: 2, retryOn: "retriable-status-codes,502,503,504"}', (2, {"gateway-error"}), []),
     ('{attempts: 2, retryOn: "reset,500,503,429"}', (2, {"reset", "connect-failure", "gateway-error"}), [
         "in.yaml:7:37: t#1: retryOn 429, 500 and 503: 503 is retried as gateway-error, which retries 502 "
         "and 504 too; 429 and 500 are not retried (condroute's retry_on names 5xx and gateway-error, not single "

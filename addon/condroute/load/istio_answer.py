@@ -214,8 +214,8 @@ def retries(cc: CompileCtx, node: Y, label: str) -> RetryPolicy:
         on = got
     else:
         cc.warn(node, f"{label}: retries without retryOn: Istio retries on connect-failure, refused-stream, "
-                      f"unavailable, cancelled and a 503 (its default retryOn); condroute retries connect failures "
-                      f"only (write retryOn: gateway-error or 5xx to retry 5xx answers)", key="attempts")
+                      f"unavailable and cancelled (its default retryOn); condroute retries connect failures only "
+                      f"(refused-stream is HTTP/2's, unavailable and cancelled are gRPC statuses)", key="attempts")
     if "backoff" in v:
         cc.warn(node, f"{label}: retries backoff {v['backoff'].text} is not imported: {RETRY_BACKOFF_TEXT}",
                 key="backoff")
@@ -237,9 +237,10 @@ def retry_on(cc: CompileCtx, node: Y, label: str) -> frozenset[str] | None:
     if "reset" in have:
         have.add("connect-failure")      # Envoy's reset retries every reset reason, a connection failure too
     grpc = [p for p in names if p in GRPC_RETRY_ON]
-    other = [p for p in names if p not in SAME_RETRY_ON and p not in GRPC_RETRY_ON and p != "retriable-status-codes"]
-    if "retriable-status-codes" in names and not codes:
-        codes = {503}                    # Istio's default policy's retriable_status_codes
+    # retriable-status-codes retries the codes written beside it (Istio adds it for them); alone it
+    # retries nothing (Istio's policy has no retriable_status_codes of its own)
+    other = [p for p in names if p not in SAME_RETRY_ON and p not in GRPC_RETRY_ON
+             and not (p == "retriable-status-codes" and codes)]
     if other:
         cc.warn(node, f"{label}: retryOn {','.join(other)} is not imported: condroute retries on connect-failure, "
                       f"reset, 5xx and gateway-error only")

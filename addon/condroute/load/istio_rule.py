@@ -15,9 +15,9 @@
   gateway-error, all of 500-599 as 5xx), ``perTryTimeout`` → timeout (condroute's timeout is per
   attempt, as perTryTimeout is; Istio's ``timeout`` bounds all attempts together: warned when they
   differ). No ``retries``: 2 retries on connect failure, the part of Istio's default policy
-  (connect-failure, refused-stream, unavailable, cancelled, a 503) condroute has — not a 503,
-  which would send every imported route through condroute's own retrying client and retry 502
-  and 504 as well;
+  (retry/retry.go: connect-failure, refused-stream, unavailable, cancelled and
+  retriable-status-codes with no codes) condroute has: refused-stream is an HTTP/2 stream's,
+  unavailable and cancelled are gRPC statuses, and the last retries nothing;
 * ``fault`` → Backend.fault (delay and/or an httpStatus abort, each for ``percentage`` % of the
   requests, 0% when left out, as Envoy does);
 * ``mirror`` + ``mirrorPercentage`` (or ``mirrorPercent``), ``mirrors``: Backend.mirrors;
