@@ -248,7 +248,7 @@ def test_the_imported_backend_has_the_runtime_fields(tmp_path):
         "gateway-error, not single statuses)"]),
     ("{codes: [503]}", (2, {"connect-failure", "reset", "gateway-error"}), [
         "in.yaml:7:12: HTTPRoute r rule 1: retry without attempts: the number of retries is implementation-specific; "
-        "condroute retries 2 times (Istio's and Envoy Gateway's default)",
+        "condroute retries 2 times, as Istio does",
         "in.yaml:7:20: HTTPRoute r rule 1: retry codes 503: 503 is retried as gateway-error, which retries 502 and "
         "504 too"]),
     ("{codes: [502, 503, 504], attempts: 20}", (10, {"connect-failure", "reset", "gateway-error"}), [

@@ -468,7 +468,7 @@ class RuleBackend:
     def retry(self, node: Y | None) -> dict[str, Any] | None:
         """GEP-1731 ``retry: {codes, attempts, backoff}``: connection errors (connect-failure, reset)
         and the ``codes`` condroute can retry (istio_answer.status_retry_on); ``attempts`` →
-        retries (unset: 2, Istio's and Envoy Gateway's default; at most 10); a ``backoff`` longer
+        retries (unset: 2, as Istio's conversion to a VirtualService does; at most 10); a ``backoff`` longer
         than condroute's first wait warned. {} without retry; None after a located error."""
         if node is None:
             return {}
@@ -489,7 +489,7 @@ class RuleBackend:
         if an is None:
             n = DEFAULT_RETRIES
             cc.warn(node, f"{label}: retry without attempts: the number of retries is implementation-specific; "
-                          f"condroute retries {n} times (Istio's and Envoy Gateway's default)")
+                          f"condroute retries {n} times, as Istio does")
         elif isinstance(an.v, bool) or not isinstance(an.v, int) or an.v < 0:
             cc.error(an, f"retry attempts must be a whole number >= 0, not {kind(an.v)}")
             return None
