@@ -162,7 +162,7 @@ def test_connect_retries_follow_retry_on():
 
     assert tries(("X-A", "1")) == 3                  # connect-failure, the default
     assert tries(("X-A", "1"), "POST") == 1          # never for a method that is not idempotent
-    assert tries(("X-B", "1")) == 1                  # retry_on: [reset] does not cover connection failures
+    assert tries(("X-B", "1")) == 3                  # retry_on: [reset] covers them (Envoy: a connection failure is a reset)
     assert tries(("X-C", "1")) == 3                  # gateway-error includes them (Envoy)
 
 

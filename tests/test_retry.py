@@ -236,12 +236,12 @@ async def test_a_request_h11_refuses_to_write_is_left_to_mitmproxy(addon):
     assert a.upstreams.health.unavailable(*MAIN) is None
 
 
-async def test_a_refused_connection_is_not_retried_without_connect_failure_and_fails_over(addon):
+async def test_a_refused_connection_is_retried_under_reset_then_answered_502(addon):
     tctx, a = addon
     a.retry.send = send = Sender({9301: [Result("connect-failure", "refused the connection")]})
-    f = make_flow("http://alone.example/x")        # retry_on: [reset]
+    f = make_flow("http://alone.example/x")        # retry_on: [reset], retries: 1, nothing to fail over to
     await tctx.cycle(a, f)
-    assert len(send.calls) == 1
+    assert len(send.calls) == 2                    # Envoy's reset retries a connection failure too
     assert f.response.status_code == 502 and "refused the connection" in f.response.get_text()
     assert a.upstreams.health.unavailable(*MAIN) is not None      # marked down, as a probe would
 

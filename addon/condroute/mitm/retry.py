@@ -20,8 +20,9 @@ What counts as a failed attempt follows Envoy's ``x-envoy-retry-on``:
   timeout)");
 * ``5xx``: a 5xx status, and everything ``reset`` covers;
 * ``gateway-error``: a 502, 503 or 504 status, and everything ``reset`` covers;
-* connection failures are retried when ``retry_on`` has ``connect-failure``, ``5xx`` or
-  ``gateway-error`` (Envoy: included in 5xx).
+* connection failures are retried when ``retry_on`` has any of them (``connect-failure``, ``reset``,
+  ``5xx``, ``gateway-error``: Envoy's ``reset`` retries every reset reason, a connection failure
+  included, and 5xx and gateway-error include it).
 
 The per-attempt timeout is the backend's ``timeout`` (for the response head; then for each pause
 in the body); between attempts the wait doubles from upstreams.RETRY_BACKOFF. A 5xx that
@@ -63,7 +64,7 @@ from mitmproxy import ctx, http
 from .. import render
 from ..engine import Decision, decide
 from .connections import preserved_name
-from .upstreams import RESPONSE_RETRY_ON, Upstreams, _Pending, backoff, describe_connect_error
+from .upstreams import CONNECT_RETRY_ON, RESPONSE_RETRY_ON, Upstreams, _Pending, backoff, describe_connect_error
 from .view import request_view
 
 __all__ = ["Retry", "Result", "send_once", "failed_kind"]
@@ -106,7 +107,7 @@ def failed_kind(res: Result, retry_on: frozenset[str]) -> str | None:
 
 def _retried(kind: str, retry_on: frozenset[str]) -> bool:
     if kind == "connect-failure":
-        return not retry_on.isdisjoint({"connect-failure", "5xx", "gateway-error"})
+        return not retry_on.isdisjoint(CONNECT_RETRY_ON)
     if kind == "reset":
         return not retry_on.isdisjoint(RESPONSE_RETRY_ON)
     return True      # 5xx, gateway-error: named in retry_on (failed_kind)

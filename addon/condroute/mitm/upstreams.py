@@ -17,7 +17,8 @@ and enforces ``retries`` and ``timeout`` with what mitmproxy (11 and 12) offers 
   An open connection to the upstream proves it; so does one that succeeded in the last two seconds,
   except for backends with ``retries``. Steady traffic (open keep-alive connections) is never probed.
   The retries count connection failures when ``retry_on`` names ``connect-failure`` (the default),
-  ``5xx`` or ``gateway-error`` (Envoy: connect-failure is included in both). A backend with
+  ``reset``, ``5xx`` or ``gateway-error`` (Envoy: a connection failure is one of the resets its
+  ``reset`` retries, and is included in 5xx and gateway-error). A backend with
   ``failover: false`` is not passed over: its request is answered 502 naming the backend, the
   upstream and the error (``refuse_pinned``), and the engine answers 503 while it cools down.
   Resets and 5xx responses (``retry_on: [reset, 5xx, gateway-error]``): mitm/retry.py, which
@@ -81,7 +82,7 @@ RETRY_BACKOFF = 0.05          # seconds before the 2nd try, doubling, at most 1 
 
 # retry_on kinds that count connection failures (Envoy: connect-failure is included in 5xx and
 # gateway-error), and those that need condroute to send the request itself (mitm/retry.py)
-CONNECT_RETRY_ON = frozenset({"connect-failure", "5xx", "gateway-error"})
+CONNECT_RETRY_ON = frozenset({"connect-failure", "reset", "5xx", "gateway-error"})
 RESPONSE_RETRY_ON = frozenset({"reset", "5xx", "gateway-error"})
 
 
@@ -93,7 +94,7 @@ def backoff(i: int) -> float:
 def connect_tries(d: Decision, method: str) -> int:
     """How many times a connection to the decision's upstream is tried: ``1 + retries`` for an
     idempotent method when ``retry_on`` covers connection failures (connect-failure, the default;
-    5xx and gateway-error include it, as in Envoy), else once."""
+    reset, 5xx and gateway-error include it, as in Envoy), else once."""
     b = d.backend_obj
     if not d.retries or method.upper() not in IDEMPOTENT:
         return 1
