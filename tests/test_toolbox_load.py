@@ -110,6 +110,11 @@ def test_enabled_on_a_route(tmp_path):
     ("respond: {status: 200}, throttle: {kbps: 8}", "throttle", "this one answers itself (respond)"),
     ("respond: {status: 200}, mirror: m", "mirror", "this one answers itself (respond)"),
     ("respond: {status: 200}, retry_on: reset", "retry_on", "this one answers itself (respond)"),
+    # review: an integer too large for a float was an OverflowError traceback
+    ("upstream: a, fault: {delay: 1" + "0" * 400 + "}", "1000", "fault.delay must be a number of seconds"),
+    ("upstream: a, fault: {delay: {seconds: 1" + "0" * 400 + "}}", "1000", "fault.delay.seconds must be"),
+    # review: `$` matched before a trailing newline, so a name ending in a line break was sent as the SNI
+    ('upstream: s, sni: "api.example\\n"', '"api', "is not a host name"),
 ])
 def test_bad_forms_are_located(tmp_path, fields, token, message):
     body = f"  - name: r\n    backends:\n      - {{name: x, {fields}}}\n"

@@ -23,7 +23,7 @@ FAULT_ABORT_KEYS = ("status", "percent")
 THROTTLE_KEYS = ("kbps",)
 MAX_DELAY = 3600.0
 # a DNS name (letters, digits, hyphens, underscores as some internal names have; dots between labels)
-_DNS = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
+_DNS = re.compile(r"^(?=.{1,253}\Z)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?\Z")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 
 
@@ -49,7 +49,7 @@ def _seconds(node: Y, cc: CompileCtx, what: str) -> float | None:
     v = node.v
     secs: float | None = None
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        secs = float(v)
+        secs = float(v) if not isinstance(v, int) or v <= MAX_DELAY else MAX_DELAY + 1   # no OverflowError
     elif isinstance(v, str):
         m = _DURATION.match(v)
         if m:
