@@ -105,8 +105,10 @@ class Mirrors:
         been (see _tick; nothing is awaited here)."""
         targets = self.pending.pop(flow.id, None)
         md = flow.metadata.get("condroute")
-        if not targets or not md or not md.get("mirrors") or flow.response is not None or flow.error is not None:
-            return      # (decided again after a failed connection, without mirrors: the draw is void)
+        if (not targets or not md or not md.get("mirrors") or flow.error is not None
+                or (flow.response is not None and "tries" not in md)):
+            return      # (decided again after a failed connection, without mirrors: the draw is void;
+            #            a response with tries is the upstream's, to a request condroute sent: retry.py)
         r = flow.request
         body = r.raw_content
         if body is None:           # streamed: the body went on without being kept

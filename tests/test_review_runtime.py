@@ -1,0 +1,60 @@
+"""Runtime bugs found reviewing issue #16 (the dev-traffic toolbox), each with the test that
+showed it: in mitmproxy's harness (taddons), with a scripted sender for condroute's own requests."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.test import taddons
+
+from condroute.mitm import retry as retry_mod
+from condroute.mitm.addon import ConditionalRouting
+from condroute.mitm.health import Health
+from condroute.mitm.upstreams import Upstreams
+from test_retry import Sender, answer
+from test_traffic_health import Clock, Probe, make_flow
+
+RULES = """
+    version: 1
+    upstreams:
+      main: http://127.0.0.1:9301
+      shadow: http://127.0.0.1:9305
+    routes:
+      - name: shop
+        match: {host: shop.example}
+        backends:
+          - {name: main, upstream: main, retries: 1, retry_on: [5xx], mirror: {upstream: shadow}}
+    """
+
+
+@pytest.fixture
+def addon(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(Upstreams, "_live", lambda self, flow: True)
+    monkeypatch.setattr(retry_mod, "backoff", lambda i: 0.0)
+    a = ConditionalRouting()
+    p = tmp_path / "rules.yaml"
+    p.write_text(textwrap.dedent(RULES))
+    with taddons.context(Proxyserver(), a) as tctx:
+        tctx.configure(a, condroute_rules=str(p))
+        a.upstreams.health = Health(cooldown=5, clock=Clock())
+        a.upstreams.probe = Probe({})
+        yield tctx, a
+        for item in a.mirrors.waiting:      # nothing is sent to the (absent) mirror
+            item[0].live = True
+        if a.mirrors._ticker is not None:
+            a.mirrors._ticker.cancel()
+
+
+async def test_a_request_condroute_sends_itself_is_mirrored_too(addon):
+    """retry_on beside a mirror: the upstream's answer (set by retry.py before the mirrors' turn in
+    the request hook) must not void the copy: the request did reach an upstream."""
+    tctx, a = addon
+    a.retry.send = send = Sender({9301: [answer(503), answer(200, b"second")]})
+    f = make_flow("http://shop.example/cart?q=1")
+    await tctx.cycle(a, f)
+    assert len(send.calls) == 2 and f.response.status_code == 200
+    assert f.metadata["condroute"]["mirrors"]
+    assert a.mirrors.under_way == 1 and [w[0] for w in a.mirrors.waiting] == [f]
+    assert a.mirrors.pending == {}
