@@ -28,13 +28,16 @@ _header_value = {"type": ["string", "number", "boolean"], "pattern": "^[^\\x00-\
 
 _pct = {"type": "number", "minimum": 0, "maximum": 100, "description": "percent of requests (default 100)"}
 _duration = {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
-                       {"type": "string", "pattern": "^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m)?\\s*$"}],
+                       {"type": "string", "pattern": "^(?!\\s*0+(\\.0+)?\\s*(ms|s|m)?\\s*$)\\s*\\d+(\\.\\d+)?\\s*(ms|s|m)?\\s*$"}],
              "description": "seconds, or 2s, 500ms, 1m"}
 _status = {"type": "integer", "minimum": 200, "maximum": 599}
-_mirror = {"oneOf": [{"type": "string", "description": "an upstream name or URL (percent 100)"},
+_mirror = {"oneOf": [{"type": "string", "minLength": 1, "description": "an upstream name or URL (percent 100)"},
                      {"type": "object", "required": ["upstream"], "additionalProperties": False,
                       "description": "a copy of the request is sent there too; its response is discarded",
-                      "properties": {"upstream": {"type": "string"}, "percent": _pct}}]}
+                      "properties": {"upstream": {"type": "string", "minLength": 1}, "percent": _pct}}]}
+# load/toolbox.py parse_sni: preserve, or a DNS name that is not an IP address (all digits and dots)
+_SNI = ("^(preserve|(?![0-9.]+$)(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+        "(\\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\\.?)$")
 _RETRY_ON_LIST = "^\\s*(%s)\\s*(,\\s*(%s)\\s*)*$" % ("|".join(RETRY_ON), "|".join(RETRY_ON))
 
 
@@ -145,12 +148,12 @@ def build_schema() -> dict[str, Any]:
                     "percent": _pct,
                 },
             },
-            "sni": {"type": "string", "minLength": 1,
+            "sni": {"type": "string", "minLength": 1, "pattern": _SNI,
                     "description": "the TLS server name towards an https upstream: a host name, or preserve "
                                    "(the client's)"},
             "throttle": {"type": "object", "required": ["kbps"], "additionalProperties": False,
                          "description": "the response is streamed to the client at this rate",
-                         "properties": {"kbps": {"type": "number", "exclusiveMinimum": 0,
+                         "properties": {"kbps": {"type": "number", "exclusiveMinimum": 0, "maximum": 10_000_000,
                                                  "description": "kilobits per second (1 kbps = 125 bytes/s)"}}},
         },
         "allOf": [
