@@ -468,6 +468,28 @@ def test_check_cases_read_the_file(tree):
     assert got[4] == []
 
 
+def test_check_names_the_file_of_an_error_page(tree):
+    """A respond.file with an error status (a custom 404 page) is answered with that file: check's
+    ``file`` names it (it was null for any status from 400, as if the file were missing)."""
+    from condroute.cli.cases import load_cases, run_case
+    rules = _load(tree, """
+        version: 1
+        routes:
+          - {name: gone, match: {path: /gone}, backends: [{name: p, respond: {status: 404, file: page.html}}]}
+          - {name: many, match: {path: /m/*}, backends: [{name: d, respond: {dir: mocks, status: 410}}]}
+        """)
+    cases = tree / "cases.yaml"
+    cases.write_text(textwrap.dedent("""
+        - request: {url: "http://a.example/gone"}
+          expect: {status: 404, file: page.html}
+        - request: {url: "http://a.example/m/users.json"}
+          expect: {status: 410, file: mocks/users.json}
+        - request: {url: "http://a.example/m/nope.json"}
+          expect: {status: 404, file: null}
+        """))
+    assert [run_case(rules, c) for c in load_cases(str(cases))] == [[], [], []]
+
+
 def test_lint_big_file_and_empty_dir(tree, monkeypatch):
     from condroute.cli.lint import lint
     (tree / "empty" / ".git").mkdir(parents=True)

@@ -243,7 +243,7 @@ def actual(d: Decision, req: RequestView) -> dict[str, Any]:
     if local_file(d) is not None:      # Map Local: looked up as the proxy would when answering
         got = serve(d.respond, req.method, req.rest, req.header("if-none-match"), req.header("if-modified-since"))
         out["status"] = got.status
-        out["file"] = got.name if got.status < 400 else None
+        out["file"] = got.name if not got.note or got.status == 304 else None   # served (any status), or revalidated
     return out
 
 
