@@ -58,3 +58,24 @@ async def test_a_request_condroute_sends_itself_is_mirrored_too(addon):
     assert f.metadata["condroute"]["mirrors"]
     assert a.mirrors.under_way == 1 and [w[0] for w in a.mirrors.waiting] == [f]
     assert a.mirrors.pending == {}
+
+
+async def test_a_header_h11_refuses_is_not_copied_into_the_record(tmp_path: Path, monkeypatch):
+    """h11's message names the refused header value (a NUL in a Cookie or Authorization): the
+    attempt's reason goes to the comment, the saved flow's tries and the status page, which every
+    client of the proxy can read, so it says what was refused, never the value."""
+    from test_retry import RULES as RETRY_RULES
+    monkeypatch.setattr(Upstreams, "_live", lambda self, flow: True)
+    a = ConditionalRouting()
+    p = tmp_path / "rules.yaml"
+    p.write_text(textwrap.dedent(RETRY_RULES))
+    with taddons.context(Proxyserver(), a) as tctx:
+        tctx.configure(a, condroute_rules=str(p))
+        a.upstreams.probe = Probe({})
+        f = make_flow("http://shop.example/x", headers={"Authorization": "Bearer s3cr3t\x00tok"})
+        await tctx.cycle(a, f)
+        md = f.metadata["condroute"]
+        assert [t["outcome"] for t in md["tries"]] == ["unsendable"]
+        assert "Illegal header value" in md["tries"][0]["reason"]
+        shown = [f.comment, str(md), str(a.status.snapshot())]
+        assert not any("s3cr3t" in s for s in shown), shown

@@ -158,7 +158,9 @@ async def send_once(host: str, port: int, method: bytes, target: bytes, fields: 
             data += conn.send(h11.Data(data=body))
         data += conn.send(h11.EndOfMessage())
     except h11.LocalProtocolError as e:     # a request h11 will not write (mitmproxy may): not the upstream's fault
-        return Result("unsendable", f"not sent by condroute: h11 refuses the request ({e})")
+        # h11's message ends with the refused bytes (a header value: a Cookie, a token): not kept
+        what = str(e).split(" b'", 1)[0].split(' b"', 1)[0]
+        return Result("unsendable", f"not sent by condroute: h11 refuses the request ({what})")
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=tls, server_hostname=server_hostname if tls else None),
