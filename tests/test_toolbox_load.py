@@ -110,6 +110,8 @@ def test_enabled_on_a_route(tmp_path):
     ("respond: {status: 200}, throttle: {kbps: 8}", "throttle", "this one answers itself (respond)"),
     ("respond: {status: 200}, mirror: m", "mirror", "this one answers itself (respond)"),
     ("respond: {status: 200}, retry_on: reset", "retry_on", "this one answers itself (respond)"),
+    # review: an sni on a split none of whose arms is https was accepted and did nothing
+    ("split: {by: 'header:x', weights: {a: 1, m: 1}}, sni: api.example", "sni", "sni applies to an https upstream"),
     # review: an integer too large for a float was an OverflowError traceback
     ("upstream: a, fault: {delay: 1" + "0" * 400 + "}", "1000", "fault.delay must be a number of seconds"),
     ("upstream: a, fault: {delay: {seconds: 1" + "0" * 400 + "}}", "1000", "fault.delay.seconds must be"),

@@ -222,6 +222,10 @@ def read_toolbox(node: Y, cc: CompileCtx, kw: dict[str, Any], name: str) -> bool
             cc.error_key(node, "sni", f"backend {name!r}: sni applies to an https upstream, and {up.name} is "
                                       f"{up.url}")
             ok = False
+        elif kw.get("split") is not None and not any(u.scheme == "https" for u, _ in kw["split"].arms):
+            cc.error_key(node, "sni", f"backend {name!r}: sni applies to an https upstream, and no upstream of "
+                                      f"its split is https")
+            ok = False
     for key in ("mirror", "fault", "throttle", "retry_on", "failover"):
         if key in v and "respond" in v and key not in ("fault",):
             cc.error_key(node, key, f"backend {name!r}: {key} applies to a backend that forwards; this one "
