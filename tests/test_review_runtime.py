@@ -79,3 +79,60 @@ async def test_a_header_h11_refuses_is_not_copied_into_the_record(tmp_path: Path
         assert "Illegal header value" in md["tries"][0]["reason"]
         shown = [f.comment, str(md), str(a.status.snapshot())]
         assert not any("s3cr3t" in s for s in shown), shown
+
+
+async def test_a_preserved_name_tls_cannot_send_is_left_to_mitmproxy(tmp_path: Path, monkeypatch, caplog):
+    """sni: preserve with a plain-HTTP client takes the host it asked for; one that is no valid TLS
+    name (a label over 63 characters) made ssl raise out of send_once and the request hook (a
+    traceback, nothing recorded). It is an attempt condroute cannot make: left to mitmproxy."""
+    import logging
+    import socket
+    caplog.set_level(logging.INFO)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()          # accepts (in the backlog) and never answers: the TLS name is checked first
+    port = srv.getsockname()[1]
+    monkeypatch.setattr(Upstreams, "_live", lambda self, flow: True)
+    a = ConditionalRouting()
+    p = tmp_path / "rules.yaml"
+    p.write_text(textwrap.dedent(f"""
+        version: 1
+        routes:
+          - name: kept
+            match: {{host: "*.kept.example"}}
+            backends:
+              - {{name: k, upstream: "https://127.0.0.1:{port}", sni: preserve, retries: 1, retry_on: [reset]}}
+        """))
+    try:
+        with taddons.context(Proxyserver(), a) as tctx:
+            tctx.configure(a, condroute_rules=str(p))
+            a.upstreams.probe = Probe({})
+            f = make_flow("http://x.kept.example/x")
+            long = "a" * 64 + ".kept.example"
+            f.request.data.host = long
+            f.request.headers["Host"] = long
+            f.client_conn.sni = None          # a plain-HTTP client
+            await tctx.cycle(a, f)
+            md = f.metadata["condroute"]
+            assert md["backend"] == "k" and [t["outcome"] for t in md["tries"]] == ["unsendable"]
+            assert "left to mitmproxy" in f.comment and f.response is None
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    finally:
+        srv.close()
+
+
+async def test_a_bug_while_sending_leaves_the_request_to_the_hook_s_usual_work(addon, caplog):
+    """Whatever goes wrong inside retry.py, forward() still runs (the answer of a respond fallback
+    failed over to, the timeout's timer, the mirrors) and no exception leaves the request hook."""
+    import logging
+    tctx, a = addon
+
+    async def broken(*args, **kw):
+        raise RuntimeError("a bug")
+    a.retry.send = broken
+    f = make_flow("http://shop.example/cart")
+    await tctx.cycle(a, f)
+    assert f.response is None and f.request.port == 9301
+    assert a.mirrors.under_way == 1 and a.upstreams.retrying == {}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "condroute: internal error while sending a request itself (RuntimeError); left to mitmproxy"]

@@ -167,6 +167,9 @@ async def send_once(host: str, port: int, method: bytes, target: bytes, fields: 
             connect_timeout)
     except ssl.SSLError as e:
         return Result("connect-failure", f"failed the TLS handshake ({e.reason or e})")
+    except ValueError as e:     # ssl refuses the server name (sni: preserve of a host that is no TLS name)
+        return Result("unsendable", f"not sent by condroute: the server name {server_hostname!r} cannot be "
+                                    f"sent ({type(e).__name__})")
     except (OSError, asyncio.TimeoutError) as e:
         return Result("connect-failure", describe_connect_error(e, connect_timeout))
     started = time.time()
@@ -299,19 +302,26 @@ class Retry:
         up = self.upstreams
         rounds = 0
         p = up.retrying.pop(flow.id, None)
-        while p is not None and rounds < 8 and self.eligible(flow):
-            rounds += 1
-            if not await self._round(flow, p, live):
-                break
-            # the next backend's fault delay, drawn when it was chosen (the addon waits for it in
-            # requestheaders, which is over for this flow)
-            delay = getattr(live, "_delays", {}).pop(flow.id, None)
-            if delay:
-                await asyncio.sleep(delay)
-            probe = up.pending.pop(flow.id, None)     # the next upstream is tried first, as in requestheaders
-            if probe is not None:
-                await up._ensure(flow, probe)
-            p = up.retrying.pop(flow.id, None)         # the next decision retries as well
+        try:
+            while p is not None and rounds < 8 and self.eligible(flow):
+                rounds += 1
+                if not await self._round(flow, p, live):
+                    break
+                # the next backend's fault delay, drawn when it was chosen (the addon waits for it in
+                # requestheaders, which is over for this flow)
+                delay = getattr(live, "_delays", {}).pop(flow.id, None)
+                if delay:
+                    await asyncio.sleep(delay)
+                probe = up.pending.pop(flow.id, None)     # the next upstream is tried first, as in requestheaders
+                if probe is not None:
+                    await up._ensure(flow, probe)
+                p = up.retrying.pop(flow.id, None)         # the next decision retries as well
+        except Exception as e:
+            # a bug must not skip forward(): after a failover to an answer (a respond fallback) the
+            # request is the client's own again, and only forward() answers it instead of sending it on
+            up.retrying.pop(flow.id, None)
+            log.error(f"condroute: internal error while sending a request itself ({type(e).__name__}); "
+                      "left to mitmproxy")
         live.forward(flow)
 
     async def _round(self, flow: http.HTTPFlow, p: _Pending, live: Any) -> bool:
