@@ -136,3 +136,28 @@ async def test_a_bug_while_sending_leaves_the_request_to_the_hook_s_usual_work(a
     assert a.mirrors.under_way == 1 and a.upstreams.retrying == {}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
         "condroute: internal error while sending a request itself (RuntimeError); left to mitmproxy"]
+
+
+async def test_responseheaders_does_no_throttle_work_without_a_relay(tmp_path: Path, monkeypatch):
+    """The hook is registered for routes with a timeout or for the debug header, fields older than
+    throttle: their responses must not pay for the throttle check while no relay exists."""
+    monkeypatch.setattr(Upstreams, "_live", lambda self, flow: True)
+    a = ConditionalRouting()
+    p = tmp_path / "rules.yaml"
+    p.write_text(textwrap.dedent("""
+        version: 1
+        upstreams: {main: http://127.0.0.1:9301}
+        routes:
+          - name: shop
+            match: {host: shop.example}
+            backends: [{name: main, upstream: main, timeout: 5}]
+        """))
+    with taddons.context(Proxyserver(), a) as tctx:
+        tctx.configure(a, condroute_rules=str(p))
+        assert callable(a.responseheaders)
+        calls = []
+        monkeypatch.setattr(a.conns, "responseheaders", calls.append)
+        f = make_flow("http://shop.example/x")
+        await tctx.cycle(a, f)
+        a.responseheaders(f)
+        assert calls == []

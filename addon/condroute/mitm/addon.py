@@ -453,7 +453,8 @@ class ConditionalRouting(Commands, LiveRules):
             self.conns.server_disconnected(data)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self.conns.responseheaders(flow)     # first: a throttled response is streamed
+        if self.conns.relays:                 # (a throttled flow's relay is there: no work otherwise)
+            self.conns.responseheaders(flow)     # first: a throttled response is streamed
         self.upstreams.responseheaders(flow)
         if self.debug_header and flow.response is not None:
             md = flow.metadata.get("condroute")
