@@ -161,3 +161,38 @@ async def test_responseheaders_does_no_throttle_work_without_a_relay(tmp_path: P
         await tctx.cycle(a, f)
         a.responseheaders(f)
         assert calls == []
+
+
+async def test_relays_per_client_name_are_bounded(tmp_path: Path, monkeypatch):
+    """throttle with sni: preserve keys a relay by the client's name: each new name a client sends
+    opened a listening socket kept until a reload. The least recently used listener is closed
+    past MAX_RELAYS (its open connections run on)."""
+    from mitmproxy import http
+    from mitmproxy.test import tflow
+
+    from condroute.mitm import connections
+    monkeypatch.setattr(connections, "MAX_RELAYS", 2)
+    a = ConditionalRouting()
+    p = tmp_path / "rules.yaml"
+    p.write_text(textwrap.dedent("""
+        version: 1
+        routes:
+          - name: slow
+            match: {host: "*.slow.example"}
+            backends:
+              - {name: t, upstream: "https://127.0.0.1:9443", sni: preserve, throttle: {kbps: 80}}
+        """))
+    with taddons.context(Proxyserver(), a) as tctx:
+        tctx.configure(a, condroute_rules=str(p))
+        made = []
+        for name in ("a", "b", "a", "c"):
+            f = tflow.tflow(req=http.Request.make("GET", f"https://{name}.slow.example/x"))
+            f.request.headers["Host"] = f"{name}.slow.example"
+            f.request.authority = ""
+            f.client_conn.sni = f"{name}.slow.example"
+            await tctx.cycle(a, f)
+            made.append(f.request.port)
+        assert made[0] == made[2] and len(set(made)) == 3
+        assert sorted(k[3] for k in a.conns.relays) == ["a.slow.example", "c.slow.example"]
+        assert len(a.conns.relays) == 2
+        a.conns.close()

@@ -62,6 +62,8 @@ log = logging.getLogger("condroute")
 MAX_NAMES = 4096           # remembered names not yet taken by a connection (bounded: a reused
                            # connection never takes its flow's entry)
 RELAY_HOST = "127.0.0.1"
+MAX_RELAYS = 256           # listeners kept (a relay is per name too: sni preserve takes each client's);
+                           # past it the least recently used one stops accepting (its connections run on)
 
 
 def needs(rules: Any) -> tuple[bool, bool]:
@@ -283,8 +285,11 @@ class Connections:
 
     def _relay(self, host: str, port: int, kbps: float | None, name: str | None) -> Relay | None:
         key = (host.lower(), port, kbps, name)
-        r = self.relays.get(key)
+        relays = self.relays
+        r = relays.get(key)
         if r is not None and not r.closed:
+            if len(relays) > 1:
+                relays[key] = relays.pop(key)     # the most recently used last
             return r
         try:
             asyncio.get_running_loop()
@@ -293,7 +298,9 @@ class Connections:
                 self._warned_loop = True
                 log.warning("condroute: throttle needs mitmproxy's event loop; not applied here")
             return None
-        r = self.relays[key] = Relay(host, port, kbps, self.health, self.connect_timeout)
+        while len(relays) >= MAX_RELAYS:
+            relays.pop(next(iter(relays))).close_listener()
+        r = relays[key] = Relay(host, port, kbps, self.health, self.connect_timeout)
         return r
 
     # -- hooks -------------------------------------------------------------------------------------
