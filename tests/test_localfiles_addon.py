@@ -147,3 +147,29 @@ async def test_internal_error_answers_500_never_forwards(addon, monkeypatch):
     monkeypatch.setattr(localfiles, "serve", boom)
     f = await answer(addon, "http://app.example/api/me")
     assert f.response is not None and f.response.status_code == 500
+
+
+async def test_missing_error_page_is_said_though_its_status_is_planned(tmp_path, caplog):
+    """A respond.file with status 404 (an error page) whose file is missing is answered 404 too:
+    the planned status, but not the planned answer. The warning, the comment and the debug header
+    say so (nothing was said: only a status other than the planned one was)."""
+    (tmp_path / "gone.html").write_text("<p>gone</p>")
+    (tmp_path / "rules.yaml").write_text(textwrap.dedent("""
+        version: 1
+        routes:
+          - {name: gone, match: {path: /gone}, backends: [{name: page, respond: {status: 404, file: gone.html}}]}
+        """))
+    CACHE.clear()
+    a = ConditionalRouting()
+    with taddons.context(Proxyserver(), a) as tctx:
+        tctx.configure(a, condroute_rules=str(tmp_path / "rules.yaml"), condroute_debug_header=True)
+        served = await answer(a, "http://app.example/gone")
+        assert (served.response.status_code, served.response.content) == (404, b"<p>gone</p>")
+        assert served.response.headers["X-Condroute"] == "gone/page -> respond 404 from file gone.html"
+        (tmp_path / "gone.html").unlink()
+        f = await answer(a, "http://app.example/gone")
+    assert f.response.status_code == 404
+    assert b"there is no such file" in f.response.content
+    assert f.response.headers["X-Condroute"].endswith("(answered 404: gone.html: there is no such file (respond.file))")
+    assert "answered 404: gone.html: there is no such file" in f.comment
+    assert any("gone.html: there is no such file (respond.file)" in m for m in messages(caplog, logging.WARNING))

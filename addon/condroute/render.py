@@ -150,9 +150,10 @@ def local_text(d: Decision) -> str:
 
 def local_served(status: int, planned: int, name: str, note: str) -> str:
     """What a Map Local answer turned out to be when the file was read (added to the comment and
-    the X-Condroute header when it is not the planned answer): "304 not modified", "404: mocks/x.json:
+    the X-Condroute header when it is not the planned answer, even with the planned status: a
+    missing error page of status 404 is answered 404 too): "304 not modified", "404: mocks/x.json:
     there is no such file"."""
-    if status == planned:
+    if status == planned and not note:      # served (a file of an error page has a note when it is not)
         return ""
     if status == 304:
         return f"served {name}: 304 not modified"
