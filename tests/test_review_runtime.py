@@ -2,6 +2,7 @@
 showed it: in mitmproxy's harness (taddons), with a scripted sender for condroute's own requests."""
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from pathlib import Path
 
@@ -196,3 +197,48 @@ async def test_relays_per_client_name_are_bounded(tmp_path: Path, monkeypatch):
         assert sorted(k[3] for k in a.conns.relays) == ["a.slow.example", "c.slow.example"]
         assert len(a.conns.relays) == 2
         a.conns.close()
+
+
+async def test_a_request_killed_after_the_mirrors_were_drawn_sends_no_copy(tmp_path: Path, monkeypatch):
+    """Another addon (a blocklist, a user's intercept) kills the request after condroute's request
+    hook: the request never leaves, so its copy must not either (flow.live goes False on a kill, which
+    _tick took for "the response has been sent"). Counted as dropped."""
+    import time
+
+    from mitmproxy import http
+    from mitmproxy.test import tflow
+
+    from condroute import model
+    from condroute.compile.compiler import compile_rules
+    from condroute.load.ctx import CompileCtx
+    from condroute.mitm import mirror
+    srv_got = []
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    shadow = model.Upstream("shadow", f"http://127.0.0.1:{port}", "http", "127.0.0.1", port, "")
+    main = model.Upstream("main", "http://127.0.0.1:9001", "http", "127.0.0.1", 9001, "")
+    b = model.Backend("b", 2, upstream=main, mirrors=(model.Mirror(shadow),))
+    a = ConditionalRouting()
+    try:
+        with taddons.context(Proxyserver(), a) as tctx:
+            a.rules = compile_rules("r.yaml", "hand", {}, model.Settings(), [model.Route("r", 1, backends=(b,))],
+                                    CompileCtx("r.yaml"))
+            f = tflow.tflow(req=http.Request.make("GET", "http://shop.test/p", b"", [(b"Host", b"shop.test")]))
+            await tctx.cycle(a, f)
+            assert a.mirrors.under_way == 1
+            f.kill()                                  # by an addon after condroute
+            deadline = time.monotonic() + 5
+            while a.mirrors.under_way and time.monotonic() < deadline:
+                await asyncio.sleep(mirror.TICK)
+            srv.setblocking(False)
+            try:
+                srv_got.append(srv.accept())
+            except BlockingIOError:
+                pass
+            assert (a.mirrors.sent, a.mirrors.failed, a.mirrors.dropped, a.mirrors.under_way) == (0, 0, 1, 0)
+            assert srv_got == [] and not a.mirrors.tasks
+    finally:
+        srv.close()

@@ -157,6 +157,15 @@ class Mirrors:
             if flow.live and now - since < WAIT_MAX:
                 still.append(item)
                 continue
+            if flow.response is None and flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE:
+                # killed after the request hook (another addon, an intercept): the request never left
+                # (a response means it did: killed later, or condroute sent it itself, retry.py)
+                for _up, _head, counts in copies:
+                    counts[2] += 1
+                    counts[3] -= 1
+                self.dropped += len(copies)
+                self.under_way -= len(copies)
+                continue
             for up, head, counts in copies:
                 task = loop.create_task(self._send(up, head, body, counts))
                 self.tasks.add(task)
