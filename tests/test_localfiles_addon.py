@@ -173,3 +173,6 @@ async def test_missing_error_page_is_said_though_its_status_is_planned(tmp_path,
     assert f.response.headers["X-Condroute"].endswith("(answered 404: gone.html: there is no such file (respond.file))")
     assert "answered 404: gone.html: there is no such file" in f.comment
     assert any("gone.html: there is no such file (respond.file)" in m for m in messages(caplog, logging.WARNING))
+    # the saved flow's metadata names no file that was not served
+    assert f.metadata["condroute"]["answer"]["local"]["served"] == {"status": 404, "file": None}
+    assert served.metadata["condroute"]["answer"]["local"]["served"] == {"status": 404, "file": "gone.html"}

@@ -413,7 +413,8 @@ class ConditionalRouting(Commands, LiveRules):
             resp.headers.pop("content-length", None)                      # 304: no Content-Length
         elif got.content_length is not None:
             resp.headers["content-length"] = str(got.content_length)      # HEAD: the file's size
-        loc["served"] = {"status": got.status, "file": got.name}
+        loc["served"] = {"status": got.status,                               # file: None when not served
+                         "file": got.name if not got.note or got.status == 304 else None}
         more = render.local_served(got.status, answer["status"], got.name, got.note)
         if more:
             flow.comment += f" | {more}"
