@@ -242,3 +242,28 @@ async def test_a_request_killed_after_the_mirrors_were_drawn_sends_no_copy(tmp_p
             assert srv_got == [] and not a.mirrors.tasks
     finally:
         srv.close()
+
+
+async def test_an_attempt_without_timeout_ends_when_the_client_leaves(addon, monkeypatch):
+    """No backend timeout and an upstream that never answers: mitmproxy does not cancel the pending
+    request hook when the client closes, so the attempt (its socket, the hook) waited for ever."""
+    from mitmproxy.connection import ConnectionState
+    monkeypatch.setattr(retry_mod, "CLIENT_CHECK", 0.01)
+    tctx, a = addon
+    started = asyncio.Event()
+    cancelled = []
+
+    async def silent(*args, **kw):
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+    a.retry.send = silent
+    f = make_flow("http://shop.example/cart")
+    hook = asyncio.ensure_future(tctx.cycle(a, f))
+    await asyncio.wait_for(started.wait(), 5)
+    f.client_conn.state = ConnectionState.CLOSED
+    await asyncio.wait_for(hook, 5)
+    assert cancelled == [True] and f.response is None

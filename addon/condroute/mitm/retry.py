@@ -79,6 +79,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
                         b"transfer-encoding", b"upgrade", b"content-length", b"proxy-authenticate",
                         b"proxy-authorization"})
 PASSED_OVER = "did not serve this request"
+CLIENT_CHECK = 0.5          # s: how often an attempt looks whether the client is still there
 
 
 @dataclass
@@ -324,6 +325,23 @@ class Retry:
                       "left to mitmproxy")
         live.forward(flow)
 
+    @staticmethod
+    async def _watched(flow: http.HTTPFlow, send: Any) -> Result | None:
+        """``send`` (an attempt), given up when the client closes its connection meanwhile (None):
+        mitmproxy does not cancel a pending hook then, and with no ``timeout`` a silent upstream
+        would hold the attempt, its socket and this hook for ever (mitmproxy itself closes its
+        upstream connection when the client leaves)."""
+        task = asyncio.ensure_future(send)
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=CLIENT_CHECK)
+                if done:
+                    return task.result()
+                if not flow.client_conn.connected:
+                    return None
+        finally:
+            task.cancel()
+
     async def _round(self, flow: http.HTTPFlow, p: _Pending, live: Any) -> bool:
         """Up to ``1 + retries`` attempts for the decision ``p``. False when done (an answer is set, or
         the request is left to mitmproxy), True when the request was decided again (failover)."""
@@ -356,9 +374,11 @@ class Retry:
                 await asyncio.sleep(backoff(i))
                 if not flow.live or flow.error is not None:
                     return False
-            res = await self.send(d.host, d.port, r.data.method, r.data.path, fields, body, tls=tls,
-                                  server_hostname=sni or d.host, connect_timeout=self.upstreams.connect_timeout,
-                                  timeout=d.timeout, max_body=self.max_body())
+            res = await self._watched(flow, self.send(
+                d.host, d.port, r.data.method, r.data.path, fields, body, tls=tls, server_hostname=sni or d.host,
+                connect_timeout=self.upstreams.connect_timeout, timeout=d.timeout, max_body=self.max_body()))
+            if res is None:       # the client left: nobody waits for this answer
+                return False
             kind = failed_kind(res, b.retry_on)
             tries.append(render.try_entry(d, address, res.outcome if kind is None else
                                           ("5xx" if kind in ("5xx", "gateway-error") else res.outcome), res.reason))
