@@ -43,9 +43,9 @@ import ssl
 import time
 from typing import Any
 
-import certifi     # mitmproxy's own CA bundle for upstreams (a dependency of mitmproxy)
-from mitmproxy import ctx, http
+from mitmproxy import http
 
+from .trust import upstream_tls
 from .upstreams import describe_connect_error
 
 log = logging.getLogger("condroute")
@@ -54,9 +54,6 @@ MAX_IN_FLIGHT = 64
 TIMEOUT = 10.0
 TICK = 0.005        # s: how often copies waiting for their request's response are looked at
 WAIT_MAX = 2.0      # s: a copy waits at most this long for the real response (then goes anyway)
-# by (ssl_insecure, ssl_verify_upstream_trusted_ca, ..._confdir): made once, in a worker thread
-# (loading the CAs takes 40-80 ms: on the event loop that would stall every flow once)
-_tls: dict[tuple, ssl.SSLContext] = {}
 
 
 class NoAnswer(ConnectionError):
@@ -240,21 +237,6 @@ def _head(method: str, path: str, host: str, fields: list[tuple[bytes, bytes]], 
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def _tls_context(key: tuple) -> ssl.SSLContext:
-    """What mitmproxy trusts for its own upstream connections (net/tls.py): the CAs of
-    ``ssl_verify_upstream_trusted_ca``/``_confdir``, else certifi's; nothing with ``ssl_insecure``."""
-    insecure, cafile, capath = key
-    if insecure:
-        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        c.check_hostname = False
-        c.verify_mode = ssl.CERT_NONE
-        return c
-    try:
-        return ssl.create_default_context(cafile=cafile or (None if capath else certifi.where()), capath=capath)
-    except (OSError, ssl.SSLError) as e:
-        raise NoTrust(f"cannot be verified: the trusted certificates do not load ({e})") from None
-
-
 class _Copy(asyncio.Protocol):
     """One copy on a connection of its own: written once connected; the status line of the answer
     kept, the rest dropped as it comes; ``done`` gets the status code when the mirror closes, or
@@ -307,12 +289,10 @@ async def _exchange(up: Any, head: bytes, body: bytes) -> str:
         async with asyncio.timeout(TIMEOUT):
             tls = None
             if up.scheme == "https":
-                o = ctx.options
-                key = (bool(getattr(o, "ssl_insecure", False)), getattr(o, "ssl_verify_upstream_trusted_ca", None),
-                       getattr(o, "ssl_verify_upstream_trusted_confdir", None))
-                tls = _tls.get(key)
-                if tls is None:
-                    tls = _tls[key] = await loop.run_in_executor(None, _tls_context, key)
+                try:
+                    tls = await upstream_tls()
+                except (OSError, ssl.SSLError) as e:
+                    raise NoTrust(f"cannot be verified: the trusted certificates do not load ({e})") from None
             transport, _ = await loop.create_connection(lambda: proto, up.host, up.port, ssl=tls,
                                                         server_hostname=up.host if tls else None)
             return await done

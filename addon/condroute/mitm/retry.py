@@ -64,7 +64,8 @@ from mitmproxy import ctx, http
 from .. import render
 from ..engine import Decision, decide
 from .connections import preserved_name
-from .upstreams import CONNECT_RETRY_ON, RESPONSE_RETRY_ON, Upstreams, _Pending, backoff, describe_connect_error
+from .trust import upstream_tls
+from .upstreams import Upstreams, _Pending, backoff, describe_connect_error
 from .view import request_view
 
 __all__ = ["Retry", "Result", "send_once", "failed_kind"]
@@ -90,8 +91,9 @@ class Result:
 
 
 def failed_kind(res: Result, retry_on: frozenset[str]) -> str | None:
-    """Which retry_on kind makes ``res`` a failed attempt (None: it is the answer). A reset or a
-    timeout is one for reset, 5xx and gateway-error alike (Envoy)."""
+    """Which retry_on kind makes ``res`` a failed attempt (None: it is the answer). Only a request
+    whose retry_on names reset, 5xx or gateway-error comes here, and each of those covers a reset, a
+    timeout and a connection failure (Envoy), so every failed attempt is retried while tries remain."""
     if res.outcome == "answered":
         st = res.response.status_code if res.response is not None else 0
         if st >= 500 and "5xx" in retry_on:
@@ -106,12 +108,6 @@ def failed_kind(res: Result, retry_on: frozenset[str]) -> str | None:
     return None
 
 
-def _retried(kind: str, retry_on: frozenset[str]) -> bool:
-    if kind == "connect-failure":
-        return not retry_on.isdisjoint(CONNECT_RETRY_ON)
-    if kind == "reset":
-        return not retry_on.isdisjoint(RESPONSE_RETRY_ON)
-    return True      # 5xx, gateway-error: named in retry_on (failed_kind)
 
 
 def _fields(flow: http.HTTPFlow, body: bytes) -> list[tuple[bytes, bytes]]:
@@ -251,7 +247,6 @@ class Retry:
     def __init__(self, upstreams: Upstreams) -> None:
         self.upstreams = upstreams
         self.send = send_once                   # replaceable in tests
-        self._tls: dict[tuple, ssl.SSLContext] = {}
 
     # -- options -----------------------------------------------------------------------------------
     @staticmethod
@@ -262,31 +257,6 @@ class Retry:
         except Exception:   # pragma: no cover - no options (bare harness) or a value mitmproxy refused
             v = None
         return v if v else DEFAULT_MAX_BODY
-
-    async def tls(self) -> ssl.SSLContext:
-        """The client TLS context for https upstreams, verified as mitmproxy verifies its own: made
-        once per option values, in a worker thread (loading the CA store takes tens of milliseconds,
-        which on the event loop would stall every flow)."""
-        insecure = bool(getattr(ctx.options, "ssl_insecure", False))
-        ca = getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None)
-        cadir = getattr(ctx.options, "ssl_verify_upstream_trusted_confdir", None)
-        key = (insecure, ca, cadir)
-        c = self._tls.get(key)
-        if c is None:
-            c = self._tls[key] = await asyncio.to_thread(self._make_tls, insecure, ca, cadir)
-        return c
-
-    @staticmethod
-    def _make_tls(insecure: bool, ca: str | None, cadir: str | None) -> ssl.SSLContext:
-        if insecure:
-            c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            c.check_hostname = False
-            c.verify_mode = ssl.CERT_NONE
-        else:
-            import certifi
-            c = ssl.create_default_context(cafile=ca or (None if cadir else certifi.where()), capath=cadir)
-        c.set_alpn_protocols(["http/1.1"])
-        return c
 
     # -- the request hook --------------------------------------------------------------------------
     @staticmethod
@@ -352,7 +322,7 @@ class Retry:
         fields = _fields(flow, body)
         address = f"{d.host}:{d.port}"
         try:
-            tls = await self.tls() if d.scheme == "https" else None
+            tls = await upstream_tls() if d.scheme == "https" else None
         except (OSError, ssl.SSLError) as e:      # a CA file that does not load: left to mitmproxy, which says so
             log.warning(f"condroute: cannot make the TLS context to retry {d.request}: {e}; left to mitmproxy")
             return False
@@ -395,7 +365,7 @@ class Retry:
                 return False
             if res.outcome == "connect-failure":
                 self.upstreams.health.mark_down(d.host, d.port, res.reason, i + 1)
-            last = i == attempts - 1 or not _retried(kind, b.retry_on)
+            last = i == attempts - 1     # (every kind failed_kind returns is retried: see its docstring)
             then = "giving up" if last else f"retrying in {backoff(i + 1):g}s"
             log.warning(f"condroute: {render.try_failed_line(d, request, address, i + 1, attempts, res.reason, then)}")
             if last:
