@@ -18,8 +18,6 @@ from .ctx import CompileCtx, kind
 TOOLBOX_KEYS = ("enabled", "failover", "retry_on", "mirror", "fault", "sni", "throttle")
 MIRROR_KEYS = ("upstream", "percent")
 FAULT_KEYS = ("delay", "abort", "percent")
-FAULT_DELAY_KEYS = ("seconds", "percent")
-FAULT_ABORT_KEYS = ("status", "percent")
 THROTTLE_KEYS = ("kbps",)
 MAX_DELAY = 3600.0
 # a DNS name (letters, digits, hyphens, underscores as some internal names have; dots between labels)
@@ -137,33 +135,27 @@ def parse_fault(node: Y, cc: CompileCtx) -> Fault | None:
         return None
     kw: dict[str, Any] = {}
     ok = True
-    if "delay" in v:
-        d = v["delay"]
-        if isinstance(d.v, dict):
-            if not cc.check_keys(d, FAULT_DELAY_KEYS, "fault.delay") or "seconds" not in d.v:
-                if "seconds" not in d.v:
-                    cc.error(d, "fault.delay needs `seconds`")
+    for part, inner, read in (("delay", "seconds", _seconds), ("abort", "status", _status)):
+        if part in v:
+            got = _fault_part(v[part], cc, part, inner, read, pct)
+            if got is None:
                 return None
-            secs = _seconds(d.v["seconds"], cc, "fault.delay.seconds")
-            dp = _percent(d.v.get("percent"), cc, "fault.delay.percent") if "percent" in d.v else pct
-        else:
-            secs, dp = _seconds(d, cc, "fault.delay"), pct
-        ok = ok and secs is not None and dp is not None
-        kw["delay"], kw["delay_percent"] = secs, dp
-    if "abort" in v:
-        a = v["abort"]
-        if isinstance(a.v, dict):
-            if not cc.check_keys(a, FAULT_ABORT_KEYS, "fault.abort") or "status" not in a.v:
-                if "status" not in a.v:
-                    cc.error(a, "fault.abort needs `status`")
-                return None
-            st = _status(a.v["status"], cc, "fault.abort.status")
-            ap = _percent(a.v.get("percent"), cc, "fault.abort.percent") if "percent" in a.v else pct
-        else:
-            st, ap = _status(a, cc, "fault.abort"), pct
-        ok = ok and st is not None and ap is not None
-        kw["abort"], kw["abort_percent"] = st, ap
+            ok = ok and None not in got
+            kw[part], kw[f"{part}_percent"] = got
     return Fault(**kw) if ok else None
+
+
+def _fault_part(n: Y, cc: CompileCtx, part: str, inner: str, read: Any, pct: float) -> tuple | None:
+    """``fault.delay`` / ``fault.abort``: the value, or a mapping of it (``inner``) with a percent of
+    its own; (value, percent) with None for a part that is wrong (recorded), None when the mapping is."""
+    if not isinstance(n.v, dict):
+        return read(n, cc, f"fault.{part}"), pct
+    if not cc.check_keys(n, (inner, "percent"), f"fault.{part}") or inner not in n.v:
+        if inner not in n.v:
+            cc.error(n, f"fault.{part} needs `{inner}`")
+        return None
+    own = _percent(n.v["percent"], cc, f"fault.{part}.percent") if "percent" in n.v else pct
+    return read(n.v[inner], cc, f"fault.{part}.{inner}"), own
 
 
 def parse_sni(node: Y, cc: CompileCtx) -> str | None:

@@ -80,9 +80,8 @@ log = logging.getLogger("condroute")
 DEFAULT_CONNECT_TIMEOUT = 3.0
 RETRY_BACKOFF = 0.05          # seconds before the 2nd try, doubling, at most 1 s
 
-# retry_on kinds that count connection failures (Envoy: connect-failure is included in 5xx and
-# gateway-error), and those that need condroute to send the request itself (mitm/retry.py)
-CONNECT_RETRY_ON = frozenset({"connect-failure", "reset", "5xx", "gateway-error"})
+# retry_on kinds that need condroute to send the request itself (mitm/retry.py). Every kind counts
+# connection failures (Envoy: reset retries every reset reason, 5xx and gateway-error include it).
 RESPONSE_RETRY_ON = frozenset({"reset", "5xx", "gateway-error"})
 
 
@@ -93,13 +92,8 @@ def backoff(i: int) -> float:
 
 def connect_tries(d: Decision, method: str) -> int:
     """How many times a connection to the decision's upstream is tried: ``1 + retries`` for an
-    idempotent method when ``retry_on`` covers connection failures (connect-failure, the default;
-    reset, 5xx and gateway-error include it, as in Envoy), else once."""
-    b = d.backend_obj
-    if not d.retries or method.upper() not in IDEMPOTENT:
-        return 1
-    ro = b.retry_on if b is not None else DEFAULT_RETRY_ON
-    return 1 + d.retries if ro is DEFAULT_RETRY_ON or not ro.isdisjoint(CONNECT_RETRY_ON) else 1
+    idempotent method (every retry_on kind covers connection failures, as in Envoy), else once."""
+    return 1 + d.retries if d.retries and method.upper() in IDEMPOTENT else 1
 
 
 def sends_itself(d: Decision, flow: http.HTTPFlow) -> bool:
